@@ -1,0 +1,44 @@
+//! 2-D convolution with PyTorch layout (`weight: [out, in, kh, kw]`). Kept behind this type so the
+//! CPU kernel can be swapped for our own without touching model code.
+
+use super::params::{Init, Params};
+use crate::error::Result;
+use candle_core::{Module, Tensor};
+
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv2d {
+    pub fn new(
+        p: &Params,
+        inp: usize,
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let init = Init::torch_default(inp * kernel * kernel);
+        let weight = p.get(&[out, inp, kernel, kernel], "weight", init)?;
+        let bias = Some(p.get(&[out], "bias", init)?);
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?),
+            None => Ok(y),
+        }
+    }
+}

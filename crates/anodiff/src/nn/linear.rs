@@ -1,0 +1,90 @@
+//! Fully connected layer with diffusers/PyTorch weight layout (`weight: [out, in]`) and an optional
+//! adapter slot through which LoRA wraps any named linear layer without changing the model code.
+
+use super::params::{Init, Params};
+use crate::error::Result;
+use candle_core::{Module, Tensor};
+use std::sync::{Arc, RwLock};
+
+/// Something that modifies a linear layer's output given its input (LoRA, merged deltas, probes).
+pub trait LinearAdapter: Send + Sync {
+    /// `input` is the layer input, `output` the base layer's output; returns the adapted output.
+    fn adapt(&self, layer: &str, input: &Tensor, output: Tensor) -> candle_core::Result<Tensor>;
+}
+
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    /// Full dotted name (`…attn1.to_q`), used for targeting adapters by pattern.
+    pub name: String,
+    adapter: RwLock<Option<Arc<dyn LinearAdapter>>>,
+}
+
+impl Linear {
+    /// Loads or creates `p.weight [out, inp]` and, if `bias`, `p.bias [out]`.
+    pub fn new(p: &Params, inp: usize, out: usize, bias: bool) -> Result<Self> {
+        let init = Init::torch_default(inp);
+        let weight = p.get(&[out, inp], "weight", init)?;
+        let bias = if bias {
+            Some(p.get(&[out], "bias", init)?)
+        } else {
+            None
+        };
+        Ok(Self::from_tensors(weight, bias, p.prefix()))
+    }
+
+    pub fn from_tensors(weight: Tensor, bias: Option<Tensor>, name: &str) -> Self {
+        Self {
+            weight,
+            bias,
+            name: name.to_string(),
+            adapter: RwLock::new(None),
+        }
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    pub fn set_adapter(&self, adapter: Option<Arc<dyn LinearAdapter>>) {
+        *self.adapter.write().unwrap() = adapter;
+    }
+
+    pub fn adapter(&self) -> Option<Arc<dyn LinearAdapter>> {
+        self.adapter.read().unwrap().clone()
+    }
+
+    /// The layer without its adapter.
+    pub fn forward_base(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.forward_base(x)?;
+        match self.adapter() {
+            Some(a) => a.adapt(&self.name, x, y),
+            None => Ok(y),
+        }
+    }
+}
+
+/// `x @ weight.T + bias` over the last dimension of `x` (any rank ≥ 1).
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let inp = *dims.last().unwrap();
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((rows, inp))?.matmul(&weight.t()?)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims;
+    *out_dims.last_mut().unwrap() = weight.dims()[0];
+    y.reshape(out_dims)
+}

@@ -1,0 +1,290 @@
+//! diffusers-style `Attention` layer (`to_q`, `to_k`, `to_v`, `to_out.0`) whose computation is
+//! delegated, stage by stage, to an [`AttnProcessor`] chosen per layer.
+//!
+//! This is the one hook through which everything that customises attention plugs in — LoRA sets
+//! (`project`), BCM reference attention (`kv_source`), attention-map capture or a fast kernel
+//! (`attend`), SAIM (`output`) — so the UNet is never forked. Processors compose with
+//! [`ProcessorStack`]; they keep state across passes through interior mutability.
+
+use crate::error::Result;
+use crate::nn::{ops, Linear, Params};
+use candle_core::{Module, Tensor};
+use std::sync::{Arc, RwLock};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnKind {
+    /// `attn1`: keys/values from the hidden states themselves.
+    SelfAttn,
+    /// `attn2`: keys/values from the text encoder states.
+    Cross,
+}
+
+/// Static facts about one attention layer.
+#[derive(Clone, Debug)]
+pub struct AttnLayerInfo {
+    /// diffusers module path, e.g. `down_blocks.0.attentions.1.transformer_blocks.0.attn2`.
+    pub name: String,
+    /// Position of the layer in forward order among the model's attention layers (0-based).
+    pub index: usize,
+    pub kind: AttnKind,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub query_dim: usize,
+    pub context_dim: usize,
+}
+
+/// Per-forward-pass information shared by all layers (built by the caller of the model).
+#[derive(Clone, Debug, Default)]
+pub struct ForwardCtx {
+    /// For each batch row, which branch / LoRA set it belongs to (DualAnoDiff: 0 whole, 1 part).
+    pub branch: Option<Vec<usize>>,
+    /// The diffusion timestep of this pass, when there is one.
+    pub timestep: Option<f64>,
+    /// Free-form label of the pass (e.g. "reference" for BCM's extra pass).
+    pub tag: Option<String>,
+}
+
+/// What a processor sees about the current call.
+pub struct AttnCall<'a> {
+    pub layer: &'a AttnLayerInfo,
+    pub ctx: &'a ForwardCtx,
+    /// Spatial size (h, w) of the token grid for UNet layers; None for text layers.
+    pub hw: Option<(usize, usize)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proj {
+    Q,
+    K,
+    V,
+    Out,
+}
+
+/// Stages of one attention call; every method has the plain-attention default.
+pub trait AttnProcessor: Send + Sync {
+    /// Source of keys and values. `kv` is the default (context for cross-attention, else `hidden`).
+    fn kv_source(&self, _call: &AttnCall, _hidden: &Tensor, kv: Tensor) -> Result<Tensor> {
+        Ok(kv)
+    }
+    /// Post-processes a projection: `input` went into the layer's linear map, `output` came out.
+    fn project(&self, _call: &AttnCall, _proj: Proj, _input: &Tensor, output: Tensor) -> Result<Tensor> {
+        Ok(output)
+    }
+    /// Replaces the attention computation. `q: [B, H, T, d]`, `k, v: [B, H, S, d]`; return
+    /// `Some([B, H, T, d])`, or `None` to leave it to the next processor / the default.
+    fn attend(&self, _call: &AttnCall, _q: &Tensor, _k: &Tensor, _v: &Tensor, _scale: f64) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+    /// Post-processes the layer output (after `to_out`), before the block's residual add.
+    fn output(&self, _call: &AttnCall, _hidden: &Tensor, out: Tensor) -> Result<Tensor> {
+        Ok(out)
+    }
+}
+
+/// Plain scaled-dot-product attention.
+pub struct DefaultProcessor;
+impl AttnProcessor for DefaultProcessor {}
+
+/// Several processors applied in order at every stage; for `attend` the first that answers wins.
+pub struct ProcessorStack(pub Vec<Arc<dyn AttnProcessor>>);
+
+impl AttnProcessor for ProcessorStack {
+    fn kv_source(&self, call: &AttnCall, hidden: &Tensor, mut kv: Tensor) -> Result<Tensor> {
+        for p in &self.0 {
+            kv = p.kv_source(call, hidden, kv)?;
+        }
+        Ok(kv)
+    }
+    fn project(&self, call: &AttnCall, proj: Proj, input: &Tensor, mut output: Tensor) -> Result<Tensor> {
+        for p in &self.0 {
+            output = p.project(call, proj, input, output)?;
+        }
+        Ok(output)
+    }
+    fn attend(&self, call: &AttnCall, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+        for p in &self.0 {
+            if let Some(o) = p.attend(call, q, k, v, scale)? {
+                return Ok(Some(o));
+            }
+        }
+        Ok(None)
+    }
+    fn output(&self, call: &AttnCall, hidden: &Tensor, mut out: Tensor) -> Result<Tensor> {
+        for p in &self.0 {
+            out = p.output(call, hidden, out)?;
+        }
+        Ok(out)
+    }
+}
+
+pub struct Attention {
+    pub info: AttnLayerInfo,
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+    processor: RwLock<Arc<dyn AttnProcessor>>,
+}
+
+impl Attention {
+    /// diffusers `Attention` without q/k/v bias and with an output bias, as in SD's UNet.
+    pub fn new(p: &Params, info: AttnLayerInfo) -> Result<Self> {
+        let inner = info.heads * info.head_dim;
+        Ok(Self {
+            to_q: Linear::new(&p.pp("to_q"), info.query_dim, inner, false)?,
+            to_k: Linear::new(&p.pp("to_k"), info.context_dim, inner, false)?,
+            to_v: Linear::new(&p.pp("to_v"), info.context_dim, inner, false)?,
+            to_out: Linear::new(&p.pp("to_out.0"), inner, info.query_dim, true)?,
+            info,
+            processor: RwLock::new(Arc::new(DefaultProcessor)),
+        })
+    }
+
+    pub fn set_processor(&self, p: Arc<dyn AttnProcessor>) {
+        *self.processor.write().unwrap() = p;
+    }
+
+    pub fn processor(&self) -> Arc<dyn AttnProcessor> {
+        self.processor.read().unwrap().clone()
+    }
+
+    /// `hidden: [B, T, query_dim]`, `context: [B, S, context_dim]` for cross-attention.
+    pub fn forward(
+        &self,
+        hidden: &Tensor,
+        context: Option<&Tensor>,
+        ctx: &ForwardCtx,
+        hw: Option<(usize, usize)>,
+    ) -> Result<Tensor> {
+        let proc = self.processor();
+        let call = AttnCall {
+            layer: &self.info,
+            ctx,
+            hw,
+        };
+        let kv_in = proc.kv_source(&call, hidden, context.unwrap_or(hidden).clone())?;
+        let q = proc.project(&call, Proj::Q, hidden, self.to_q.forward(hidden)?)?;
+        let k = proc.project(&call, Proj::K, &kv_in, self.to_k.forward(&kv_in)?)?;
+        let v = proc.project(&call, Proj::V, &kv_in, self.to_v.forward(&kv_in)?)?;
+        let (q, k, v) = (self.heads(&q)?, self.heads(&k)?, self.heads(&v)?);
+        let scale = 1.0 / (self.info.head_dim as f64).sqrt();
+        let o = match proc.attend(&call, &q, &k, &v, scale)? {
+            Some(o) => o,
+            None => ops::sdpa(&q, &k, &v, scale)?,
+        };
+        let o = self.merge_heads(&o)?;
+        let out = proc.project(&call, Proj::Out, &o, self.to_out.forward(&o)?)?;
+        proc.output(&call, hidden, out)
+    }
+
+    /// `[B, T, H·d] → [B, H, T, d]`.
+    pub fn heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        x.reshape((b, t, self.info.heads, self.info.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// `[B, H, T, d] → [B, T, H·d]`.
+    pub fn merge_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, h, t, d) = x.dims4()?;
+        x.transpose(1, 2)?.reshape((b, t, h * d))
+    }
+}
+
+/// Anything that holds attention layers lets callers visit them in forward order (to install
+/// processors by name or index).
+pub trait HasAttention {
+    fn visit_attention(&self, f: &mut dyn FnMut(&Attention));
+
+    /// Installs `make(info)` as the processor of every attention layer.
+    fn set_attn_processors(&self, make: &mut dyn FnMut(&AttnLayerInfo) -> Arc<dyn AttnProcessor>) {
+        self.visit_attention(&mut |a| a.set_processor(make(&a.info)));
+    }
+
+    fn attention_infos(&self) -> Vec<AttnLayerInfo> {
+        let mut v = Vec::new();
+        self.visit_attention(&mut |a| v.push(a.info.clone()));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use std::sync::Mutex;
+
+    fn layer(kind: AttnKind) -> Attention {
+        let info = AttnLayerInfo {
+            name: "t.attn".into(),
+            index: 0,
+            kind,
+            heads: 2,
+            head_dim: 4,
+            query_dim: 8,
+            context_dim: if kind == AttnKind::Cross { 6 } else { 8 },
+        };
+        Attention::new(&Params::fresh(1, &Device::Cpu), info).unwrap()
+    }
+
+    /// Records attention probabilities; proves a processor can replace the computation and keep state.
+    struct Capture(Mutex<Vec<Tensor>>);
+    impl AttnProcessor for Capture {
+        fn attend(&self, _c: &AttnCall, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+            let probs = ops::softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?;
+            self.0.lock().unwrap().push(probs.clone());
+            Ok(Some(probs.matmul(v)?))
+        }
+    }
+
+    #[test]
+    fn capture_processor_sees_maps_and_matches_default() {
+        let a = layer(AttnKind::Cross);
+        let dev = Device::Cpu;
+        let h = Tensor::randn(0f32, 1.0, (3, 5, 8), &dev).unwrap();
+        let c = Tensor::randn(0f32, 1.0, (3, 7, 6), &dev).unwrap();
+        let ctx = ForwardCtx::default();
+        let plain = a.forward(&h, Some(&c), &ctx, None).unwrap();
+        let cap = Arc::new(Capture(Mutex::new(Vec::new())));
+        a.set_processor(cap.clone());
+        let got = a.forward(&h, Some(&c), &ctx, None).unwrap();
+        let maps = cap.0.lock().unwrap();
+        assert_eq!(maps.len(), 1);
+        assert_eq!(maps[0].dims(), &[3, 2, 5, 7]);
+        let rowsum = maps[0].sum_keepdim(3).unwrap();
+        let err = (rowsum - 1.0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(err < 1e-6);
+        let d = (plain - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-6, "capture changed the output by {d}");
+    }
+
+    /// A stack applies output hooks in order and sees the batch layout through the context.
+    struct AddBranch;
+    impl AttnProcessor for AddBranch {
+        fn output(&self, call: &AttnCall, _h: &Tensor, out: Tensor) -> Result<Tensor> {
+            let b = call.ctx.branch.clone().unwrap();
+            let add = Tensor::new(b.iter().map(|&x| x as f32).collect::<Vec<_>>(), out.device())?
+                .reshape((b.len(), 1, 1))?;
+            Ok(out.broadcast_add(&add)?)
+        }
+    }
+
+    #[test]
+    fn stack_composes_and_reads_branch_layout() {
+        let a = layer(AttnKind::SelfAttn);
+        let h = Tensor::zeros((2, 3, 8), DType::F32, &Device::Cpu).unwrap();
+        let ctx = ForwardCtx {
+            branch: Some(vec![0, 1]),
+            ..Default::default()
+        };
+        let base = a.forward(&h, None, &ctx, Some((1, 3))).unwrap();
+        a.set_processor(Arc::new(ProcessorStack(vec![Arc::new(AddBranch), Arc::new(AddBranch)])));
+        let got = a.forward(&h, None, &ctx, Some((1, 3))).unwrap();
+        let diff = (got - base).unwrap();
+        let row0 = diff.get(0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let row1 = diff.get(1).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(row0 < 1e-6);
+        assert!((row1 - 2.0).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,13 @@
+//! The Stable Diffusion backbone: models (CLIP text encoder, VAE, UNet), tokenizer, schedulers,
+//! the attention-processor hook, weight loading and the sampling pipelines.
+
+pub mod attention;
+pub mod clip;
+pub mod guidance;
+pub mod pipeline;
+pub mod resnet;
+pub mod scheduler;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;
+pub mod weights;
