@@ -1,5 +1,47 @@
 //! The `anodiff` command-line tool: parses arguments, calls the library, shows progress.
 
+mod commands;
+mod progress;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "anodiff",
+    version,
+    about = "Few-shot defect image generation (DualAnoDiff) and detection (AnomalySD) on Stable-Diffusion-class models",
+    long_about = "anodiff runs Stable Diffusion 1.x/2.x models from diffusers folders on the CPU, in pure Rust.\n\
+                  Model folders use the diffusers layout (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/) \
+                  with *.safetensors weights (f32, f16 or bf16)."
+)]
+struct Cli {
+    /// Worker threads for the numeric kernels (default: all cores; also read from RAYON_NUM_THREADS).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate an image from a text prompt with a 4-channel Stable Diffusion model.
+    Txt2img(commands::txt2img::Args),
+    /// Repaint the white region of a mask with a 9-channel inpainting model.
+    Inpaint(commands::inpaint::Args),
+}
+
 fn main() {
-    println!("anodiff {}", env!("CARGO_PKG_VERSION"));
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // Must happen before the first parallel op creates the global thread pool.
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
+    let result = match cli.command {
+        Command::Txt2img(a) => commands::txt2img::run(a),
+        Command::Inpaint(a) => commands::inpaint::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -4,6 +4,8 @@
 pub mod attention;
 pub mod clip;
 pub mod guidance;
+pub mod image;
+pub mod noise;
 pub mod pipeline;
 pub mod resnet;
 pub mod scheduler;

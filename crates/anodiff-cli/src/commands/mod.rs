@@ -1,0 +1,5 @@
+//! One file per subcommand.
+
+pub mod inpaint;
+pub mod sample;
+pub mod txt2img;
