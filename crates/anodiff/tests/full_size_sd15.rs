@@ -17,12 +17,30 @@ use std::time::Instant;
 fn dir() -> PathBuf {
     std::env::var_os("ANODIFF_SD15_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../runs/sd15-random")))
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../runs/sd15-random"
+            ))
+        })
 }
 
 fn rel(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    d / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    d / b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -56,6 +74,9 @@ fn sd15_full_size_matches_diffusers() {
     let t0 = Instant::now();
     let img = vae.decode(&r["vae.z"]).unwrap();
     let e = rel(&img, &r["vae.decoded"]);
-    println!("vae decode 256px: rel err {e:.3e}, {:.2} s", t0.elapsed().as_secs_f64());
+    println!(
+        "vae decode 256px: rel err {e:.3e}, {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
     assert!(e <= 1e-4);
 }

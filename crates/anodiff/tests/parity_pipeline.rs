@@ -33,9 +33,14 @@ fn assemble(case: &serde_json::Value) -> PathBuf {
     ] {
         copy_dir(&fix.join(from), &dir.join(to));
     }
-    copy_dir(&fix.join("pipeline").join(case["unet_dir"].as_str().unwrap()), &dir.join("unet"));
     copy_dir(
-        &fix.join("pipeline").join(case["scheduler_dir"].as_str().unwrap()),
+        &fix.join("pipeline")
+            .join(case["unet_dir"].as_str().unwrap()),
+        &dir.join("unet"),
+    );
+    copy_dir(
+        &fix.join("pipeline")
+            .join(case["scheduler_dir"].as_str().unwrap()),
         &dir.join("scheduler"),
     );
     std::fs::write(dir.join("model_index.json"), b"{}").unwrap();
@@ -43,8 +48,21 @@ fn assemble(case: &serde_json::Value) -> PathBuf {
 }
 
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let m = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let m = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     d / m
 }
 
@@ -81,11 +99,17 @@ fn pipelines_match_diffusers() {
         let latents = if case["kind"] == "inpaint" {
             let img = &refs["inpaint.image_in"];
             let mask = &refs["inpaint.mask"];
-            sd.inpaint(&opts, img, mask, 1.0, &mut noise, &mut |_, _| calls += 1).unwrap()
+            sd.inpaint(&opts, img, mask, 1.0, &mut noise, &mut |_, _| calls += 1)
+                .unwrap()
         } else {
-            sd.txt2img(&opts, &mut noise, &mut |_, _| calls += 1).unwrap()
+            sd.txt2img(&opts, &mut noise, &mut |_, _| calls += 1)
+                .unwrap()
         };
-        assert_eq!(noise.remaining(), 0, "{name}: not every recorded draw was used");
+        assert_eq!(
+            noise.remaining(),
+            0,
+            "{name}: not every recorded draw was used"
+        );
         assert!(calls >= opts.steps, "{name}: progress called {calls} times");
         let e = rel_err(&latents, &refs[&format!("{name}.final")]);
         println!("{name}: final latents max|diff|/max|ref| = {e:.3e}");
@@ -108,21 +132,54 @@ fn wrong_sizes_and_unet_kind_are_clear_errors() {
     let fix = Path::new(FIX).join("pipeline");
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fix.join("cases.json")).unwrap()).unwrap();
-    let txt = cases["cases"].as_array().unwrap().iter().find(|c| c["kind"] == "txt2img").unwrap();
+    let txt = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "txt2img")
+        .unwrap();
     let dir = assemble(txt);
     let sd = StableDiffusion::load(&dir, &dev).unwrap();
     let mut noise = anodiff::sd::noise::SeededNoise::new(0);
-    let bad = SampleOptions { width: 30, height: 32, steps: 2, ..Default::default() };
-    let e = sd.txt2img(&bad, &mut noise, &mut |_, _| {}).unwrap_err().to_string();
+    let bad = SampleOptions {
+        width: 30,
+        height: 32,
+        steps: 2,
+        ..Default::default()
+    };
+    let e = sd
+        .txt2img(&bad, &mut noise, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("multiples of"), "{e}");
-    let ok = SampleOptions { width: 32, height: 32, steps: 2, ..Default::default() };
+    let ok = SampleOptions {
+        width: 32,
+        height: 32,
+        steps: 2,
+        ..Default::default()
+    };
     let img = Tensor::zeros((1, 3, 32, 32), candle_core::DType::F32, &dev).unwrap();
     let mask = Tensor::zeros((1, 1, 32, 32), candle_core::DType::F32, &dev).unwrap();
-    let e = sd.inpaint(&ok, &img, &mask, 1.0, &mut noise, &mut |_, _| {}).unwrap_err().to_string();
+    let e = sd
+        .inpaint(&ok, &img, &mask, 1.0, &mut noise, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("inpainting UNet"), "{e}");
     // Same seed, same bytes.
-    let a = sd.txt2img(&ok, &mut anodiff::sd::noise::SeededNoise::new(5), &mut |_, _| {}).unwrap();
-    let b = sd.txt2img(&ok, &mut anodiff::sd::noise::SeededNoise::new(5), &mut |_, _| {}).unwrap();
+    let a = sd
+        .txt2img(
+            &ok,
+            &mut anodiff::sd::noise::SeededNoise::new(5),
+            &mut |_, _| {},
+        )
+        .unwrap();
+    let b = sd
+        .txt2img(
+            &ok,
+            &mut anodiff::sd::noise::SeededNoise::new(5),
+            &mut |_, _| {},
+        )
+        .unwrap();
     assert_eq!(
         a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         b.flatten_all().unwrap().to_vec1::<f32>().unwrap()

@@ -38,7 +38,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     let (w, h) = (img.width() as usize, img.height() as usize);
     if w % 8 != 0 || h % 8 != 0 {
-        bail!("{} is {w}x{h}: width and height must be multiples of 8", a.image.display());
+        bail!(
+            "{} is {w}x{h}: width and height must be multiples of 8",
+            a.image.display()
+        );
     }
     let opts = a.common.options(w, h);
     let sd = a.common.load()?;

@@ -37,7 +37,9 @@ impl Module for GroupNorm {
         let mean = xg.mean_keepdim(D::Minus1)?;
         let xc = xg.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?.reshape(dims.as_slice())?;
+        let xn = xc
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .reshape(dims.as_slice())?;
         let mut shape = vec![1usize; dims.len()];
         shape[1] = c;
         xn.broadcast_mul(&self.weight.reshape(shape.as_slice())?)?

@@ -156,7 +156,9 @@ impl Params {
                 }
                 t.to_dtype(DType::F32)?
             }
-            Source::Fresh { seed } => init_tensor(shape, init, name_seed(*seed, &full), self.device())?,
+            Source::Fresh { seed } => {
+                init_tensor(shape, init, name_seed(*seed, &full), self.device())?
+            }
         };
         self.inner.used.lock().unwrap().insert(full.clone());
         if (self.inner.trainable)(&full) {
@@ -213,9 +215,7 @@ fn init_tensor(shape: &[usize], init: Init, seed: u64, device: &Device) -> Resul
         }
         Init::Normal { std } => {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            let v: Vec<f32> = (0..n)
-                .map(|_| (gaussian(&mut rng) * std) as f32)
-                .collect();
+            let v: Vec<f32> = (0..n).map(|_| (gaussian(&mut rng) * std) as f32).collect();
             Tensor::from_vec(v, shape, device)?
         }
     };
@@ -250,10 +250,20 @@ mod tests {
     fn loaded_shape_mismatch_names_tensor_and_shapes() {
         let dev = Device::Cpu;
         let mut m = HashMap::new();
-        m.insert("a.weight".to_string(), Tensor::zeros((2, 3), DType::F16, &dev).unwrap());
+        m.insert(
+            "a.weight".to_string(),
+            Tensor::zeros((2, 3), DType::F16, &dev).unwrap(),
+        );
         let p = Params::from_tensors(m, &dev);
-        let err = p.pp("a").get(&[3, 2], "weight", Init::Zeros).unwrap_err().to_string();
-        assert!(err.contains("a.weight") && err.contains("[3, 2]") && err.contains("[2, 3]"), "{err}");
+        let err = p
+            .pp("a")
+            .get(&[3, 2], "weight", Init::Zeros)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a.weight") && err.contains("[3, 2]") && err.contains("[2, 3]"),
+            "{err}"
+        );
         let err = p.get(&[1], "b.bias", Init::Zeros).unwrap_err().to_string();
         assert!(err.contains("b.bias"), "{err}");
         // f16 on disk comes out as f32.
@@ -266,8 +276,14 @@ mod tests {
     fn trainable_predicate_makes_vars() {
         let dev = Device::Cpu;
         let mut m = HashMap::new();
-        m.insert("x.w".to_string(), Tensor::zeros(2, DType::F32, &dev).unwrap());
-        m.insert("y.w".to_string(), Tensor::zeros(2, DType::F32, &dev).unwrap());
+        m.insert(
+            "x.w".to_string(),
+            Tensor::zeros(2, DType::F32, &dev).unwrap(),
+        );
+        m.insert(
+            "y.w".to_string(),
+            Tensor::zeros(2, DType::F32, &dev).unwrap(),
+        );
         let p = Params::from_tensors(m, &dev).with_trainable(|n| n.starts_with("y."));
         p.get(&[2], "x.w", Init::Zeros).unwrap();
         p.get(&[2], "y.w", Init::Zeros).unwrap();

@@ -67,12 +67,25 @@ pub trait AttnProcessor: Send + Sync {
         Ok(kv)
     }
     /// Post-processes a projection: `input` went into the layer's linear map, `output` came out.
-    fn project(&self, _call: &AttnCall, _proj: Proj, _input: &Tensor, output: Tensor) -> Result<Tensor> {
+    fn project(
+        &self,
+        _call: &AttnCall,
+        _proj: Proj,
+        _input: &Tensor,
+        output: Tensor,
+    ) -> Result<Tensor> {
         Ok(output)
     }
     /// Replaces the attention computation. `q: [B, H, T, d]`, `k, v: [B, H, S, d]`; return
     /// `Some([B, H, T, d])`, or `None` to leave it to the next processor / the default.
-    fn attend(&self, _call: &AttnCall, _q: &Tensor, _k: &Tensor, _v: &Tensor, _scale: f64) -> Result<Option<Tensor>> {
+    fn attend(
+        &self,
+        _call: &AttnCall,
+        _q: &Tensor,
+        _k: &Tensor,
+        _v: &Tensor,
+        _scale: f64,
+    ) -> Result<Option<Tensor>> {
         Ok(None)
     }
     /// Post-processes the layer output (after `to_out`), before the block's residual add.
@@ -95,13 +108,26 @@ impl AttnProcessor for ProcessorStack {
         }
         Ok(kv)
     }
-    fn project(&self, call: &AttnCall, proj: Proj, input: &Tensor, mut output: Tensor) -> Result<Tensor> {
+    fn project(
+        &self,
+        call: &AttnCall,
+        proj: Proj,
+        input: &Tensor,
+        mut output: Tensor,
+    ) -> Result<Tensor> {
         for p in &self.0 {
             output = p.project(call, proj, input, output)?;
         }
         Ok(output)
     }
-    fn attend(&self, call: &AttnCall, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+    fn attend(
+        &self,
+        call: &AttnCall,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+    ) -> Result<Option<Tensor>> {
         for p in &self.0 {
             if let Some(o) = p.attend(call, q, k, v, scale)? {
                 return Ok(Some(o));
@@ -231,7 +257,14 @@ mod tests {
     /// Records attention probabilities; proves a processor can replace the computation and keep state.
     struct Capture(Mutex<Vec<Tensor>>);
     impl AttnProcessor for Capture {
-        fn attend(&self, _c: &AttnCall, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+        fn attend(
+            &self,
+            _c: &AttnCall,
+            q: &Tensor,
+            k: &Tensor,
+            v: &Tensor,
+            scale: f64,
+        ) -> Result<Option<Tensor>> {
             let probs = ops::softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?;
             self.0.lock().unwrap().push(probs.clone());
             Ok(Some(probs.matmul(v)?))
@@ -253,9 +286,23 @@ mod tests {
         assert_eq!(maps.len(), 1);
         assert_eq!(maps[0].dims(), &[3, 2, 5, 7]);
         let rowsum = maps[0].sum_keepdim(3).unwrap();
-        let err = (rowsum - 1.0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let err = (rowsum - 1.0)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(err < 1e-6);
-        let d = (plain - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (plain - got)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < 1e-6, "capture changed the output by {d}");
     }
 
@@ -264,8 +311,11 @@ mod tests {
     impl AttnProcessor for AddBranch {
         fn output(&self, call: &AttnCall, _h: &Tensor, out: Tensor) -> Result<Tensor> {
             let b = call.ctx.branch.clone().unwrap();
-            let add = Tensor::new(b.iter().map(|&x| x as f32).collect::<Vec<_>>(), out.device())?
-                .reshape((b.len(), 1, 1))?;
+            let add = Tensor::new(
+                b.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                out.device(),
+            )?
+            .reshape((b.len(), 1, 1))?;
             Ok(out.broadcast_add(&add)?)
         }
     }
@@ -279,11 +329,28 @@ mod tests {
             ..Default::default()
         };
         let base = a.forward(&h, None, &ctx, Some((1, 3))).unwrap();
-        a.set_processor(Arc::new(ProcessorStack(vec![Arc::new(AddBranch), Arc::new(AddBranch)])));
+        a.set_processor(Arc::new(ProcessorStack(vec![
+            Arc::new(AddBranch),
+            Arc::new(AddBranch),
+        ])));
         let got = a.forward(&h, None, &ctx, Some((1, 3))).unwrap();
         let diff = (got - base).unwrap();
-        let row0 = diff.get(0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        let row1 = diff.get(1).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+        let row0 = diff
+            .get(0)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let row1 = diff
+            .get(1)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(row0 < 1e-6);
         assert!((row1 - 2.0).abs() < 1e-5);
     }

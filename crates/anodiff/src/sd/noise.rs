@@ -52,10 +52,9 @@ impl ReplayNoise {
 
 impl NoiseSource for ReplayNoise {
     fn draw(&mut self, shape: &[usize], _device: &Device) -> Result<Tensor> {
-        let t = self
-            .queue
-            .pop_front()
-            .ok_or_else(|| Error::invalid("replay noise exhausted: the run drew more noise than recorded"))?;
+        let t = self.queue.pop_front().ok_or_else(|| {
+            Error::invalid("replay noise exhausted: the run drew more noise than recorded")
+        })?;
         if t.dims() != shape {
             return Err(Error::invalid(format!(
                 "replay noise has shape {:?}, the run asked for {shape:?}",
@@ -79,16 +78,31 @@ mod tests {
         assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
         assert_ne!(a.to_vec2::<f32>().unwrap(), c.to_vec2::<f32>().unwrap());
         let mean = a.mean_all().unwrap().to_scalar::<f32>().unwrap();
-        let var = a.sqr().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.07, "mean {mean} var {var}");
+        let var = a
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            mean.abs() < 0.05 && (var - 1.0).abs() < 0.07,
+            "mean {mean} var {var}"
+        );
     }
 
     #[test]
     fn replay_checks_shape_and_exhaustion() {
         let d = Device::Cpu;
-        let mut r = ReplayNoise::new(vec![Tensor::zeros((2, 3), candle_core::DType::F32, &d).unwrap()]);
+        let mut r = ReplayNoise::new(vec![
+            Tensor::zeros((2, 3), candle_core::DType::F32, &d).unwrap()
+        ]);
         assert!(r.draw(&[3, 2], &d).is_err());
         let mut r = ReplayNoise::new(vec![]);
-        assert!(r.draw(&[1], &d).unwrap_err().to_string().contains("exhausted"));
+        assert!(r
+            .draw(&[1], &d)
+            .unwrap_err()
+            .to_string()
+            .contains("exhausted"));
     }
 }

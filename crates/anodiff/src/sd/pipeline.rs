@@ -104,7 +104,10 @@ impl StableDiffusion {
     pub fn encode_text(&self, prompts: &[&str]) -> Result<Tensor> {
         let mut ids = Vec::new();
         for p in prompts {
-            ids.push(Tensor::new(self.tokenizer.encode(p).as_slice(), &self.device)?);
+            ids.push(Tensor::new(
+                self.tokenizer.encode(p).as_slice(),
+                &self.device,
+            )?);
         }
         let ids = Tensor::stack(&ids, 0)?;
         Ok(self.text_encoder.forward(&ids)?.last_hidden_state)
@@ -156,7 +159,8 @@ impl StableDiffusion {
         let (h, w) = self.check_size(o)?;
         let latent_ch = self.vae.config().latent_channels;
         let mut sched = self.scheduler(o)?;
-        let latents = (noise.draw(&[1, latent_ch, h, w], &self.device)? * sched.init_noise_sigma())?;
+        let latents =
+            (noise.draw(&[1, latent_ch, h, w], &self.device)? * sched.init_noise_sigma())?;
         self.denoise(o, sched.as_mut(), latents, None, noise, progress)
     }
 
@@ -181,7 +185,9 @@ impl StableDiffusion {
             )));
         }
         if !(0.0..=1.0).contains(&strength) || strength == 0.0 {
-            return Err(Error::invalid(format!("strength must be in (0, 1], got {strength}")));
+            return Err(Error::invalid(format!(
+                "strength must be in (0, 1], got {strength}"
+            )));
         }
         let (h, w) = self.check_size(o)?;
         let (_, _, ih, iw) = image.dims4()?;
@@ -219,7 +225,15 @@ impl StableDiffusion {
         let post = self.vae.encode(&masked)?;
         let masked_lat = (post.sample(&noise.draw(post.mean.dims(), &self.device)?)? * sf)?;
         let cond = Tensor::cat(&[&mask_lat, &masked_lat], 1)?;
-        self.denoise_from(o, sched.as_mut(), latents, Some(cond), start, noise, progress)
+        self.denoise_from(
+            o,
+            sched.as_mut(),
+            latents,
+            Some(cond),
+            start,
+            noise,
+            progress,
+        )
     }
 
     fn denoise(

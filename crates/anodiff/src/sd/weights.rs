@@ -19,7 +19,10 @@ impl ModelDir {
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
         if !root.is_dir() {
-            return Err(Error::config(&root, "model folder does not exist or is not a folder"));
+            return Err(Error::config(
+                &root,
+                "model folder does not exist or is not a folder",
+            ));
         }
         Ok(Self { root })
     }
@@ -80,7 +83,10 @@ impl Component {
             } else {
                 ""
             };
-            return Err(Error::config(&self.dir, format!("no *.safetensors weight file{hint}")));
+            return Err(Error::config(
+                &self.dir,
+                format!("no *.safetensors weight file{hint}"),
+            ));
         }
         let full: Vec<PathBuf> = all
             .iter()
@@ -115,9 +121,18 @@ mod tests {
         let e = m.component("vae").unwrap_err().to_string();
         assert!(e.contains("vae"), "{e}");
         std::fs::write(root.join("unet/diffusion_pytorch_model.bin"), b"x").unwrap();
-        let e = m.component("unet").unwrap().weight_files().unwrap_err().to_string();
+        let e = m
+            .component("unet")
+            .unwrap()
+            .weight_files()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unet") && e.contains(".bin"), "{e}");
-        std::fs::write(root.join("unet/diffusion_pytorch_model.safetensors"), b"garbage").unwrap();
+        std::fs::write(
+            root.join("unet/diffusion_pytorch_model.safetensors"),
+            b"garbage",
+        )
+        .unwrap();
         let e = m
             .component("unet")
             .unwrap()

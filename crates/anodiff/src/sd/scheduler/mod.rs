@@ -22,7 +22,13 @@ pub trait Scheduler: Send {
     fn scale_model_input(&self, sample: &Tensor, t: f64) -> Result<Tensor>;
     /// One reverse step from `t`: returns the previous sample. `noise` must be given (same shape as
     /// `sample`) when `needs_noise()` is true, and is ignored otherwise.
-    fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor>;
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        t: f64,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor>;
     /// Whether `step` consumes fresh noise (DDPM; DDIM with eta > 0).
     fn needs_noise(&self) -> bool {
         false
