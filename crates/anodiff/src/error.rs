@@ -15,7 +15,7 @@ pub enum Error {
     },
     #[error("{path}: not a valid safetensors file: {msg}")]
     Safetensors { path: PathBuf, msg: String },
-    #[error("{path}: tensor `{name}` has dtype {dtype}, expected F32, F16 or BF16")]
+    #[error("{path}: tensor `{name}` has unsupported dtype {dtype} (float F32/F16/BF16/F64 or integer I64/U32/U8 expected)")]
     UnsupportedDtype {
         path: PathBuf,
         name: String,

@@ -13,7 +13,7 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn new(p: &Params, groups: usize, channels: usize, eps: f64) -> Result<Self> {
-        if channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(crate::Error::invalid(format!(
                 "{}: GroupNorm with {channels} channels cannot be split into {groups} groups",
                 p.prefix()

@@ -86,6 +86,10 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<Vec<(String, Ten
             safetensors::Dtype::F16 => DType::F16,
             safetensors::Dtype::BF16 => DType::BF16,
             safetensors::Dtype::F64 => DType::F64,
+            // Integer tensors (e.g. CLIP's `position_ids` in transformers-4 checkpoints) load as-is.
+            safetensors::Dtype::I64 => DType::I64,
+            safetensors::Dtype::U32 => DType::U32,
+            safetensors::Dtype::U8 => DType::U8,
             other => {
                 return Err(Error::UnsupportedDtype {
                     path: path.to_path_buf(),
