@@ -81,6 +81,8 @@ fn clip_vocab_matches_transformers() {
     assert_eq!(tok.max_length(), 77);
     assert!(c["files"].as_array().unwrap().len() >= 60);
     assert_eq!(check(&tok, &c["files"], "from_files"), 0);
+    // 150 random strings mixing specials, marks, CJK, Hangul jamo, emoji, controls, whitespace.
+    assert_eq!(check(&tok, &c["random_files"], "from_files random"), 0);
 }
 
 #[test]
@@ -100,7 +102,9 @@ fn sd2_folder_pads_with_exclamation_mark() {
     let padded = tok.encode("a photo");
     assert_eq!(padded.len(), 77);
     assert_eq!(&padded[padded.len() - 3..], &[0, 0, 0]);
-    assert_eq!(check(&tok, &cases()["sd2_dir"], "sd2 folder"), 0);
+    let c = cases();
+    assert_eq!(check(&tok, &c["sd2_dir"], "sd2 folder"), 0);
+    assert_eq!(check(&tok, &c["random_sd2_dir"], "sd2 folder random"), 0);
     let _ = std::fs::remove_dir_all(dir);
 }
 
