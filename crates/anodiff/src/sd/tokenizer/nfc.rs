@@ -41,7 +41,7 @@ fn decompose_into(c: char, out: &mut Vec<char>) {
         let push = |v: u32, out: &mut Vec<char>| out.extend(char::from_u32(v));
         push(L_BASE + s / N_COUNT, out);
         push(V_BASE + (s % N_COUNT) / T_COUNT, out);
-        if s % T_COUNT != 0 {
+        if !s.is_multiple_of(T_COUNT) {
             push(T_BASE + s % T_COUNT, out);
         }
         return;
@@ -80,7 +80,7 @@ fn compose_pair(a: char, b: char) -> Option<char> {
         return char::from_u32(s);
     }
     if (S_BASE..S_BASE + S_COUNT).contains(&a32)
-        && (a32 - S_BASE) % T_COUNT == 0
+        && (a32 - S_BASE).is_multiple_of(T_COUNT)
         && (T_BASE + 1..T_BASE + T_COUNT).contains(&b32)
     {
         return char::from_u32(a32 + (b32 - T_BASE));
