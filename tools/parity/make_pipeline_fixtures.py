@@ -7,7 +7,7 @@ Every random tensor diffusers draws (initial latents, VAE posterior samples, sch
 recorded in order so the Rust pipeline can replay it through `ReplayNoise`.
 
 Versions: torch 2.15.0, diffusers 0.42.1, transformers 5.23.0.
-Needs tests/fixtures/tokenizer/{vocab.json,merges.txt} (tools/parity/make_tokenizer_fixtures.py).
+Uses the CLIP vocabulary in crates/anodiff/assets/clip (tools/parity/make_tokenizer_fixtures.py).
 Regenerate:  /work/venv/bin/python tools/parity/make_pipeline_fixtures.py
 Writes tests/fixtures/pipeline/.
 """
@@ -26,7 +26,7 @@ import diffusers.utils.torch_utils as tu
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-TOK = os.path.join(ROOT, "tests", "fixtures", "tokenizer")
+TOK = os.path.join(ROOT, "crates", "anodiff", "assets", "clip")
 OUT = os.path.join(ROOT, "tests", "fixtures", "pipeline")
 
 SD15_SCHED = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,

@@ -7,7 +7,7 @@ Versions used: transformers 5.23.0, tokenizers 0.23.3, open_clip_torch 3.3.0, Py
 (unicodedata 14.0.0).
 
 What it writes:
-  tests/fixtures/tokenizer/vocab.json, merges.txt   the OpenAI CLIP BPE vocabulary, converted from
+  crates/anodiff/assets/clip/vocab.json, merges.txt   the OpenAI CLIP BPE vocabulary, converted from
       open_clip's bpe_simple_vocab_16e6.txt.gz the way openai/clip-vit-large-patch14 was built:
       256 byte-level symbols, the same with "</w>", the joined merges, then <|startoftext|> and
       <|endoftext|> (49408 entries); merges.txt = "#version: 0.2" + lines 1..48894 of the gz file.
@@ -40,6 +40,7 @@ from transformers import CLIPTokenizer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "tests", "fixtures", "tokenizer")
+VOCAB = os.path.join(ROOT, "crates", "anodiff", "assets", "clip")  # embedded by the library
 NFC_RS = os.path.join(ROOT, "crates", "anodiff", "src", "sd", "tokenizer", "nfc_tables.rs")
 
 
@@ -65,9 +66,9 @@ def write_vocab():
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(tokens)}
     assert len(tokens) == len(vocab) == 49408, len(vocab)
-    with open(os.path.join(OUT, "vocab.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(VOCAB, "vocab.json"), "w", encoding="utf-8") as f:
         json.dump(vocab, f, ensure_ascii=False)
-    with open(os.path.join(OUT, "merges.txt"), "w", encoding="utf-8") as f:
+    with open(os.path.join(VOCAB, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
     print(f"vocab: {len(vocab)} entries, merges: {len(merges)}")
 
@@ -227,9 +228,9 @@ def write_cases():
             d = os.path.join(tmp, name)
             shutil.copytree(os.path.join(OUT, name), d)
             for f in ["vocab.json", "merges.txt"]:
-                shutil.copy(os.path.join(OUT, f), d)
+                shutil.copy(os.path.join(VOCAB, f), d)
             dirs[name] = d
-        plain = CLIPTokenizer(os.path.join(OUT, "vocab.json"), os.path.join(OUT, "merges.txt"))
+        plain = CLIPTokenizer(os.path.join(VOCAB, "vocab.json"), os.path.join(VOCAB, "merges.txt"))
         plain.model_max_length = 77  # SD-1 default used by ClipTokenizer::from_files
         sd1 = CLIPTokenizer.from_pretrained(dirs["sd1"])
         sd2 = CLIPTokenizer.from_pretrained(dirs["sd2"])
@@ -317,6 +318,7 @@ def write_nfc_tables():
 
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
+    os.makedirs(VOCAB, exist_ok=True)
     write_vocab()
     write_configs()
     write_cases()

@@ -26,7 +26,8 @@ fn assemble(case: &serde_json::Value) -> PathBuf {
     let name = case["name"].as_str().unwrap();
     let dir = std::env::temp_dir().join(format!("anodiff-pipe-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    copy_dir(&fix.join("tokenizer"), &dir.join("tokenizer"));
+    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/clip");
+    copy_dir(&vocab, &dir.join("tokenizer"));
     for (from, to) in [
         ("pipeline/text_encoder", "text_encoder"),
         ("pipeline/vae", "vae"),

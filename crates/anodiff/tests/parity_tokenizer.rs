@@ -11,8 +11,14 @@ const FIXTURES: &str = concat!(
     "/../../tests/fixtures/tokenizer"
 );
 
+/// The CLIP vocabulary lives with the library (it is embedded); the rest are test fixtures.
 fn fixture(name: &str) -> PathBuf {
-    Path::new(FIXTURES).join(name)
+    match name {
+        "vocab.json" | "merges.txt" => {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/clip").join(name)
+        }
+        _ => Path::new(FIXTURES).join(name),
+    }
 }
 
 fn cases() -> Value {
@@ -83,6 +89,14 @@ fn clip_vocab_matches_transformers() {
     assert_eq!(check(&tok, &c["files"], "from_files"), 0);
     // 150 random strings mixing specials, marks, CJK, Hangul jamo, emoji, controls, whitespace.
     assert_eq!(check(&tok, &c["random_files"], "from_files random"), 0);
+}
+
+#[test]
+fn embedded_vocab_matches_transformers() {
+    let tok = ClipTokenizer::embedded().unwrap();
+    let c = cases();
+    assert_eq!((tok.vocab_size(), tok.pad_id(), tok.max_length()), (49408, 49407, 77));
+    assert_eq!(check(&tok, &c["files"], "embedded"), 0);
 }
 
 #[test]

@@ -28,6 +28,10 @@ use serde_json::Value;
 use crate::{Error, Result};
 use bpe::{bpe_word, byte_to_unicode, Merges};
 
+const EMBEDDED_VOCAB: &str = include_str!("../../assets/clip/vocab.json");
+const EMBEDDED_MERGES: &str = include_str!("../../assets/clip/merges.txt");
+const EMBEDDED_VOCAB_NAME: &str = "<built-in CLIP vocabulary>/vocab.json";
+const EMBEDDED_MERGES_NAME: &str = "<built-in CLIP vocabulary>/merges.txt";
 const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
 /// Stable Diffusion's text encoders have 77 positions.
@@ -103,7 +107,19 @@ impl ClipTokenizer {
                 )
             })
             .collect();
-        Self::build(vocab, merges, specials, &[], DEFAULT_MAX_LENGTH, vocab)
+        Self::build(vocab, merges, None, specials, &[], DEFAULT_MAX_LENGTH, vocab)
+    }
+
+    /// The OpenAI CLIP vocabulary (the one SD-1.x and SD-2 ship) built into the library, with SD-1
+    /// settings: presets trained from scratch and the offline demo need no tokenizer files.
+    pub fn embedded() -> Result<Self> {
+        let (vocab, merges) = (Path::new(EMBEDDED_VOCAB_NAME), Path::new(EMBEDDED_MERGES_NAME));
+        let specials = SPECIAL_KEYS
+            .iter()
+            .map(|&k| (k, SpecialToken::raw(if k == "bos_token" { BOS } else { EOS })))
+            .collect();
+        let texts = Some((EMBEDDED_VOCAB, EMBEDDED_MERGES));
+        Self::build(vocab, merges, texts, specials, &[], DEFAULT_MAX_LENGTH, vocab)
     }
 
     /// Loads a diffusers `tokenizer/` folder: `vocab.json`, `merges.txt`, and (when present)
@@ -167,6 +183,7 @@ impl ClipTokenizer {
         Self::build(
             &dir.join("vocab.json"),
             &dir.join("merges.txt"),
+            None,
             specials,
             &extra,
             max_length,
@@ -177,13 +194,14 @@ impl ClipTokenizer {
     fn build(
         vocab_path: &Path,
         merges_path: &Path,
+        texts: Option<(&str, &str)>,
         specials: Vec<(&str, SpecialToken)>,
         extra: &[(SpecialToken, u32)],
         max_length: usize,
         config_path: &Path,
     ) -> Result<Self> {
-        let vocab = read_vocab(vocab_path)?;
-        let merges = read_merges(merges_path, &vocab)?;
+        let vocab = read_vocab(vocab_path, texts.map(|t| t.0))?;
+        let merges = read_merges(merges_path, texts.map(|t| t.1), &vocab)?;
 
         // content -> (id, normalized); later registrations override earlier ones.
         let mut registered: Vec<(String, u32, bool)> = Vec::new();
@@ -360,8 +378,16 @@ fn read_json_if_exists(path: &Path) -> Result<Option<Value>> {
     Ok(Some(v))
 }
 
-fn read_vocab(path: &Path) -> Result<HashMap<String, u32>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+/// The file's text, or the given built-in text (`path` then only names it in errors).
+fn read_text(path: &Path, builtin: Option<&str>) -> Result<String> {
+    match builtin {
+        Some(t) => Ok(t.to_owned()),
+        None => std::fs::read_to_string(path).map_err(|e| Error::io(path, e)),
+    }
+}
+
+fn read_vocab(path: &Path, builtin: Option<&str>) -> Result<HashMap<String, u32>> {
+    let text = read_text(path, builtin)?;
     let vocab: HashMap<String, u32> = serde_json::from_str(&text)
         .map_err(|e| Error::config(path, format!("not a JSON object of token -> id: {e}")))?;
     if vocab.is_empty() {
@@ -371,8 +397,8 @@ fn read_vocab(path: &Path) -> Result<HashMap<String, u32>> {
 }
 
 /// `#version` header lines are skipped; every other line is `left right`, ranked by order.
-fn read_merges(path: &Path, vocab: &HashMap<String, u32>) -> Result<Merges> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+fn read_merges(path: &Path, builtin: Option<&str>, vocab: &HashMap<String, u32>) -> Result<Merges> {
+    let text = read_text(path, builtin)?;
     let mut merges = Merges::new();
     let mut rank = 0u32;
     let lines: Vec<&str> = text.lines().collect();
