@@ -6,7 +6,7 @@ checkpoints (fewer channels), saves each as a diffusers `unet/` folder and recor
 predictions for a few (latents, timesteps, encoder_hidden_states) cases.
 
   sd1/      SD-1.x style: 4 in-channels, attention_head_dim int, conv proj_in/proj_out, layers_per_block 2
-  inpaint/  the same shapes with 9 in-channels (SD inpainting)
+  inpaint/  9 in-channels (SD inpainting), otherwise SD-1 shapes with layers_per_block 1 (smaller)
   sd2/      SD-2 style: use_linear_projection, attention_head_dim list (per-block head counts),
             transformer_layers_per_block 2, mid_block_scale_factor != 1
   sd1_bf16/ the sd1 weights rounded to and stored as bf16; references use the rounded weights
@@ -14,7 +14,8 @@ predictions for a few (latents, timesteps, encoder_hidden_states) cases.
 Each `<name>/cases.safetensors` holds `encoder_hidden_states [2, 77, cross]` and, per case k,
 `sample_k`, `timesteps_k` (f32 [2]) and `out_k` (the diffusers noise prediction). Cases cover
 t = 1, 500, 999, a batch with different timesteps per row, and an odd, non-square spatial size
-(exercises the explicit upsample size). Every parameter is randomised (diffusers zero-inits some and
+(exercises the explicit upsample size). `<name>/attn_processors.txt` lists diffusers'
+`attn_processors` keys (without the `.processor` suffix) in diffusers' order, one per line. Every parameter is randomised (diffusers zero-inits some and
 norms start at 1/0), scaled so activations stay O(1).
 
 Versions used: torch 2.15 (CPU), diffusers 0.42.1, safetensors, numpy.
@@ -53,7 +54,7 @@ SD1 = dict(
     freq_shift=0,
 )
 
-INPAINT = dict(SD1, in_channels=9)
+INPAINT = dict(SD1, in_channels=9, layers_per_block=1)
 
 SD2 = dict(
     SD1,
@@ -113,6 +114,8 @@ def build(name: str, cfg: dict, seed: int, bf16: bool = False, specs=SPECS) -> N
             tensors[f"out_{k}"] = out.contiguous()
             print(f"{name} case {k}: t={ts.tolist()} {tuple(sample.shape)} max|out|={out.abs().max():.3f}")
     save_file(tensors, str(folder / "cases.safetensors"))
+    keys = [k.removesuffix(".processor") for k in model.attn_processors]
+    (folder / "attn_processors.txt").write_text("\n".join(keys) + "\n")
     n = sum(p.numel() for p in model.parameters())
     print(f"{name}: {n} parameters, config {json.loads((folder / 'unet' / 'config.json').read_text())['attention_head_dim']}")
 
