@@ -16,7 +16,11 @@ use std::sync::{Arc, Mutex};
 const REL_TOL: f32 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/unet")).join(name)
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/unet"
+    ))
+    .join(name)
 }
 
 fn cases(name: &str) -> HashMap<String, Tensor> {
@@ -27,7 +31,12 @@ fn cases(name: &str) -> HashMap<String, Tensor> {
 }
 
 fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -41,7 +50,11 @@ fn load_checked(name: &str) -> UNet2DConditionModel {
     let p = c.params(&dev).unwrap();
     let cfg: UNetConfig = c.config().unwrap();
     let model = UNet2DConditionModel::new(&cfg, &p).unwrap();
-    assert!(p.unused().is_empty(), "{name}: unused checkpoint tensors {:?}", p.unused());
+    assert!(
+        p.unused().is_empty(),
+        "{name}: unused checkpoint tensors {:?}",
+        p.unused()
+    );
     model
 }
 
@@ -50,10 +63,14 @@ fn check_fixture(name: &str) {
     let dev = Device::Cpu;
     let _ = load_checked(name);
     // The public entry point the pipeline uses.
-    let model = UNet2DConditionModel::load(&Component::at(fixture(name).join("unet")), &dev).unwrap();
+    let model =
+        UNet2DConditionModel::load(&Component::at(fixture(name).join("unet")), &dev).unwrap();
     let cs = cases(name);
     let ehs = &cs["encoder_hidden_states"];
-    assert_eq!(model.config().cross_attention_dim.get(0), ehs.dim(2).unwrap());
+    assert_eq!(
+        model.config().cross_attention_dim.get(0),
+        ehs.dim(2).unwrap()
+    );
 
     // Attention layers: same count, names and order as diffusers' `attn_processors`.
     let want: Vec<String> = std::fs::read_to_string(fixture(name).join("attn_processors.txt"))
@@ -63,13 +80,20 @@ fn check_fixture(name: &str) {
         .collect();
     let infos = model.attention_infos();
     let mut got: Vec<String> = infos.iter().map(|i| i.name.clone()).collect();
-    println!("{name}: {} attention layers (diffusers: {})", got.len(), want.len());
+    println!(
+        "{name}: {} attention layers (diffusers: {})",
+        got.len(),
+        want.len()
+    );
     // diffusers lists them in module-registration order (down, up, mid); ours are in forward
     // order (down, mid, up), so compare as sets.
     let mut want = want;
     got.sort();
     want.sort();
-    assert_eq!(got, want, "{name}: attention layer names differ from diffusers");
+    assert_eq!(
+        got, want,
+        "{name}: attention layer names differ from diffusers"
+    );
     assert_eq!(model.num_attention_layers(), want.len());
     assert!(infos.iter().enumerate().all(|(k, i)| i.index == k));
 
@@ -87,7 +111,10 @@ fn check_fixture(name: &str) {
             sample.dims(),
             err / scale
         );
-        assert!(err <= REL_TOL * scale, "{name} case {k}: max|diff| {err} > {REL_TOL} × {scale}");
+        assert!(
+            err <= REL_TOL * scale,
+            "{name} case {k}: max|diff| {err} > {REL_TOL} × {scale}"
+        );
         k += 1;
     }
     assert!(k >= 3, "{name}: expected at least 3 cases, found {k}");
@@ -127,11 +154,18 @@ fn unet_scalar_timestep_broadcasts() {
     ] {
         let out = model.forward(sample, &t, ehs, &ctx).unwrap();
         let err = max_diff(&out, want);
-        println!("timestep {:?} {:?}: max|diff| = {err:.3e}", t.dtype(), t.dims());
+        println!(
+            "timestep {:?} {:?}: max|diff| = {err:.3e}",
+            t.dtype(),
+            t.dims()
+        );
         assert!(err <= REL_TOL * max_abs(want));
     }
     let bad = Tensor::new(&[1f32, 2.0, 3.0], &Device::Cpu).unwrap();
-    let e = model.forward(sample, &bad, ehs, &ctx).unwrap_err().to_string();
+    let e = model
+        .forward(sample, &bad, ehs, &ctx)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("timesteps"), "{e}");
 }
 
@@ -145,7 +179,13 @@ fn unet_non_square_and_odd_sizes() {
         let x = Tensor::randn(0f32, 1.0, (2, 4, h, w), &Device::Cpu).unwrap();
         let out = model.forward(&x, &t, &ehs, &ForwardCtx::default()).unwrap();
         assert_eq!(out.dims(), &[2, 4, h, w]);
-        assert!(out.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|v| v.is_finite()));
+        assert!(out
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|v| v.is_finite()));
     }
 }
 
@@ -163,7 +203,14 @@ struct Seen {
 struct Recorder(Mutex<Vec<Seen>>);
 
 impl AttnProcessor for Recorder {
-    fn attend(&self, call: &AttnCall, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> anodiff::Result<Option<Tensor>> {
+    fn attend(
+        &self,
+        call: &AttnCall,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+    ) -> anodiff::Result<Option<Tensor>> {
         let probs = ops::softmax_last_dim(&(q.matmul(&k.t()?)? * scale)?)?;
         let row_sum_err = max_abs(&(probs.sum_keepdim(3)? - 1.0)?);
         self.0.lock().unwrap().push(Seen {
@@ -184,7 +231,14 @@ fn level_hw(h: usize, w: usize, level: usize) -> (usize, usize) {
 }
 
 fn expected_level(name: &str, n_blocks: usize) -> usize {
-    let idx = |prefix: &str| name[prefix.len()..].split('.').next().unwrap().parse::<usize>().unwrap();
+    let idx = |prefix: &str| {
+        name[prefix.len()..]
+            .split('.')
+            .next()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+    };
     if name.starts_with("down_blocks.") {
         idx("down_blocks.")
     } else if name.starts_with("up_blocks.") {
@@ -220,18 +274,42 @@ fn unet_custom_processor_sees_every_layer_once() {
     println!("recorder: {} calls for {} layers", seen.len(), infos.len());
     assert_eq!(seen.len(), infos.len(), "one call per layer per forward");
     for (info, s) in infos.iter().zip(seen.iter()) {
-        assert_eq!(s.name, info.name, "calls happen in the layers' forward order");
-        let want_kind = if s.name.ends_with("attn1") { AttnKind::SelfAttn } else { AttnKind::Cross };
+        assert_eq!(
+            s.name, info.name,
+            "calls happen in the layers' forward order"
+        );
+        let want_kind = if s.name.ends_with("attn1") {
+            AttnKind::SelfAttn
+        } else {
+            AttnKind::Cross
+        };
         assert_eq!(s.kind, want_kind, "{}", s.name);
         let (lh, lw) = level_hw(h, w, expected_level(&s.name, n_blocks));
         assert_eq!(s.hw, Some((lh, lw)), "{}", s.name);
-        let keys = if s.kind == AttnKind::SelfAttn { lh * lw } else { ehs.dim(1).unwrap() };
-        assert_eq!(s.probs_dims, vec![b, info.heads, lh * lw, keys], "{}", s.name);
-        assert!(s.row_sum_err < 1e-5, "{}: rows of the map sum to 1 ± {}", s.name, s.row_sum_err);
+        let keys = if s.kind == AttnKind::SelfAttn {
+            lh * lw
+        } else {
+            ehs.dim(1).unwrap()
+        };
+        assert_eq!(
+            s.probs_dims,
+            vec![b, info.heads, lh * lw, keys],
+            "{}",
+            s.name
+        );
+        assert!(
+            s.row_sum_err < 1e-5,
+            "{}: rows of the map sum to 1 ± {}",
+            s.name,
+            s.row_sum_err
+        );
         assert_eq!(s.timestep, Some(250.0));
     }
     let heads: Vec<usize> = infos.iter().map(|i| i.heads).collect();
-    assert!(heads.contains(&1) && heads.contains(&4), "per-block head counts {heads:?}");
+    assert!(
+        heads.contains(&1) && heads.contains(&4),
+        "per-block head counts {heads:?}"
+    );
 
     // The recorder computes plain attention, so the output is unchanged.
     let (d_plain, d_ref) = (max_diff(&out, &plain), max_diff(&out, want));
@@ -246,14 +324,22 @@ fn unet_wrong_input_channels_is_an_error() {
     let ehs = cases("sd1")["encoder_hidden_states"].clone();
     let t = Tensor::new(&[1f32, 1.0], &Device::Cpu).unwrap();
     let x = Tensor::zeros((2, 9, 8, 8), DType::F32, &Device::Cpu).unwrap();
-    let e = model.forward(&x, &t, &ehs, &ForwardCtx::default()).unwrap_err().to_string();
+    let e = model
+        .forward(&x, &t, &ehs, &ForwardCtx::default())
+        .unwrap_err()
+        .to_string();
     println!("{e}");
     assert!(e.contains("4 input channels") && e.contains('9'), "{e}");
     let x3 = Tensor::zeros((4, 8, 8), DType::F32, &Device::Cpu).unwrap();
-    assert!(model.forward(&x3, &t, &ehs, &ForwardCtx::default()).is_err());
+    assert!(model
+        .forward(&x3, &t, &ehs, &ForwardCtx::default())
+        .is_err());
     let x = Tensor::zeros((2, 4, 8, 8), DType::F32, &Device::Cpu).unwrap();
     let narrow = ehs.narrow(2, 0, 8).unwrap();
-    let e = model.forward(&x, &t, &narrow, &ForwardCtx::default()).unwrap_err().to_string();
+    let e = model
+        .forward(&x, &t, &narrow, &ForwardCtx::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("encoder_hidden_states"), "{e}");
 }
 
@@ -273,9 +359,15 @@ fn unet_unsupported_block_type_is_named() {
     .unwrap();
     let r = UNet2DConditionModel::load(&Component::at(&dir), &Device::Cpu);
     std::fs::remove_dir_all(&dir).unwrap();
-    let e = r.err().expect("unsupported block type must be refused").to_string();
+    let e = r
+        .err()
+        .expect("unsupported block type must be refused")
+        .to_string();
     println!("{e}");
-    assert!(e.contains("SimpleCrossAttnDownBlock2D") && e.contains("config.json"), "{e}");
+    assert!(
+        e.contains("SimpleCrossAttnDownBlock2D") && e.contains("config.json"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -291,7 +383,10 @@ fn unet_wrong_weight_shape_is_named() {
         .collect();
     let name = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight";
     let good = tensors[name].dims().to_vec();
-    tensors.insert(name.into(), Tensor::zeros((good[0], good[1] + 1), DType::F32, &dev).unwrap());
+    tensors.insert(
+        name.into(),
+        Tensor::zeros((good[0], good[1] + 1), DType::F32, &dev).unwrap(),
+    );
     let r = UNet2DConditionModel::new(&cfg, &Params::from_tensors(tensors, &dev));
     let e = r.err().expect("wrong shape must be refused").to_string();
     println!("{e}");

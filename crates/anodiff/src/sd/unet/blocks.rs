@@ -36,7 +36,15 @@ fn transformer(
         head_dim: ch / a.heads,
         context_dim: a.context_dim,
     };
-    Transformer2DModel::new(p, ch, &spec, a.transformer_layers, c.groups, c.linear_projection, next_index)
+    Transformer2DModel::new(
+        p,
+        ch,
+        &spec,
+        a.transformer_layers,
+        c.groups,
+        c.linear_projection,
+        next_index,
+    )
 }
 
 pub struct DownBlock {
@@ -63,14 +71,32 @@ impl DownBlock {
         for i in 0..layers {
             let inp = if i == 0 { in_ch } else { out_ch };
             let rp = p.pp(format!("resnets.{i}"));
-            resnets.push(ResnetBlock2D::new(&rp, inp, out_ch, Some(c.temb_channels), c.groups, c.eps)?);
+            resnets.push(ResnetBlock2D::new(
+                &rp,
+                inp,
+                out_ch,
+                Some(c.temb_channels),
+                c.groups,
+                c.eps,
+            )?);
             if let Some(a) = attn {
-                attentions.push(transformer(&p.pp(format!("attentions.{i}")), out_ch, a, c, next_index)?);
+                attentions.push(transformer(
+                    &p.pp(format!("attentions.{i}")),
+                    out_ch,
+                    a,
+                    c,
+                    next_index,
+                )?);
             }
         }
         let downsampler = if add_downsample {
             let dp = p.pp("downsamplers.0");
-            Some(Downsample2D::new(&dp, out_ch, out_ch, downsample_padding == 0)?)
+            Some(Downsample2D::new(
+                &dp,
+                out_ch,
+                out_ch,
+                downsample_padding == 0,
+            )?)
         } else {
             None
         };
@@ -123,7 +149,14 @@ impl MidBlock {
         next_index: &mut usize,
     ) -> Result<Self> {
         let resnet = |i: usize| -> Result<ResnetBlock2D> {
-            let mut r = ResnetBlock2D::new(&p.pp(format!("resnets.{i}")), ch, ch, Some(c.temb_channels), c.groups, c.eps)?;
+            let mut r = ResnetBlock2D::new(
+                &p.pp(format!("resnets.{i}")),
+                ch,
+                ch,
+                Some(c.temb_channels),
+                c.groups,
+                c.eps,
+            )?;
             r.output_scale_factor = scale_factor;
             Ok(r)
         };
@@ -136,7 +169,13 @@ impl MidBlock {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
         let mut h = self.resnets[0].forward(x, Some(temb))?;
         for (t, r) in self.attentions.iter().zip(&self.resnets[1..]) {
             h = t.forward(&h, context, ctx)?;
@@ -173,9 +212,22 @@ impl UpBlock {
             let skip_ch = if i == layers - 1 { skip_in_ch } else { out_ch };
             let inp = if i == 0 { prev_ch } else { out_ch };
             let rp = p.pp(format!("resnets.{i}"));
-            resnets.push(ResnetBlock2D::new(&rp, inp + skip_ch, out_ch, Some(c.temb_channels), c.groups, c.eps)?);
+            resnets.push(ResnetBlock2D::new(
+                &rp,
+                inp + skip_ch,
+                out_ch,
+                Some(c.temb_channels),
+                c.groups,
+                c.eps,
+            )?);
             if let Some(a) = attn {
-                attentions.push(transformer(&p.pp(format!("attentions.{i}")), out_ch, a, c, next_index)?);
+                attentions.push(transformer(
+                    &p.pp(format!("attentions.{i}")),
+                    out_ch,
+                    a,
+                    c,
+                    next_index,
+                )?);
             }
         }
         let upsampler = if add_upsample {
@@ -203,9 +255,9 @@ impl UpBlock {
     ) -> Result<Tensor> {
         let mut h = x.clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
-            let skip = skips
-                .pop()
-                .ok_or_else(|| crate::Error::invalid("UNet up block ran out of skip connections"))?;
+            let skip = skips.pop().ok_or_else(|| {
+                crate::Error::invalid("UNet up block ran out of skip connections")
+            })?;
             h = Tensor::cat(&[&h, &skip], 1)?;
             h = resnet.forward(&h, Some(temb))?;
             if let Some(t) = self.attentions.get(i) {

@@ -329,11 +329,16 @@ impl UNetConfig {
             ("layers_per_block", self.layers_per_block.len_ok(n)),
             ("attention_head_dim", self.attention_head_dim.len_ok(n)),
             ("cross_attention_dim", self.cross_attention_dim.len_ok(n)),
-            ("transformer_layers_per_block", self.transformer_layers_per_block.len_ok(n)),
+            (
+                "transformer_layers_per_block",
+                self.transformer_layers_per_block.len_ok(n),
+            ),
             ("only_cross_attention", self.only_cross_attention.len_ok(n)),
         ] {
             if !ok {
-                return bad(format!("{name} must be one value or a list of {n} (one per block)"));
+                return bad(format!(
+                    "{name} must be one value or a list of {n} (one per block)"
+                ));
             }
         }
         if self.num_attention_heads.is_some() {
@@ -348,38 +353,70 @@ impl UNetConfig {
             None | Some("UNetMidBlock2DCrossAttn") => {}
             Some(other) => {
                 return bad(format!(
-                    "unsupported mid_block_type `{other}` (supported: UNetMidBlock2DCrossAttn or null)"
-                ))
+                "unsupported mid_block_type `{other}` (supported: UNetMidBlock2DCrossAttn or null)"
+            ))
             }
         }
         if self.norm_num_groups.is_none() {
             return bad("norm_num_groups = null is not supported".into());
         }
         let unsupported: [(&str, bool); 16] = [
-            ("act_fn (only silu)", self.act_fn != "silu" && self.act_fn != "swish"),
+            (
+                "act_fn (only silu)",
+                self.act_fn != "silu" && self.act_fn != "swish",
+            ),
             ("class_embed_type", self.class_embed_type.is_some()),
             ("addition_embed_type", self.addition_embed_type.is_some()),
-            ("time_embedding_type (only positional)", self.time_embedding_type != "positional"),
-            ("time_embedding_act_fn", self.time_embedding_act_fn.is_some()),
+            (
+                "time_embedding_type (only positional)",
+                self.time_embedding_type != "positional",
+            ),
+            (
+                "time_embedding_act_fn",
+                self.time_embedding_act_fn.is_some(),
+            ),
             ("timestep_post_act", self.timestep_post_act.is_some()),
             ("time_cond_proj_dim", self.time_cond_proj_dim.is_some()),
             ("dual_cross_attention", self.dual_cross_attention),
-            ("resnet_time_scale_shift (only default)", self.resnet_time_scale_shift != "default"),
-            ("encoder_hid_dim / encoder_hid_dim_type", self.encoder_hid_dim.is_some() || self.encoder_hid_dim_type.is_some()),
-            ("attention_type (only default)", self.attention_type != "default"),
+            (
+                "resnet_time_scale_shift (only default)",
+                self.resnet_time_scale_shift != "default",
+            ),
+            (
+                "encoder_hid_dim / encoder_hid_dim_type",
+                self.encoder_hid_dim.is_some() || self.encoder_hid_dim_type.is_some(),
+            ),
+            (
+                "attention_type (only default)",
+                self.attention_type != "default",
+            ),
             ("class_embeddings_concat", self.class_embeddings_concat),
             ("cross_attention_norm", self.cross_attention_norm.is_some()),
-            ("reverse_transformer_layers_per_block", self.reverse_transformer_layers_per_block.is_some()),
-            ("only_cross_attention", (0..n).any(|i| self.only_cross_attention.get(i))),
-            ("mid_block_only_cross_attention", self.mid_block_only_cross_attention == Some(true)),
+            (
+                "reverse_transformer_layers_per_block",
+                self.reverse_transformer_layers_per_block.is_some(),
+            ),
+            (
+                "only_cross_attention",
+                (0..n).any(|i| self.only_cross_attention.get(i)),
+            ),
+            (
+                "mid_block_only_cross_attention",
+                self.mid_block_only_cross_attention == Some(true),
+            ),
         ];
         if let Some((name, _)) = unsupported.iter().find(|(_, set)| *set) {
-            return bad(format!("UNet config option {name} is set; it is not supported by this implementation"));
+            return bad(format!(
+                "UNet config option {name} is set; it is not supported by this implementation"
+            ));
         }
         if self.downsample_padding > 1 {
-            return bad(format!("downsample_padding {} is not supported (0 or 1)", self.downsample_padding));
+            return bad(format!(
+                "downsample_padding {} is not supported (0 or 1)",
+                self.downsample_padding
+            ));
         }
-        if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
+        if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
             return bad("conv_in_kernel / conv_out_kernel must be odd".into());
         }
         let kinds = self.down_kinds()?;
@@ -404,7 +441,11 @@ mod tests {
 
     #[test]
     fn presets_validate_and_head_lists_resolve() {
-        for c in [UNetConfig::sd15(), UNetConfig::sd15_inpaint(), UNetConfig::sd2_base()] {
+        for c in [
+            UNetConfig::sd15(),
+            UNetConfig::sd15_inpaint(),
+            UNetConfig::sd2_base(),
+        ] {
             c.validate().unwrap();
         }
         let c = UNetConfig::sd2_base();
@@ -422,12 +463,21 @@ mod tests {
         assert_eq!(c.attention_head_dim, PerBlock::Many(vec![5, 10, 20, 20]));
         assert!(c.mid_block_type.is_none());
         c.validate().unwrap();
-        let c: UNetConfig = serde_json::from_str(r#"{"addition_embed_type": "text_time"}"#).unwrap();
+        let c: UNetConfig =
+            serde_json::from_str(r#"{"addition_embed_type": "text_time"}"#).unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("addition_embed_type"), "{e}");
         let c: UNetConfig = serde_json::from_str(r#"{"num_attention_heads": 8}"#).unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("num_attention_heads"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("num_attention_heads"));
         let c: UNetConfig = serde_json::from_str(r#"{"attention_head_dim": [8, 8]}"#).unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("attention_head_dim"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("attention_head_dim"));
     }
 }

@@ -49,7 +49,14 @@ impl UNet2DConditionModel {
 
         let time_embedding = TimestepEmbedding::new(&p.pp("time_embedding"), ch[0], temb_dim)?;
         let k_in = cfg.conv_in_kernel;
-        let conv_in = Conv2d::new(&p.pp("conv_in"), cfg.in_channels, ch[0], k_in, 1, (k_in - 1) / 2)?;
+        let conv_in = Conv2d::new(
+            &p.pp("conv_in"),
+            cfg.in_channels,
+            ch[0],
+            k_in,
+            1,
+            (k_in - 1) / 2,
+        )?;
 
         let mut down_blocks = Vec::with_capacity(n);
         let mut out_ch = ch[0];
@@ -108,9 +115,17 @@ impl UNet2DConditionModel {
             )?);
         }
 
-        let conv_norm_out = GroupNorm::new(&p.pp("conv_norm_out"), cfg.groups(), ch[0], cfg.norm_eps)?;
+        let conv_norm_out =
+            GroupNorm::new(&p.pp("conv_norm_out"), cfg.groups(), ch[0], cfg.norm_eps)?;
         let k_out = cfg.conv_out_kernel;
-        let conv_out = Conv2d::new(&p.pp("conv_out"), ch[0], cfg.out_channels, k_out, 1, (k_out - 1) / 2)?;
+        let conv_out = Conv2d::new(
+            &p.pp("conv_out"),
+            ch[0],
+            cfg.out_channels,
+            k_out,
+            1,
+            (k_out - 1) / 2,
+        )?;
 
         let mut context_dims: Vec<usize> = Vec::new();
         let mut model = Self {
@@ -126,7 +141,9 @@ impl UNet2DConditionModel {
             num_attention_layers: index,
         };
         model.visit_attention(&mut |a| {
-            if a.info.kind == crate::sd::attention::AttnKind::Cross && !context_dims.contains(&a.info.context_dim) {
+            if a.info.kind == crate::sd::attention::AttnKind::Cross
+                && !context_dims.contains(&a.info.context_dim)
+            {
                 context_dims.push(a.info.context_dim);
             }
         });
@@ -165,7 +182,10 @@ impl UNet2DConditionModel {
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
         let (b, cin, h, w) = sample.dims4().map_err(|_| {
-            Error::invalid(format!("UNet sample must be [B, C, h, w], got shape {:?}", sample.dims()))
+            Error::invalid(format!(
+                "UNet sample must be [B, C, h, w], got shape {:?}",
+                sample.dims()
+            ))
         })?;
         if cin != self.cfg.in_channels {
             return Err(Error::invalid(format!(

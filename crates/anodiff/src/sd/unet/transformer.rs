@@ -29,7 +29,8 @@ impl Module for FeedForward {
         let inner = h.dim(D::Minus1)? / 2;
         let value = h.narrow(D::Minus1, 0, inner)?;
         let gate = h.narrow(D::Minus1, inner, inner)?;
-        self.proj_out.forward(&(value * crate::nn::ops::gelu(&gate)?)?)
+        self.proj_out
+            .forward(&(value * crate::nn::ops::gelu(&gate)?)?)
     }
 }
 
@@ -140,7 +141,13 @@ impl Transformer2DModel {
         let norm = GroupNorm::new(&p.pp("norm"), groups, channels, 1e-6)?;
         let proj_in = Projection::new(&p.pp("proj_in"), channels, inner, linear_projection)?;
         let blocks = (0..num_layers)
-            .map(|j| BasicTransformerBlock::new(&p.pp(format!("transformer_blocks.{j}")), spec, next_index))
+            .map(|j| {
+                BasicTransformerBlock::new(
+                    &p.pp(format!("transformer_blocks.{j}")),
+                    spec,
+                    next_index,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let proj_out = Projection::new(&p.pp("proj_out"), inner, channels, linear_projection)?;
         Ok(Self {
@@ -170,7 +177,9 @@ impl Transformer2DModel {
         }
         let to_map = |t: &Tensor| -> candle_core::Result<Tensor> {
             let ch = t.dim(2)?;
-            t.reshape((b, h, w, ch))?.permute((0, 3, 1, 2))?.contiguous()
+            t.reshape((b, h, w, ch))?
+                .permute((0, 3, 1, 2))?
+                .contiguous()
         };
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_map(&tokens)?)?,
