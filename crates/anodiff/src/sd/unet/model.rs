@@ -172,8 +172,13 @@ impl UNet2DConditionModel {
         self.num_attention_layers
     }
 
-    /// Noise (or v) prediction. `sample: [B, in_channels, h, w]`, `timesteps: [B]` (or a single
-    /// value for the whole batch), `encoder_hidden_states: [B, S, cross_attention_dim]`.
+    /// Noise (or v) prediction `[B, out_channels, h, w]`.
+    ///
+    /// `sample: [B, in_channels, h, w]` (any h, w: odd and non-square sizes follow diffusers);
+    /// `timesteps`: a tensor of shape `[B]`, `[1]` or `[]` (one value for the whole batch), of any
+    /// numeric dtype, converted to f32 (non-integer values are fine);
+    /// `encoder_hidden_states: [B, S, cross_attention_dim]`. `ctx` is passed to every attention
+    /// processor unchanged.
     pub fn forward(
         &self,
         sample: &Tensor,
