@@ -1,0 +1,483 @@
+//! `unet/config.json` of a diffusers `UNet2DConditionModel`, restricted to what SD-1.x / SD-2.x use.
+//! Missing fields take diffusers' constructor defaults; options this implementation does not have
+//! are rejected by [`UNetConfig::validate`] instead of being silently ignored.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+
+/// A config value that is either one value for every block or one value per down block.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum PerBlock<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> PerBlock<T> {
+    /// The value for block `i` of `n` (lists were length-checked by `validate`).
+    pub fn get(&self, i: usize) -> T {
+        match self {
+            PerBlock::One(v) => v.clone(),
+            PerBlock::Many(v) => v[i].clone(),
+        }
+    }
+
+    /// Value for every block, in down-block order.
+    pub fn expand(&self, n: usize) -> Vec<T> {
+        (0..n).map(|i| self.get(i)).collect()
+    }
+
+    fn len_ok(&self, n: usize) -> bool {
+        match self {
+            PerBlock::One(_) => true,
+            PerBlock::Many(v) => v.len() == n,
+        }
+    }
+}
+
+/// Down-path block kinds (`down_block_types`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownKind {
+    CrossAttn,
+    Plain,
+}
+
+/// Up-path block kinds (`up_block_types`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpKind {
+    CrossAttn,
+    Plain,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+pub struct UNetConfig {
+    #[serde(default)]
+    pub sample_size: Option<usize>,
+    #[serde(default = "d_four")]
+    pub in_channels: usize,
+    #[serde(default = "d_four")]
+    pub out_channels: usize,
+    #[serde(default)]
+    pub center_input_sample: bool,
+    #[serde(default = "d_true")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default)]
+    pub freq_shift: f64,
+    #[serde(default = "d_down_types")]
+    pub down_block_types: Vec<String>,
+    #[serde(default = "d_mid_type")]
+    pub mid_block_type: Option<String>,
+    #[serde(default = "d_up_types")]
+    pub up_block_types: Vec<String>,
+    #[serde(default = "d_false_pb")]
+    pub only_cross_attention: PerBlock<bool>,
+    #[serde(default = "d_block_out")]
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "d_two_pb")]
+    pub layers_per_block: PerBlock<usize>,
+    #[serde(default = "d_one")]
+    pub downsample_padding: usize,
+    #[serde(default = "d_one_f")]
+    pub mid_block_scale_factor: f64,
+    #[serde(default = "d_silu")]
+    pub act_fn: String,
+    #[serde(default = "d_groups")]
+    pub norm_num_groups: Option<usize>,
+    #[serde(default = "d_eps")]
+    pub norm_eps: f64,
+    #[serde(default = "d_cross")]
+    pub cross_attention_dim: PerBlock<usize>,
+    #[serde(default = "d_one_pb")]
+    pub transformer_layers_per_block: PerBlock<usize>,
+    /// diffusers' naming quirk: for SD models this is the number of heads per block.
+    #[serde(default = "d_head_pb")]
+    pub attention_head_dim: PerBlock<usize>,
+    /// diffusers 0.42.1 refuses any non-null value (see `validate`).
+    #[serde(default)]
+    pub num_attention_heads: Option<PerBlock<usize>>,
+    #[serde(default)]
+    pub dual_cross_attention: bool,
+    #[serde(default)]
+    pub use_linear_projection: bool,
+    /// Only affects half-precision attention in diffusers; we compute in f32, so it is ignored.
+    #[serde(default)]
+    pub upcast_attention: bool,
+    #[serde(default)]
+    pub class_embed_type: Option<String>,
+    #[serde(default)]
+    pub addition_embed_type: Option<String>,
+    #[serde(default = "d_positional")]
+    pub time_embedding_type: String,
+    #[serde(default)]
+    pub time_embedding_dim: Option<usize>,
+    #[serde(default)]
+    pub time_embedding_act_fn: Option<String>,
+    #[serde(default)]
+    pub timestep_post_act: Option<String>,
+    #[serde(default)]
+    pub time_cond_proj_dim: Option<usize>,
+    #[serde(default = "d_default")]
+    pub resnet_time_scale_shift: String,
+    #[serde(default = "d_three")]
+    pub conv_in_kernel: usize,
+    #[serde(default = "d_three")]
+    pub conv_out_kernel: usize,
+    #[serde(default)]
+    pub encoder_hid_dim: Option<usize>,
+    #[serde(default)]
+    pub encoder_hid_dim_type: Option<String>,
+    #[serde(default = "d_default")]
+    pub attention_type: String,
+    #[serde(default)]
+    pub class_embeddings_concat: bool,
+    #[serde(default)]
+    pub mid_block_only_cross_attention: Option<bool>,
+    #[serde(default)]
+    pub cross_attention_norm: Option<String>,
+    #[serde(default)]
+    pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
+    /// Training-time dropout; not applied by this implementation.
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+fn d_four() -> usize {
+    4
+}
+fn d_three() -> usize {
+    3
+}
+fn d_one() -> usize {
+    1
+}
+fn d_one_f() -> f64 {
+    1.0
+}
+fn d_true() -> bool {
+    true
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_groups() -> Option<usize> {
+    Some(32)
+}
+fn d_silu() -> String {
+    "silu".into()
+}
+fn d_default() -> String {
+    "default".into()
+}
+fn d_positional() -> String {
+    "positional".into()
+}
+fn d_mid_type() -> Option<String> {
+    Some("UNetMidBlock2DCrossAttn".into())
+}
+fn d_false_pb() -> PerBlock<bool> {
+    PerBlock::One(false)
+}
+fn d_one_pb() -> PerBlock<usize> {
+    PerBlock::One(1)
+}
+fn d_two_pb() -> PerBlock<usize> {
+    PerBlock::One(2)
+}
+fn d_head_pb() -> PerBlock<usize> {
+    PerBlock::One(8)
+}
+fn d_cross() -> PerBlock<usize> {
+    PerBlock::One(1280)
+}
+fn d_block_out() -> Vec<usize> {
+    vec![320, 640, 1280, 1280]
+}
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+fn d_down_types() -> Vec<String> {
+    strings(&[
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ])
+}
+fn d_up_types() -> Vec<String> {
+    strings(&[
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ])
+}
+
+impl Default for UNetConfig {
+    /// diffusers' constructor defaults (an SD-1-shaped UNet with cross-attention dim 1280).
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("all UNetConfig fields have defaults")
+    }
+}
+
+impl UNetConfig {
+    /// `runwayml/stable-diffusion-v1-5` (and SD-1.x in general): `unet/config.json`.
+    pub fn sd15() -> Self {
+        Self {
+            sample_size: Some(64),
+            in_channels: 4,
+            out_channels: 4,
+            cross_attention_dim: PerBlock::One(768),
+            attention_head_dim: PerBlock::One(8),
+            ..Self::default()
+        }
+    }
+
+    /// `runwayml/stable-diffusion-inpainting`: latents + mask + masked-image latents = 9 channels.
+    pub fn sd15_inpaint() -> Self {
+        Self {
+            in_channels: 9,
+            ..Self::sd15()
+        }
+    }
+
+    /// `stabilityai/stable-diffusion-2-base`: OpenCLIP-H context (1024), linear proj_in/proj_out,
+    /// head counts per block.
+    pub fn sd2_base() -> Self {
+        Self {
+            sample_size: Some(64),
+            cross_attention_dim: PerBlock::One(1024),
+            attention_head_dim: PerBlock::Many(vec![5, 10, 20, 20]),
+            use_linear_projection: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.block_out_channels.len()
+    }
+
+    /// Attention heads of down block `i` (also of up block `n-1-i`, which mirrors it).
+    /// diffusers: `num_attention_heads = num_attention_heads or attention_head_dim`, and the former
+    /// must be null in 0.42.1, so the value comes from `attention_head_dim`.
+    pub fn heads(&self, i: usize) -> usize {
+        match &self.num_attention_heads {
+            Some(h) => h.get(i),
+            None => self.attention_head_dim.get(i),
+        }
+    }
+
+    /// Heads of the mid block: the last per-block entry.
+    pub fn mid_heads(&self) -> usize {
+        self.heads(self.num_blocks() - 1)
+    }
+
+    /// Time-embedding width (`block_out_channels[0] * 4` unless `time_embedding_dim` is set).
+    pub fn time_embed_dim(&self) -> usize {
+        self.time_embedding_dim
+            .unwrap_or(self.block_out_channels[0] * 4)
+    }
+
+    /// GroupNorm groups (validated to be present).
+    pub fn groups(&self) -> usize {
+        self.norm_num_groups.unwrap_or(32)
+    }
+
+    pub fn down_kinds(&self) -> Result<Vec<DownKind>> {
+        self.down_block_types
+            .iter()
+            .map(|t| match t.as_str() {
+                "CrossAttnDownBlock2D" => Ok(DownKind::CrossAttn),
+                "DownBlock2D" => Ok(DownKind::Plain),
+                other => Err(Error::invalid(format!(
+                    "unsupported down block type `{other}` (supported: CrossAttnDownBlock2D, DownBlock2D)"
+                ))),
+            })
+            .collect()
+    }
+
+    pub fn up_kinds(&self) -> Result<Vec<UpKind>> {
+        self.up_block_types
+            .iter()
+            .map(|t| match t.as_str() {
+                "CrossAttnUpBlock2D" => Ok(UpKind::CrossAttn),
+                "UpBlock2D" => Ok(UpKind::Plain),
+                other => Err(Error::invalid(format!(
+                    "unsupported up block type `{other}` (supported: CrossAttnUpBlock2D, UpBlock2D)"
+                ))),
+            })
+            .collect()
+    }
+
+    /// Checks that the config describes a UNet this implementation computes exactly as diffusers
+    /// does; every refusal says which field and why.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.num_blocks();
+        let bad = |msg: String| Err(Error::invalid(msg));
+        if n == 0 {
+            return bad("block_out_channels is empty".into());
+        }
+        if self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return bad(format!(
+                "need as many down_block_types ({}) and up_block_types ({}) as block_out_channels ({n})",
+                self.down_block_types.len(),
+                self.up_block_types.len()
+            ));
+        }
+        self.down_kinds()?;
+        self.up_kinds()?;
+        for (name, ok) in [
+            ("layers_per_block", self.layers_per_block.len_ok(n)),
+            ("attention_head_dim", self.attention_head_dim.len_ok(n)),
+            ("cross_attention_dim", self.cross_attention_dim.len_ok(n)),
+            (
+                "transformer_layers_per_block",
+                self.transformer_layers_per_block.len_ok(n),
+            ),
+            ("only_cross_attention", self.only_cross_attention.len_ok(n)),
+        ] {
+            if !ok {
+                return bad(format!(
+                    "{name} must be one value or a list of {n} (one per block)"
+                ));
+            }
+        }
+        if self.num_attention_heads.is_some() {
+            // diffusers 0.42.1 raises here too (issue #2011): `attention_head_dim` holds the heads.
+            return bad(
+                "num_attention_heads must be null: diffusers reads the head count from \
+                 attention_head_dim for UNet2DConditionModel"
+                    .into(),
+            );
+        }
+        match self.mid_block_type.as_deref() {
+            None | Some("UNetMidBlock2DCrossAttn") => {}
+            Some(other) => {
+                return bad(format!(
+                "unsupported mid_block_type `{other}` (supported: UNetMidBlock2DCrossAttn or null)"
+            ))
+            }
+        }
+        if self.norm_num_groups.is_none() {
+            return bad("norm_num_groups = null is not supported".into());
+        }
+        let unsupported: [(&str, bool); 16] = [
+            (
+                "act_fn (only silu)",
+                self.act_fn != "silu" && self.act_fn != "swish",
+            ),
+            ("class_embed_type", self.class_embed_type.is_some()),
+            ("addition_embed_type", self.addition_embed_type.is_some()),
+            (
+                "time_embedding_type (only positional)",
+                self.time_embedding_type != "positional",
+            ),
+            (
+                "time_embedding_act_fn",
+                self.time_embedding_act_fn.is_some(),
+            ),
+            ("timestep_post_act", self.timestep_post_act.is_some()),
+            ("time_cond_proj_dim", self.time_cond_proj_dim.is_some()),
+            ("dual_cross_attention", self.dual_cross_attention),
+            (
+                "resnet_time_scale_shift (only default)",
+                self.resnet_time_scale_shift != "default",
+            ),
+            (
+                "encoder_hid_dim / encoder_hid_dim_type",
+                self.encoder_hid_dim.is_some() || self.encoder_hid_dim_type.is_some(),
+            ),
+            (
+                "attention_type (only default)",
+                self.attention_type != "default",
+            ),
+            ("class_embeddings_concat", self.class_embeddings_concat),
+            ("cross_attention_norm", self.cross_attention_norm.is_some()),
+            (
+                "reverse_transformer_layers_per_block",
+                self.reverse_transformer_layers_per_block.is_some(),
+            ),
+            (
+                "only_cross_attention",
+                (0..n).any(|i| self.only_cross_attention.get(i)),
+            ),
+            (
+                "mid_block_only_cross_attention",
+                self.mid_block_only_cross_attention == Some(true),
+            ),
+        ];
+        if let Some((name, _)) = unsupported.iter().find(|(_, set)| *set) {
+            return bad(format!(
+                "UNet config option {name} is set; it is not supported by this implementation"
+            ));
+        }
+        if self.downsample_padding > 1 {
+            return bad(format!(
+                "downsample_padding {} is not supported (0 or 1)",
+                self.downsample_padding
+            ));
+        }
+        if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
+            return bad("conv_in_kernel / conv_out_kernel must be odd".into());
+        }
+        let kinds = self.down_kinds()?;
+        for (i, &ch) in self.block_out_channels.iter().enumerate() {
+            let heads = self.heads(i);
+            let has_attn = kinds[i] == DownKind::CrossAttn
+                || self.up_kinds()?[n - 1 - i] == UpKind::CrossAttn
+                || (i == n - 1 && self.mid_block_type.is_some());
+            if has_attn && (heads == 0 || ch % heads != 0) {
+                return bad(format!(
+                    "block {i}: {ch} channels cannot be split into {heads} attention heads"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_head_lists_resolve() {
+        for c in [
+            UNetConfig::sd15(),
+            UNetConfig::sd15_inpaint(),
+            UNetConfig::sd2_base(),
+        ] {
+            c.validate().unwrap();
+        }
+        let c = UNetConfig::sd2_base();
+        assert_eq!((c.heads(0), c.heads(3), c.mid_heads()), (5, 20, 20));
+        assert_eq!(UNetConfig::sd15().time_embed_dim(), 1280);
+    }
+
+    #[test]
+    fn parses_diffusers_json_and_rejects_unsupported() {
+        let c: UNetConfig = serde_json::from_str(
+            r#"{"attention_head_dim": [5, 10, 20, 20], "num_attention_heads": null,
+                "cross_attention_dim": 1024, "addition_embed_type": null, "mid_block_type": null}"#,
+        )
+        .unwrap();
+        assert_eq!(c.attention_head_dim, PerBlock::Many(vec![5, 10, 20, 20]));
+        assert!(c.mid_block_type.is_none());
+        c.validate().unwrap();
+        let c: UNetConfig =
+            serde_json::from_str(r#"{"addition_embed_type": "text_time"}"#).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("addition_embed_type"), "{e}");
+        let c: UNetConfig = serde_json::from_str(r#"{"num_attention_heads": 8}"#).unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("num_attention_heads"));
+        let c: UNetConfig = serde_json::from_str(r#"{"attention_head_dim": [8, 8]}"#).unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("attention_head_dim"));
+    }
+}
