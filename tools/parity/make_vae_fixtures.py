@@ -14,9 +14,11 @@ diffusers `vae/` folder, and records reference outputs:
       decoded [B,3,H,W]  decode(latent)
 
 Cases:
-  two_blocks   block_out_channels [16, 32], layers_per_block 1, 8 groups, image [2,3,32,32]
+  two_blocks   block_out_channels [16, 32], layers_per_block 1, 8 groups, image [2,3,32,32],
+               non-square decoder latent [2,4,4,6]; scaling_factor 0.18215 (SD-1.x)
   three_blocks block_out_channels [8, 16, 16], layers_per_block 2, 4 groups, non-square image
-               [2,3,24,32] (exercises the Downsample/Upsample chain and H != W)
+               [2,3,24,32] (exercises the Downsample/Upsample chain and H != W);
+               scaling_factor 0.13025 so a test can tell it was read from config.json
 
 Every parameter is randomised, including GroupNorm affine parameters and biases (diffusers
 initialises some to 1/0, which would hide a missing affine or bias).
@@ -38,10 +40,14 @@ CASES = {
     "two_blocks": dict(
         cfg=dict(block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8),
         image=(2, 3, 32, 32),
+        latent_hw=(4, 6),
+        scaling_factor=0.18215,
     ),
     "three_blocks": dict(
         cfg=dict(block_out_channels=[8, 16, 16], layers_per_block=2, norm_num_groups=4),
         image=(2, 3, 24, 32),
+        latent_hw=None,
+        scaling_factor=0.13025,
     ),
 }
 
@@ -71,7 +77,7 @@ def make_case(name: str, spec: dict, seed: int) -> None:
         act_fn="silu",
         latent_channels=4,
         sample_size=32,
-        scaling_factor=0.18215,
+        scaling_factor=spec["scaling_factor"],
         **spec["cfg"],
     ).eval()
     randomise(vae, gen)
@@ -85,7 +91,8 @@ def make_case(name: str, spec: dict, seed: int) -> None:
     f = 2 ** (n_blocks - 1)
     image = torch.rand(spec["image"], generator=gen) * 2.0 - 1.0
     noise = torch.randn((b, 4, h // f, w // f), generator=gen)
-    latent = torch.randn((b, 4, h // f, w // f), generator=gen) * 2.0
+    lh, lw = spec["latent_hw"] or (h // f, w // f)
+    latent = torch.randn((b, 4, lh, lw), generator=gen) * 2.0
     with torch.no_grad():
         post = vae.encode(image).latent_dist
         sample = post.mean + post.std * noise

@@ -130,7 +130,9 @@ impl VaeConfig {
             ));
         }
         if let Some(t) = self.down_block_types.iter().find(|t| *t != DOWN_BLOCK) {
-            return Err(format!("unsupported down block type `{t}` (only {DOWN_BLOCK})"));
+            return Err(format!(
+                "unsupported down block type `{t}` (only {DOWN_BLOCK})"
+            ));
         }
         if let Some(t) = self.up_block_types.iter().find(|t| *t != UP_BLOCK) {
             return Err(format!("unsupported up block type `{t}` (only {UP_BLOCK})"));

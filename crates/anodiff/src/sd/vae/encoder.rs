@@ -52,7 +52,12 @@ impl Encoder {
                 .collect::<Result<Vec<_>>>()?;
             let downsample = if i + 1 < ch.len() {
                 // The VAE pads right/bottom only (diffusers `downsample_padding=0`).
-                Some(Downsample2D::new(&bp.pp("downsamplers.0"), out_ch, out_ch, true)?)
+                Some(Downsample2D::new(
+                    &bp.pp("downsamplers.0"),
+                    out_ch,
+                    out_ch,
+                    true,
+                )?)
             } else {
                 None
             };

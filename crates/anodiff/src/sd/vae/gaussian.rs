@@ -63,11 +63,20 @@ mod tests {
         let lv: Vec<f32> = g.logvar.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(lv, vec![-30.0, 0.0]);
         let noise = Tensor::ones((1, 2, 1, 1), candle_core::DType::F32, &dev).unwrap();
-        let s: Vec<f32> = g.sample(&noise).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let s: Vec<f32> = g
+            .sample(&noise)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert!((s[0] - (1.0 + (-15f32).exp())).abs() < 1e-6 && (s[1] - 3.0).abs() < 1e-6);
         // KL = 0.5 · Σ(μ² + σ² − 1 − log σ²) = 0.5 · [(1 + e⁻³⁰ − 1 + 30) + (4 + 1 − 1 − 0)] ≈ 17.
         let kl: Vec<f32> = g.kl().unwrap().to_vec1().unwrap();
         assert!((kl[0] - 17.0).abs() < 1e-5, "{kl:?}");
-        assert!(DiagonalGaussian::from_moments(&Tensor::zeros((1, 3, 1, 1), candle_core::DType::F32, &dev).unwrap()).is_err());
+        assert!(DiagonalGaussian::from_moments(
+            &Tensor::zeros((1, 3, 1, 1), candle_core::DType::F32, &dev).unwrap()
+        )
+        .is_err());
     }
 }

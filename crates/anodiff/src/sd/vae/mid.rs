@@ -18,7 +18,12 @@ impl VaeMidBlock {
         Ok(Self {
             resnet_in: ResnetBlock2D::new(&r.pp(0), ch, ch, None, groups, super::EPS)?,
             attention: if add_attention {
-                Some(VaeAttention::new(&p.pp("attentions.0"), ch, groups, super::EPS)?)
+                Some(VaeAttention::new(
+                    &p.pp("attentions.0"),
+                    ch,
+                    groups,
+                    super::EPS,
+                )?)
             } else {
                 None
             },

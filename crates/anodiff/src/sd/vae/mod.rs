@@ -110,7 +110,9 @@ impl AutoencoderKL {
                     Ok(())
                 }
             }
-            _ => Err(format!("VAE encode: expected an image batch [B, C, H, W], got shape {dims:?}")),
+            _ => Err(format!(
+                "VAE encode: expected an image batch [B, C, H, W], got shape {dims:?}"
+            )),
         }
     }
 
@@ -184,14 +186,21 @@ mod tests {
         };
         let p = Params::fresh(1, &dev);
         let vae = AutoencoderKL::new(&cfg, &p).unwrap();
-        assert!(!p.vars().iter().any(|(n, _)| n.contains("attentions") || n.contains("quant_conv.") && !n.contains("post_")));
+        assert!(!p
+            .vars()
+            .iter()
+            .any(|(n, _)| n.contains("attentions")
+                || n.contains("quant_conv.") && !n.contains("post_")));
         let x = Tensor::zeros((1, 3, 8, 12), candle_core::DType::F32, &dev).unwrap();
         let post = vae.encode_checked(&x).unwrap();
         assert_eq!(post.mean.dims(), &[1, 4, 4, 6]);
         assert_eq!(vae.decode(&post.mode()).unwrap().dims(), &[1, 3, 8, 12]);
         let odd = Tensor::zeros((1, 3, 9, 12), candle_core::DType::F32, &dev).unwrap();
         let e = vae.encode_checked(&odd).err().unwrap();
-        assert!(matches!(e, Error::Invalid(_)) && e.to_string().contains("9x12"), "{e}");
+        assert!(
+            matches!(e, Error::Invalid(_)) && e.to_string().contains("9x12"),
+            "{e}"
+        );
         assert!(vae.encode(&odd).is_err());
         let z = Tensor::zeros((1, 3, 4, 4), candle_core::DType::F32, &dev).unwrap();
         assert!(vae.decode(&z).is_err());
