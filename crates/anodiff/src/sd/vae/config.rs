@@ -147,7 +147,7 @@ impl VaeConfig {
         if let Some(c) = self
             .block_out_channels
             .iter()
-            .find(|c| **c == 0 || *c % self.norm_num_groups != 0)
+            .find(|c| **c == 0 || !c.is_multiple_of(self.norm_num_groups))
         {
             return Err(format!(
                 "block_out_channels entry {c} is not a positive multiple of norm_num_groups {}",

@@ -13,7 +13,7 @@ impl DiagonalGaussian {
     /// Splits `[B, 2·C, h, w]` moments into mean (first C channels) and log-variance.
     pub fn from_moments(moments: &Tensor) -> candle_core::Result<Self> {
         let c2 = moments.dim(1)?;
-        if c2 % 2 != 0 {
+        if !c2.is_multiple_of(2) {
             candle_core::bail!("VAE moments need an even channel count, got {c2}");
         }
         let mean = moments.narrow(1, 0, c2 / 2)?;

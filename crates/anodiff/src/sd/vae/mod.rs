@@ -101,7 +101,7 @@ impl AutoencoderKL {
                         "VAE encode: image has {c} channels, the model expects {}",
                         self.cfg.in_channels
                     ))
-                } else if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
+                } else if h == 0 || w == 0 || !h.is_multiple_of(f) || !w.is_multiple_of(f) {
                     Err(format!(
                         "VAE encode: image size {h}x{w} is not a positive multiple of {f} \
                          (2^(number of blocks - 1))"
