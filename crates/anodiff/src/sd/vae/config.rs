@@ -1,0 +1,162 @@
+//! `vae/config.json` of a diffusers `AutoencoderKL`. Missing fields take diffusers' constructor
+//! defaults, so a sparse config means the same thing here as in diffusers.
+
+use serde::Deserialize;
+
+/// `sample_size` is an int in SD configs but diffusers also accepts `[h, w]`.
+#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[serde(untagged)]
+pub enum SampleSize {
+    Square(usize),
+    Rect(Vec<usize>),
+}
+
+#[derive(Deserialize, Clone, Debug)]
+pub struct VaeConfig {
+    #[serde(default = "three")]
+    pub in_channels: usize,
+    #[serde(default = "three")]
+    pub out_channels: usize,
+    #[serde(default = "default_down")]
+    pub down_block_types: Vec<String>,
+    #[serde(default = "default_up")]
+    pub up_block_types: Vec<String>,
+    #[serde(default = "default_channels")]
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "one")]
+    pub layers_per_block: usize,
+    #[serde(default = "default_act")]
+    pub act_fn: String,
+    #[serde(default = "four")]
+    pub latent_channels: usize,
+    #[serde(default = "default_groups")]
+    pub norm_num_groups: usize,
+    #[serde(default = "default_sample_size")]
+    pub sample_size: SampleSize,
+    #[serde(default = "default_scaling")]
+    pub scaling_factor: f64,
+    /// None for SD-1.x/2.x; latents are `(z - shift) * scale` when set.
+    #[serde(default)]
+    pub shift_factor: Option<f64>,
+    /// Only about fp16 inference in diffusers; we compute in f32, so it is read and ignored.
+    #[serde(default = "yes")]
+    pub force_upcast: bool,
+    #[serde(default = "yes")]
+    pub use_quant_conv: bool,
+    #[serde(default = "yes")]
+    pub use_post_quant_conv: bool,
+    #[serde(default = "yes")]
+    pub mid_block_add_attention: bool,
+}
+
+fn one() -> usize {
+    1
+}
+fn three() -> usize {
+    3
+}
+fn four() -> usize {
+    4
+}
+fn yes() -> bool {
+    true
+}
+fn default_down() -> Vec<String> {
+    vec![DOWN_BLOCK.to_string()]
+}
+fn default_up() -> Vec<String> {
+    vec![UP_BLOCK.to_string()]
+}
+fn default_channels() -> Vec<usize> {
+    vec![64]
+}
+fn default_act() -> String {
+    "silu".to_string()
+}
+fn default_groups() -> usize {
+    32
+}
+fn default_sample_size() -> SampleSize {
+    SampleSize::Square(32)
+}
+fn default_scaling() -> f64 {
+    0.18215
+}
+
+pub const DOWN_BLOCK: &str = "DownEncoderBlock2D";
+pub const UP_BLOCK: &str = "UpDecoderBlock2D";
+
+impl VaeConfig {
+    /// The VAE of Stable Diffusion 1.x (`runwayml/stable-diffusion-v1-5/vae`); SD-2.x differs only
+    /// in `sample_size` (768).
+    pub fn sd15() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            down_block_types: vec![DOWN_BLOCK.to_string(); 4],
+            up_block_types: vec![UP_BLOCK.to_string(); 4],
+            block_out_channels: vec![128, 256, 512, 512],
+            layers_per_block: 2,
+            act_fn: "silu".to_string(),
+            latent_channels: 4,
+            norm_num_groups: 32,
+            sample_size: SampleSize::Square(512),
+            scaling_factor: 0.18215,
+            shift_factor: None,
+            force_upcast: true,
+            use_quant_conv: true,
+            use_post_quant_conv: true,
+            mid_block_add_attention: true,
+        }
+    }
+
+    /// Image side lengths must be multiples of this (one ×2 downsampling per block but the last).
+    pub fn downscale_factor(&self) -> usize {
+        1 << self.block_out_channels.len().saturating_sub(1)
+    }
+
+    /// Checks what the model builder relies on; the message names the offending field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let n = self.block_out_channels.len();
+        if n == 0 {
+            return Err("block_out_channels is empty".into());
+        }
+        if self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err(format!(
+                "down_block_types ({}) and up_block_types ({}) must both have one entry per \
+                 block_out_channels entry ({n})",
+                self.down_block_types.len(),
+                self.up_block_types.len()
+            ));
+        }
+        if let Some(t) = self.down_block_types.iter().find(|t| *t != DOWN_BLOCK) {
+            return Err(format!(
+                "unsupported down block type `{t}` (only {DOWN_BLOCK})"
+            ));
+        }
+        if let Some(t) = self.up_block_types.iter().find(|t| *t != UP_BLOCK) {
+            return Err(format!("unsupported up block type `{t}` (only {UP_BLOCK})"));
+        }
+        // diffusers treats "swish" as another name for SiLU.
+        if self.act_fn != "silu" && self.act_fn != "swish" {
+            return Err(format!("unsupported act_fn `{}` (only silu)", self.act_fn));
+        }
+        if self.norm_num_groups == 0 {
+            return Err("norm_num_groups is 0".into());
+        }
+        if let Some(c) = self
+            .block_out_channels
+            .iter()
+            .find(|c| **c == 0 || !c.is_multiple_of(self.norm_num_groups))
+        {
+            return Err(format!(
+                "block_out_channels entry {c} is not a positive multiple of norm_num_groups {}",
+                self.norm_num_groups
+            ));
+        }
+        if self.in_channels == 0 || self.out_channels == 0 || self.latent_channels == 0 {
+            return Err("in_channels, out_channels and latent_channels must be positive".into());
+        }
+        Ok(())
+    }
+}
