@@ -11,6 +11,7 @@ Uses the CLIP vocabulary in crates/anodiff/assets/clip (tools/parity/make_tokeni
 Regenerate:  /work/venv/bin/python tools/parity/make_pipeline_fixtures.py
 Writes tests/fixtures/pipeline/.
 """
+import inspect
 import json
 import os
 import shutil
@@ -32,6 +33,12 @@ OUT = os.path.join(ROOT, "tests", "fixtures", "pipeline")
 SD15_SCHED = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                   beta_schedule="scaled_linear", steps_offset=1, set_alpha_to_one=False,
                   clip_sample=False, prediction_type="epsilon")
+
+
+def make_sched(cls, **extra):
+    """SD-1.5's scheduler settings, minus the keys a class does not take (DDPM has no set_alpha_to_one)."""
+    params = inspect.signature(cls.__init__).parameters
+    return cls(**{k: v for k, v in SD15_SCHED.items() if k in params}, **extra)
 
 
 def randomise(module, gen, scale=0.3, f16=False):
@@ -108,6 +115,7 @@ def main():
     os.makedirs(OUT)
     te, unet, unet_inp, vae = build()
     tok = CLIPTokenizer(os.path.join(TOK, "vocab.json"), os.path.join(TOK, "merges.txt"))
+    tok.model_max_length = 77  # what SD-1 tokenizer folders set (and ClipTokenizer defaults to)
     save_component(te, "text_encoder", "model.safetensors", f16=True)
     save_component(unet, "unet", "diffusion_pytorch_model.safetensors")
     save_component(unet_inp, "unet_inpaint", "diffusion_pytorch_model.safetensors")
@@ -124,7 +132,7 @@ def main():
         "euler": (EulerDiscreteScheduler, {}, {}),
     }
     for name, (cls, extra, call_kw) in scheds.items():
-        sched = cls(**SD15_SCHED, **extra)
+        sched = make_sched(cls, **extra)
         d = os.path.join(OUT, "scheduler_" + name)
         sched.save_config(d)
         pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
@@ -146,7 +154,7 @@ def main():
                           eta=call_kw.get("eta", 0.0), draws=len(draws), kind="txt2img"))
 
     # Inpainting: 9-channel UNet, PNDM, image and mask given as tensors in [-1,1] / {0,1}.
-    sched = PNDMScheduler(**SD15_SCHED, skip_prk_steps=True)
+    sched = make_sched(PNDMScheduler, skip_prk_steps=True)
     pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet_inp, scheduler=sched,
                                           safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)

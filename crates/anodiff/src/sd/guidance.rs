@@ -8,7 +8,7 @@ pub fn apply_cfg(pred: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
     let n = pred.dim(0)? / 2;
     let uncond = pred.narrow(0, 0, n)?;
     let cond = pred.narrow(0, n, n)?;
-    uncond + ((cond - &uncond)? * scale)?
+    &uncond + ((&cond - &uncond)? * scale)?
 }
 
 /// Guidance only has an effect above 1 (diffusers skips the unconditional pass otherwise).

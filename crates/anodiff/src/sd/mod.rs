@@ -7,6 +7,7 @@ pub mod guidance;
 pub mod image;
 pub mod noise;
 pub mod pipeline;
+pub mod presets;
 pub mod resnet;
 pub mod scheduler;
 pub mod tokenizer;

@@ -7,6 +7,8 @@ use super::attention::ForwardCtx;
 use super::clip::{ClipTextConfig, ClipTextModel};
 use super::guidance::{apply_cfg, uses_cfg};
 use super::noise::NoiseSource;
+use super::presets::Preset;
+use crate::nn::Params;
 use super::scheduler::{make_scheduler, Scheduler, SchedulerConfig, SchedulerKind};
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
@@ -58,6 +60,22 @@ impl Default for SampleOptions {
 }
 
 impl StableDiffusion {
+    /// A model in a preset's shapes with fresh random weights (benchmarks, smoke runs, the start
+    /// of training from scratch) and the built-in CLIP vocabulary.
+    pub fn from_preset(p: &Preset, seed: u64, device: &Device) -> Result<Self> {
+        // One seed per component so changing one model's shape leaves the others' weights alone.
+        let fresh = |k: u64| Params::fresh(seed.wrapping_mul(0x9E37_79B9).wrapping_add(k), device);
+        Ok(Self {
+            tokenizer: ClipTokenizer::embedded()?,
+            text_encoder: ClipTextModel::new(&p.text, &fresh(1))?,
+            vae: AutoencoderKL::new(&p.vae, &fresh(2))?,
+            unet: UNet2DConditionModel::new(&p.unet, &fresh(3))?,
+            scheduler_config: p.scheduler.clone(),
+            default_scheduler: SchedulerKind::Pndm,
+            device: device.clone(),
+        })
+    }
+
     pub fn load(dir: &std::path::Path, device: &Device) -> Result<Self> {
         let m = ModelDir::open(dir)?;
         let tokenizer = ClipTokenizer::from_dir(&m.component("tokenizer")?.dir)?;
@@ -67,20 +85,19 @@ impl StableDiffusion {
         let sched = m.component("scheduler")?;
         let scheduler_config: SchedulerConfig = sched.json("scheduler_config.json")?;
         let class: serde_json::Value = sched.json("scheduler_config.json")?;
-        let default_scheduler = match class.get("_class_name").and_then(|v| v.as_str()) {
-            Some("DDPMScheduler") => SchedulerKind::Ddpm,
-            Some("DDIMScheduler") => SchedulerKind::Ddim,
-            Some("EulerDiscreteScheduler") => SchedulerKind::Euler,
-            _ => SchedulerKind::Pndm,
-        };
+        let class = class.get("_class_name").and_then(|v| v.as_str());
+        // An unknown class still samples with the SD default (PNDM) unless the user picks one.
+        let default_scheduler = class
+            .and_then(SchedulerKind::from_class_name)
+            .unwrap_or(SchedulerKind::Pndm);
         let te: &ClipTextConfig = text_encoder.config();
-        if te.hidden_size != unet.config().cross_attention_dim {
+        let cross = unet.config().cross_attention_dim.get(0);
+        if te.hidden_size != cross {
             return Err(Error::config(
                 dir,
                 format!(
                     "text encoder width {} does not match the UNet's cross_attention_dim {}",
-                    te.hidden_size,
-                    unet.config().cross_attention_dim
+                    te.hidden_size, cross
                 ),
             ));
         }
@@ -204,12 +221,11 @@ impl StableDiffusion {
         let order_steps = all.len() / o.steps.max(1);
         let init = ((o.steps as f64 * strength) as usize).min(o.steps);
         let start = (o.steps - init) * order_steps.max(1);
-        let sf = self.vae.scaling_factor();
         let latents = if strength >= 1.0 {
             (noise.draw(&[1, latent_ch, h, w], &self.device)? * sched.init_noise_sigma())?
         } else {
             let post = self.vae.encode(image)?;
-            let z0 = (post.sample(&noise.draw(post.mean.dims(), &self.device)?)? * sf)?;
+            let z0 = self.vae.scale_latent(&post.sample(&noise.draw(post.mean.dims(), &self.device)?)?)?;
             let n = noise.draw(&[1, latent_ch, h, w], &self.device)?;
             let t0 = all.get(start).copied().unwrap_or(0.0) as usize;
             sched.add_noise(&z0, &n, &[t0])?
@@ -223,7 +239,8 @@ impl StableDiffusion {
         let keep = mask.lt(0.5)?.to_dtype(DType::F32)?;
         let masked = image.broadcast_mul(&keep)?;
         let post = self.vae.encode(&masked)?;
-        let masked_lat = (post.sample(&noise.draw(post.mean.dims(), &self.device)?)? * sf)?;
+        let masked_lat =
+            self.vae.scale_latent(&post.sample(&noise.draw(post.mean.dims(), &self.device)?)?)?;
         let cond = Tensor::cat(&[&mask_lat, &masked_lat], 1)?;
         self.denoise_from(
             o,
@@ -267,7 +284,7 @@ impl StableDiffusion {
             Some(e) => Some(Tensor::cat(&vec![&e; copies], 0)?),
             None => None,
         };
-        let ctx = ForwardCtx::default();
+        let mut ctx = ForwardCtx::default();
         let timesteps: Vec<f64> = sched.timesteps()[start..].to_vec();
         let total = timesteps.len();
         for (i, &t) in timesteps.iter().enumerate() {
@@ -278,6 +295,7 @@ impl StableDiffusion {
                 None => inp,
             };
             let tt = Tensor::full(t as f32, copies, &self.device)?;
+            ctx.timestep = Some(t);
             let mut pred = self.unet.forward(&inp, &tt, &embeds, &ctx)?;
             if cfg {
                 pred = apply_cfg(&pred, o.guidance)?;
@@ -295,6 +313,6 @@ impl StableDiffusion {
 
     /// Scaled latents → images in [-1, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        Ok(self.vae.decode(&(latents / self.vae.scaling_factor())?)?)
+        Ok(self.vae.decode(&self.vae.unscale_latent(latents)?)?)
     }
 }

@@ -5,7 +5,7 @@
 //! the unscaled `z` (use [`AutoencoderKL::unscale_latent`] first).
 
 mod attention;
-mod config;
+pub mod config;
 mod decoder;
 mod encoder;
 mod gaussian;
