@@ -4,11 +4,22 @@
 //! fixtures can feed the exact noise PyTorch drew.
 
 pub mod config;
+pub mod ddim;
+pub mod ddpm;
+pub mod euler;
+pub mod pndm;
+pub mod schedule;
 
 pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
+pub use ddim::DdimScheduler;
+pub use ddpm::DdpmScheduler;
+pub use euler::EulerScheduler;
+pub use pndm::PndmScheduler;
+pub use schedule::{NoiseSchedule, Prediction};
 
 use crate::error::Result;
 use candle_core::Tensor;
+use std::borrow::Cow;
 
 pub trait Scheduler: Send {
     /// Prepares a sampling run of `steps` steps.
@@ -30,6 +41,40 @@ pub trait Scheduler: Send {
     /// Forward process q(x_t | x_0) with the training schedule; `t` holds one timestep per row.
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: &[usize]) -> Result<Tensor>;
     fn config(&self) -> &SchedulerConfig;
+
+    /// The training noise schedule (betas, ᾱ). Implementations return their cached copy.
+    fn noise_schedule(&self) -> Result<Cow<'_, NoiseSchedule>> {
+        Ok(Cow::Owned(NoiseSchedule::new(self.config())?))
+    }
+    /// The v-prediction target for (x0, noise, t), one training timestep per row (diffusers'
+    /// `get_velocity`).
+    fn velocity(&self, original: &Tensor, noise: &Tensor, t: &[usize]) -> Result<Tensor> {
+        self.noise_schedule()?.velocity(original, noise, t)
+    }
+    /// The training target for the configured `prediction_type`: ε, v or x0.
+    fn training_target(&self, original: &Tensor, noise: &Tensor, t: &[usize]) -> Result<Tensor> {
+        self.noise_schedule()?
+            .training_target(self.config().prediction_type, original, noise, t)
+    }
+    /// Splits a model output into (x0, ε) estimates for the configured `prediction_type`.
+    /// `sample` is the UNet input (after `scale_model_input`), i.e. in the DDPM parameterisation
+    /// `sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε`; `t` is a timestep of the run.
+    fn predict(&self, model_output: &Tensor, sample: &Tensor, t: f64) -> Result<Prediction> {
+        let s = self.noise_schedule()?;
+        let ti = schedule::timestep_index(t, s.num_train_timesteps())?;
+        s.predict(self.config().prediction_type, model_output, sample, ti)
+    }
+    /// Noises clean samples to timesteps of the prepared run in this scheduler's own sample space,
+    /// one timestep per row (img2img-style starts). DDPM-space `add_noise` for every scheduler but
+    /// Euler, whose samples live in sigma space (`x0 + σ·noise`).
+    fn add_noise_at(&self, original: &Tensor, noise: &Tensor, t: &[f64]) -> Result<Tensor> {
+        let n = self.config().num_train_timesteps;
+        let t = t
+            .iter()
+            .map(|&v| schedule::timestep_index(v, n))
+            .collect::<Result<Vec<_>>>()?;
+        self.add_noise(original, noise, &t)
+    }
 }
 
 /// The schedulers anodiff ships, by the names used on the command line.
@@ -39,6 +84,19 @@ pub enum SchedulerKind {
     Ddim,
     Pndm,
     Euler,
+}
+
+impl SchedulerKind {
+    /// The kind for a diffusers `_class_name`, if anodiff implements that class.
+    pub fn from_class_name(name: &str) -> Option<Self> {
+        match name {
+            "DDPMScheduler" => Some(Self::Ddpm),
+            "DDIMScheduler" => Some(Self::Ddim),
+            "PNDMScheduler" => Some(Self::Pndm),
+            "EulerDiscreteScheduler" => Some(Self::Euler),
+            _ => None,
+        }
+    }
 }
 
 impl std::str::FromStr for SchedulerKind {
@@ -53,5 +111,94 @@ impl std::str::FromStr for SchedulerKind {
                 "unknown scheduler `{s}` (expected ddpm, ddim, pndm or euler)"
             ))),
         }
+    }
+}
+
+/// Builds a scheduler, rejecting configs it cannot follow exactly (see
+/// [`SchedulerConfig::validate`]).
+pub fn try_make_scheduler(kind: SchedulerKind, cfg: &SchedulerConfig) -> Result<Box<dyn Scheduler>> {
+    cfg.validate(kind)?;
+    Ok(match kind {
+        SchedulerKind::Ddpm => Box::new(DdpmScheduler::new(cfg)?),
+        SchedulerKind::Ddim => Box::new(DdimScheduler::new(cfg)?),
+        SchedulerKind::Pndm => Box::new(PndmScheduler::new(cfg)?),
+        SchedulerKind::Euler => Box::new(EulerScheduler::new(cfg)?),
+    })
+}
+
+/// Builds a scheduler. A config it cannot follow (e.g. PNDM without `skip_prk_steps`) yields a
+/// scheduler whose every fallible call returns that error; use [`try_make_scheduler`] to get the
+/// error up front.
+pub fn make_scheduler(kind: SchedulerKind, cfg: &SchedulerConfig) -> Box<dyn Scheduler> {
+    match try_make_scheduler(kind, cfg) {
+        Ok(s) => s,
+        Err(e) => Box::new(Unusable {
+            cfg: cfg.clone(),
+            msg: e.to_string(),
+        }),
+    }
+}
+
+/// Stands in for a scheduler whose config was rejected; reports the rejection on use.
+struct Unusable {
+    cfg: SchedulerConfig,
+    msg: String,
+}
+
+impl Unusable {
+    fn err<T>(&self) -> Result<T> {
+        Err(crate::Error::invalid(&self.msg))
+    }
+}
+
+impl Scheduler for Unusable {
+    fn set_timesteps(&mut self, _: usize) -> Result<()> {
+        self.err()
+    }
+    fn timesteps(&self) -> &[f64] {
+        &[]
+    }
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    fn scale_model_input(&self, _: &Tensor, _: f64) -> Result<Tensor> {
+        self.err()
+    }
+    fn step(&mut self, _: &Tensor, _: f64, _: &Tensor, _: Option<&Tensor>) -> Result<Tensor> {
+        self.err()
+    }
+    fn add_noise(&self, _: &Tensor, _: &Tensor, _: &[usize]) -> Result<Tensor> {
+        self.err()
+    }
+    fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+    fn noise_schedule(&self) -> Result<Cow<'_, NoiseSchedule>> {
+        self.err()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_scheduler_name_is_an_error() {
+        let e = "lms".parse::<SchedulerKind>().unwrap_err().to_string();
+        assert!(e.contains("unknown scheduler `lms`"), "{e}");
+        assert_eq!("PLMS".parse::<SchedulerKind>().unwrap(), SchedulerKind::Pndm);
+    }
+
+    #[test]
+    fn prk_mode_is_refused() {
+        let cfg = SchedulerConfig {
+            skip_prk_steps: false,
+            ..Default::default()
+        };
+        let e = try_make_scheduler(SchedulerKind::Pndm, &cfg).err().unwrap().to_string();
+        assert!(e.contains("PRK steps not supported"), "{e}");
+        let mut s = make_scheduler(SchedulerKind::Pndm, &cfg);
+        let e = s.set_timesteps(10).unwrap_err().to_string();
+        assert!(e.contains("PRK steps not supported"), "{e}");
     }
 }
