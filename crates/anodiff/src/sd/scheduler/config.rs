@@ -224,7 +224,10 @@ impl SchedulerConfig {
                         self.final_sigmas_type
                     ));
                 }
-                if [self.s_churn, self.s_noise].iter().any(|v| v.is_nan() || *v < 0.0) {
+                if [self.s_churn, self.s_noise]
+                    .iter()
+                    .any(|v| v.is_nan() || *v < 0.0)
+                {
                     return bad("s_churn and s_noise must be >= 0".into());
                 }
             }
@@ -269,7 +272,10 @@ struct RawConfig {
 
 impl From<RawConfig> for SchedulerConfig {
     fn from(r: RawConfig) -> Self {
-        let kind = r.class_name.as_deref().and_then(SchedulerKind::from_class_name);
+        let kind = r
+            .class_name
+            .as_deref()
+            .and_then(SchedulerKind::from_class_name);
         let d = SchedulerConfig::class_defaults(kind);
         Self {
             num_train_timesteps: r.num_train_timesteps.unwrap_or(d.num_train_timesteps),
@@ -309,13 +315,15 @@ mod tests {
 
     #[test]
     fn missing_keys_take_the_writing_class_defaults() {
-        let c: SchedulerConfig = serde_json::from_str(r#"{"_class_name":"DDIMScheduler"}"#).unwrap();
+        let c: SchedulerConfig =
+            serde_json::from_str(r#"{"_class_name":"DDIMScheduler"}"#).unwrap();
         assert!(c.set_alpha_to_one && c.clip_sample);
         assert_eq!(c.beta_schedule, BetaSchedule::Linear);
         assert_eq!(c.class_kind(), Some(SchedulerKind::Ddim));
-        let c: SchedulerConfig =
-            serde_json::from_str(r#"{"_class_name":"EulerDiscreteScheduler","trained_betas":null,"foo":3}"#)
-                .unwrap();
+        let c: SchedulerConfig = serde_json::from_str(
+            r#"{"_class_name":"EulerDiscreteScheduler","trained_betas":null,"foo":3}"#,
+        )
+        .unwrap();
         assert_eq!(c.timestep_spacing, TimestepSpacing::Linspace);
         let c: SchedulerConfig = serde_json::from_str("{}").unwrap();
         assert_eq!(c.beta_schedule, BetaSchedule::ScaledLinear);
@@ -325,9 +333,10 @@ mod tests {
 
     #[test]
     fn unsupported_options_are_rejected() {
-        let c: SchedulerConfig =
-            serde_json::from_str(r#"{"_class_name":"EulerDiscreteScheduler","use_karras_sigmas":true}"#)
-                .unwrap();
+        let c: SchedulerConfig = serde_json::from_str(
+            r#"{"_class_name":"EulerDiscreteScheduler","use_karras_sigmas":true}"#,
+        )
+        .unwrap();
         assert!(c.validate(SchedulerKind::Euler).is_err());
         // Euler-only keys do not matter to DDIM (diffusers' from_config ignores them too).
         assert!(c.validate(SchedulerKind::Ddim).is_ok());
@@ -339,5 +348,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("PRK steps not supported"), "{e}");
+    }
+
+    #[test]
+    fn bad_config_is_a_clear_error() {
+        let e = serde_json::from_str::<SchedulerConfig>(r#"{"beta_schedule":"cosine"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown variant `cosine`") && e.contains("scaled_linear"),
+            "{e}"
+        );
+        let e = serde_json::from_str::<SchedulerConfig>(r#"{"num_train_timesteps":"many"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid type"), "{e}");
+        let cfg = SchedulerConfig {
+            trained_betas: Some(vec![0.1; 3]),
+            ..Default::default()
+        };
+        let e = cfg.validate(SchedulerKind::Ddim).unwrap_err().to_string();
+        assert!(e.contains("trained_betas has 3 values"), "{e}");
     }
 }

@@ -67,9 +67,17 @@ impl Scheduler for DdimScheduler {
         self.cfg.eta > 0.0
     }
 
-    fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        t: f64,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
         if self.step_ratio == 0 {
-            return Err(Error::invalid("DDIM scheduler: call set_timesteps before step"));
+            return Err(Error::invalid(
+                "DDIM scheduler: call set_timesteps before step",
+            ));
         }
         schedule::same_shape(sample, model_output, "DDIM step: model output")?;
         let ti = schedule::timestep_index(t, self.cfg.num_train_timesteps)?;

@@ -18,7 +18,10 @@ impl DdpmScheduler {
         cfg.validate(super::SchedulerKind::Ddpm)?;
         let schedule = NoiseSchedule::new(cfg)?;
         // Before `set_timesteps`, diffusers walks every training timestep.
-        let timesteps = (0..cfg.num_train_timesteps).rev().map(|t| t as f64).collect();
+        let timesteps = (0..cfg.num_train_timesteps)
+            .rev()
+            .map(|t| t as f64)
+            .collect();
         Ok(Self {
             cfg: cfg.clone(),
             schedule,
@@ -29,7 +32,9 @@ impl DdpmScheduler {
     /// The timestep visited after `t` (-1 after the last one).
     fn previous_timestep(&self, t: f64) -> Result<i64> {
         let i = self.timesteps.iter().position(|&v| v == t).ok_or_else(|| {
-            Error::invalid(format!("DDPM scheduler: timestep {t} is not in the prepared run"))
+            Error::invalid(format!(
+                "DDPM scheduler: timestep {t} is not in the prepared run"
+            ))
         })?;
         Ok(self.timesteps.get(i + 1).map_or(-1, |&v| v as i64))
     }
@@ -60,7 +65,18 @@ impl Scheduler for DdpmScheduler {
         true
     }
 
-    fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+    /// diffusers' DDPM step adds variance noise only `if t > 0`.
+    fn needs_noise_at(&self, t: f64) -> bool {
+        t > 0.0
+    }
+
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        t: f64,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
         schedule::same_shape(sample, model_output, "DDPM step: model output")?;
         let prev_t = self.previous_timestep(t)?;
         let ti = schedule::timestep_index(t, self.cfg.num_train_timesteps)?;
@@ -86,7 +102,9 @@ impl Scheduler for DdpmScheduler {
 
         if ti > 0 {
             let noise = noise.ok_or_else(|| {
-                Error::invalid("DDPM scheduler: step needs a noise tensor (needs_noise() is true)")
+                Error::invalid(
+                    "DDPM scheduler: step needs a noise tensor (needs_noise_at(t) is true)",
+                )
             })?;
             schedule::same_shape(sample, noise, "DDPM step: noise")?;
             let variance = (beta_prev / beta_t * cur_beta).max(1e-20);

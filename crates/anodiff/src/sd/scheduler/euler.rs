@@ -116,7 +116,10 @@ impl Scheduler for EulerScheduler {
                     .collect()
             }
         };
-        let mut sigmas: Vec<f32> = ts.iter().map(|&t| self.interp_sigma(t as f64) as f32).collect();
+        let mut sigmas: Vec<f32> = ts
+            .iter()
+            .map(|&t| self.interp_sigma(t as f64) as f32)
+            .collect();
         sigmas.push(match self.cfg.final_sigmas_type.as_str() {
             "sigma_min" => self.train_sigmas[0],
             _ => 0.0,
@@ -132,7 +135,11 @@ impl Scheduler for EulerScheduler {
     }
 
     fn init_noise_sigma(&self) -> f64 {
-        let max = self.sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = self
+            .sigmas
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
         match self.cfg.timestep_spacing {
             TimestepSpacing::Linspace | TimestepSpacing::Trailing => max as f64,
             TimestepSpacing::Leading => (max * max + 1.0).sqrt() as f64,
@@ -148,11 +155,19 @@ impl Scheduler for EulerScheduler {
         self.cfg.s_churn > 0.0
     }
 
-    fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        t: f64,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
         schedule::same_shape(sample, model_output, "Euler step: model output")?;
         let i = self.current_index(t)?;
         if i + 1 >= self.sigmas.len() {
-            return Err(Error::invalid("Euler scheduler: stepped past the end of the run"));
+            return Err(Error::invalid(
+                "Euler scheduler: stepped past the end of the run",
+            ));
         }
         let sigma = self.sigmas[i];
         let c = &self.cfg;
@@ -217,7 +232,12 @@ impl Scheduler for EulerScheduler {
         schedule::same_shape(sample, model_output, "model output")?;
         let sigma = self.sigmas[self.index_for_timestep(t)?] as f64;
         let a = 1.0 / (sigma * sigma + 1.0);
-        Ok(schedule::split_prediction(self.cfg.prediction_type, model_output, sample, a)?)
+        Ok(schedule::split_prediction(
+            self.cfg.prediction_type,
+            model_output,
+            sample,
+            a,
+        )?)
     }
 
     fn config(&self) -> &SchedulerConfig {

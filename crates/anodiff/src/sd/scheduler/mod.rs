@@ -33,10 +33,22 @@ pub trait Scheduler: Send {
     fn scale_model_input(&self, sample: &Tensor, t: f64) -> Result<Tensor>;
     /// One reverse step from `t`: returns the previous sample. `noise` must be given (same shape as
     /// `sample`) when `needs_noise()` is true, and is ignored otherwise.
-    fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor>;
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        t: f64,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor>;
     /// Whether `step` consumes fresh noise (DDPM; DDIM with eta > 0).
     fn needs_noise(&self) -> bool {
         false
+    }
+    /// Whether `step` at timestep `t` consumes fresh noise, so a caller draws noise exactly when
+    /// diffusers does (DDPM skips it at t = 0).
+    fn needs_noise_at(&self, t: f64) -> bool {
+        let _ = t;
+        self.needs_noise()
     }
     /// Forward process q(x_t | x_0) with the training schedule; `t` holds one timestep per row.
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: &[usize]) -> Result<Tensor>;
@@ -114,68 +126,28 @@ impl std::str::FromStr for SchedulerKind {
     }
 }
 
-/// Builds a scheduler, rejecting configs it cannot follow exactly (see
-/// [`SchedulerConfig::validate`]).
-pub fn try_make_scheduler(kind: SchedulerKind, cfg: &SchedulerConfig) -> Result<Box<dyn Scheduler>> {
+/// Builds a scheduler of `kind` from a diffusers config, rejecting configs it cannot follow
+/// exactly (see [`SchedulerConfig::validate`]). `eta` is DDIM's noise blend (0 = deterministic) and
+/// replaces `cfg.eta`; any other kind takes no eta, so a non-zero value there is an error rather than
+/// being silently ignored.
+pub fn make_scheduler(
+    kind: SchedulerKind,
+    cfg: &SchedulerConfig,
+    eta: f64,
+) -> Result<Box<dyn Scheduler>> {
+    if kind != SchedulerKind::Ddim && eta != 0.0 {
+        return Err(crate::Error::invalid(format!(
+            "{kind:?} scheduler: eta = {eta} is only meaningful for DDIM (use 0)"
+        )));
+    }
+    let cfg = SchedulerConfig { eta, ..cfg.clone() };
     cfg.validate(kind)?;
     Ok(match kind {
-        SchedulerKind::Ddpm => Box::new(DdpmScheduler::new(cfg)?),
-        SchedulerKind::Ddim => Box::new(DdimScheduler::new(cfg)?),
-        SchedulerKind::Pndm => Box::new(PndmScheduler::new(cfg)?),
-        SchedulerKind::Euler => Box::new(EulerScheduler::new(cfg)?),
+        SchedulerKind::Ddpm => Box::new(DdpmScheduler::new(&cfg)?),
+        SchedulerKind::Ddim => Box::new(DdimScheduler::new(&cfg)?),
+        SchedulerKind::Pndm => Box::new(PndmScheduler::new(&cfg)?),
+        SchedulerKind::Euler => Box::new(EulerScheduler::new(&cfg)?),
     })
-}
-
-/// Builds a scheduler. A config it cannot follow (e.g. PNDM without `skip_prk_steps`) yields a
-/// scheduler whose every fallible call returns that error; use [`try_make_scheduler`] to get the
-/// error up front.
-pub fn make_scheduler(kind: SchedulerKind, cfg: &SchedulerConfig) -> Box<dyn Scheduler> {
-    match try_make_scheduler(kind, cfg) {
-        Ok(s) => s,
-        Err(e) => Box::new(Unusable {
-            cfg: cfg.clone(),
-            msg: e.to_string(),
-        }),
-    }
-}
-
-/// Stands in for a scheduler whose config was rejected; reports the rejection on use.
-struct Unusable {
-    cfg: SchedulerConfig,
-    msg: String,
-}
-
-impl Unusable {
-    fn err<T>(&self) -> Result<T> {
-        Err(crate::Error::invalid(&self.msg))
-    }
-}
-
-impl Scheduler for Unusable {
-    fn set_timesteps(&mut self, _: usize) -> Result<()> {
-        self.err()
-    }
-    fn timesteps(&self) -> &[f64] {
-        &[]
-    }
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-    fn scale_model_input(&self, _: &Tensor, _: f64) -> Result<Tensor> {
-        self.err()
-    }
-    fn step(&mut self, _: &Tensor, _: f64, _: &Tensor, _: Option<&Tensor>) -> Result<Tensor> {
-        self.err()
-    }
-    fn add_noise(&self, _: &Tensor, _: &Tensor, _: &[usize]) -> Result<Tensor> {
-        self.err()
-    }
-    fn config(&self) -> &SchedulerConfig {
-        &self.cfg
-    }
-    fn noise_schedule(&self) -> Result<Cow<'_, NoiseSchedule>> {
-        self.err()
-    }
 }
 
 #[cfg(test)]
@@ -186,7 +158,10 @@ mod tests {
     fn unknown_scheduler_name_is_an_error() {
         let e = "lms".parse::<SchedulerKind>().unwrap_err().to_string();
         assert!(e.contains("unknown scheduler `lms`"), "{e}");
-        assert_eq!("PLMS".parse::<SchedulerKind>().unwrap(), SchedulerKind::Pndm);
+        assert_eq!(
+            "PLMS".parse::<SchedulerKind>().unwrap(),
+            SchedulerKind::Pndm
+        );
     }
 
     #[test]
@@ -195,10 +170,35 @@ mod tests {
             skip_prk_steps: false,
             ..Default::default()
         };
-        let e = try_make_scheduler(SchedulerKind::Pndm, &cfg).err().unwrap().to_string();
+        let e = make_scheduler(SchedulerKind::Pndm, &cfg, 0.0)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("PRK steps not supported"), "{e}");
-        let mut s = make_scheduler(SchedulerKind::Pndm, &cfg);
-        let e = s.set_timesteps(10).unwrap_err().to_string();
-        assert!(e.contains("PRK steps not supported"), "{e}");
+    }
+
+    #[test]
+    fn eta_is_only_for_ddim() {
+        let cfg = SchedulerConfig::default();
+        let e = make_scheduler(SchedulerKind::Euler, &cfg, 0.5)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("only meaningful for DDIM"), "{e}");
+        let e = make_scheduler(SchedulerKind::Ddim, &cfg, -1.0)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("eta must be >= 0"), "{e}");
+        let s = make_scheduler(SchedulerKind::Ddim, &cfg, 0.5).unwrap();
+        assert!(s.needs_noise() && s.needs_noise_at(1.0));
+        let s = make_scheduler(SchedulerKind::Ddim, &cfg, 0.0).unwrap();
+        assert!(!s.needs_noise_at(1.0));
+    }
+
+    #[test]
+    fn ddpm_draws_noise_only_above_t0() {
+        let s = make_scheduler(SchedulerKind::Ddpm, &SchedulerConfig::default(), 0.0).unwrap();
+        assert!(s.needs_noise_at(1.0) && !s.needs_noise_at(0.0));
     }
 }

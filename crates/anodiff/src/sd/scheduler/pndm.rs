@@ -54,9 +54,17 @@ impl PndmScheduler {
     }
 
     /// x_{t_prev} from x_t and an ε estimate (PNDM eq. 9, diffusers' `_get_prev_sample`).
-    fn prev_sample(&self, sample: &Tensor, t: i64, prev_t: i64, model_output: &Tensor) -> Result<Tensor> {
+    fn prev_sample(
+        &self,
+        sample: &Tensor,
+        t: i64,
+        prev_t: i64,
+        model_output: &Tensor,
+    ) -> Result<Tensor> {
         if t < 0 {
-            return Err(Error::invalid(format!("PNDM scheduler: invalid timestep {t}")));
+            return Err(Error::invalid(format!(
+                "PNDM scheduler: invalid timestep {t}"
+            )));
         }
         let a_t = self.schedule.alpha_bar(t as usize)?;
         let a_prev = self.alpha_bar_or_final(prev_t)?;
@@ -110,13 +118,23 @@ impl Scheduler for PndmScheduler {
         Ok(sample.clone())
     }
 
-    fn step(&mut self, model_output: &Tensor, t: f64, sample: &Tensor, _noise: Option<&Tensor>) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        t: f64,
+        sample: &Tensor,
+        _noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
         if self.step_ratio == 0 {
-            return Err(Error::invalid("PNDM scheduler: call set_timesteps before step"));
+            return Err(Error::invalid(
+                "PNDM scheduler: call set_timesteps before step",
+            ));
         }
         schedule::same_shape(sample, model_output, "PNDM step: model output")?;
         if t.fract() != 0.0 {
-            return Err(Error::invalid(format!("PNDM scheduler: timestep {t} is not an integer")));
+            return Err(Error::invalid(format!(
+                "PNDM scheduler: timestep {t} is not an integer"
+            )));
         }
         let mut t = t as i64;
         let mut prev_t = t - self.step_ratio;
@@ -137,18 +155,21 @@ impl Scheduler for PndmScheduler {
             self.cur_sample = Some(sample.clone());
             (model_output.clone(), sample.clone())
         } else if k == 1 && self.counter == 1 {
-            let first = self.cur_sample.take().ok_or_else(|| {
-                Error::invalid("PNDM scheduler: second step without a first one")
-            })?;
+            let first = self
+                .cur_sample
+                .take()
+                .ok_or_else(|| Error::invalid("PNDM scheduler: second step without a first one"))?;
             (div_scalar(&(model_output + &e[0])?, 2.0)?, first)
         } else if k == 2 {
             let m = (e[1].affine(3.0, 0.0)? - &e[0])?;
             (div_scalar(&m, 2.0)?, sample.clone())
         } else if k == 3 {
-            let m = ((e[2].affine(23.0, 0.0)? - e[1].affine(16.0, 0.0)?)? + e[0].affine(5.0, 0.0)?)?;
+            let m =
+                ((e[2].affine(23.0, 0.0)? - e[1].affine(16.0, 0.0)?)? + e[0].affine(5.0, 0.0)?)?;
             (div_scalar(&m, 12.0)?, sample.clone())
         } else {
-            let m = (((e[3].affine(55.0, 0.0)? - e[2].affine(59.0, 0.0)?)? + e[1].affine(37.0, 0.0)?)?
+            let m = (((e[3].affine(55.0, 0.0)? - e[2].affine(59.0, 0.0)?)?
+                + e[1].affine(37.0, 0.0)?)?
                 - e[0].affine(9.0, 0.0)?)?;
             (m.affine(1.0 / 24.0, 0.0)?, sample.clone())
         };

@@ -77,12 +77,15 @@ impl NoiseSchedule {
 
     /// ᾱ_t for a training timestep, as f64.
     pub fn alpha_bar(&self, t: usize) -> Result<f64> {
-        self.alphas_cumprod.get(t).map(|&a| a as f64).ok_or_else(|| {
-            Error::invalid(format!(
-                "scheduler: timestep {t} is outside the training schedule (0..{})",
-                self.alphas_cumprod.len()
-            ))
-        })
+        self.alphas_cumprod
+            .get(t)
+            .map(|&a| a as f64)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "scheduler: timestep {t} is outside the training schedule (0..{})",
+                    self.alphas_cumprod.len()
+                ))
+            })
     }
 
     /// Per-row `sqrt(ᾱ_t)` and `sqrt(1-ᾱ_t)` as `[B,1,..]` tensors, computed in f32 as diffusers does.
@@ -238,7 +241,11 @@ pub fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
 
 /// `squaredcos_cap_v2` (diffusers' `betas_for_alpha_bar`, cosine), computed in f64, stored f32.
 fn cosine_betas(n: usize) -> Vec<f32> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2)
+    };
     (0..n)
         .map(|i| {
             let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
