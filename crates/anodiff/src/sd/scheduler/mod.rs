@@ -4,11 +4,22 @@
 //! fixtures can feed the exact noise PyTorch drew.
 
 pub mod config;
+pub mod ddim;
+pub mod ddpm;
+pub mod euler;
+pub mod pndm;
+pub mod schedule;
 
 pub use config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
+pub use ddim::DdimScheduler;
+pub use ddpm::DdpmScheduler;
+pub use euler::EulerScheduler;
+pub use pndm::PndmScheduler;
+pub use schedule::{NoiseSchedule, Prediction};
 
 use crate::error::Result;
 use candle_core::Tensor;
+use std::borrow::Cow;
 
 pub trait Scheduler: Send {
     /// Prepares a sampling run of `steps` steps.
@@ -33,9 +44,49 @@ pub trait Scheduler: Send {
     fn needs_noise(&self) -> bool {
         false
     }
+    /// Whether `step` at timestep `t` consumes fresh noise, so a caller draws noise exactly when
+    /// diffusers does (DDPM skips it at t = 0).
+    fn needs_noise_at(&self, t: f64) -> bool {
+        let _ = t;
+        self.needs_noise()
+    }
     /// Forward process q(x_t | x_0) with the training schedule; `t` holds one timestep per row.
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: &[usize]) -> Result<Tensor>;
     fn config(&self) -> &SchedulerConfig;
+
+    /// The training noise schedule (betas, ᾱ). Implementations return their cached copy.
+    fn noise_schedule(&self) -> Result<Cow<'_, NoiseSchedule>> {
+        Ok(Cow::Owned(NoiseSchedule::new(self.config())?))
+    }
+    /// The v-prediction target for (x0, noise, t), one training timestep per row (diffusers'
+    /// `get_velocity`).
+    fn velocity(&self, original: &Tensor, noise: &Tensor, t: &[usize]) -> Result<Tensor> {
+        self.noise_schedule()?.velocity(original, noise, t)
+    }
+    /// The training target for the configured `prediction_type`: ε, v or x0.
+    fn training_target(&self, original: &Tensor, noise: &Tensor, t: &[usize]) -> Result<Tensor> {
+        self.noise_schedule()?
+            .training_target(self.config().prediction_type, original, noise, t)
+    }
+    /// Splits a model output into (x0, ε) estimates for the configured `prediction_type`.
+    /// `sample` is the UNet input (after `scale_model_input`), i.e. in the DDPM parameterisation
+    /// `sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·ε`; `t` is a timestep of the run.
+    fn predict(&self, model_output: &Tensor, sample: &Tensor, t: f64) -> Result<Prediction> {
+        let s = self.noise_schedule()?;
+        let ti = schedule::timestep_index(t, s.num_train_timesteps())?;
+        s.predict(self.config().prediction_type, model_output, sample, ti)
+    }
+    /// Noises clean samples to timesteps of the prepared run in this scheduler's own sample space,
+    /// one timestep per row (img2img-style starts). DDPM-space `add_noise` for every scheduler but
+    /// Euler, whose samples live in sigma space (`x0 + σ·noise`).
+    fn add_noise_at(&self, original: &Tensor, noise: &Tensor, t: &[f64]) -> Result<Tensor> {
+        let n = self.config().num_train_timesteps;
+        let t = t
+            .iter()
+            .map(|&v| schedule::timestep_index(v, n))
+            .collect::<Result<Vec<_>>>()?;
+        self.add_noise(original, noise, &t)
+    }
 }
 
 /// The schedulers anodiff ships, by the names used on the command line.
@@ -45,6 +96,19 @@ pub enum SchedulerKind {
     Ddim,
     Pndm,
     Euler,
+}
+
+impl SchedulerKind {
+    /// The kind for a diffusers `_class_name`, if anodiff implements that class.
+    pub fn from_class_name(name: &str) -> Option<Self> {
+        match name {
+            "DDPMScheduler" => Some(Self::Ddpm),
+            "DDIMScheduler" => Some(Self::Ddim),
+            "PNDMScheduler" => Some(Self::Pndm),
+            "EulerDiscreteScheduler" => Some(Self::Euler),
+            _ => None,
+        }
+    }
 }
 
 impl std::str::FromStr for SchedulerKind {
@@ -59,5 +123,82 @@ impl std::str::FromStr for SchedulerKind {
                 "unknown scheduler `{s}` (expected ddpm, ddim, pndm or euler)"
             ))),
         }
+    }
+}
+
+/// Builds a scheduler of `kind` from a diffusers config, rejecting configs it cannot follow
+/// exactly (see [`SchedulerConfig::validate`]). `eta` is DDIM's noise blend (0 = deterministic) and
+/// replaces `cfg.eta`; any other kind takes no eta, so a non-zero value there is an error rather than
+/// being silently ignored.
+pub fn make_scheduler(
+    kind: SchedulerKind,
+    cfg: &SchedulerConfig,
+    eta: f64,
+) -> Result<Box<dyn Scheduler>> {
+    if kind != SchedulerKind::Ddim && eta != 0.0 {
+        return Err(crate::Error::invalid(format!(
+            "{kind:?} scheduler: eta = {eta} is only meaningful for DDIM (use 0)"
+        )));
+    }
+    let cfg = SchedulerConfig { eta, ..cfg.clone() };
+    cfg.validate(kind)?;
+    Ok(match kind {
+        SchedulerKind::Ddpm => Box::new(DdpmScheduler::new(&cfg)?),
+        SchedulerKind::Ddim => Box::new(DdimScheduler::new(&cfg)?),
+        SchedulerKind::Pndm => Box::new(PndmScheduler::new(&cfg)?),
+        SchedulerKind::Euler => Box::new(EulerScheduler::new(&cfg)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_scheduler_name_is_an_error() {
+        let e = "lms".parse::<SchedulerKind>().unwrap_err().to_string();
+        assert!(e.contains("unknown scheduler `lms`"), "{e}");
+        assert_eq!(
+            "PLMS".parse::<SchedulerKind>().unwrap(),
+            SchedulerKind::Pndm
+        );
+    }
+
+    #[test]
+    fn prk_mode_is_refused() {
+        let cfg = SchedulerConfig {
+            skip_prk_steps: false,
+            ..Default::default()
+        };
+        let e = make_scheduler(SchedulerKind::Pndm, &cfg, 0.0)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("PRK steps not supported"), "{e}");
+    }
+
+    #[test]
+    fn eta_is_only_for_ddim() {
+        let cfg = SchedulerConfig::default();
+        let e = make_scheduler(SchedulerKind::Euler, &cfg, 0.5)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("only meaningful for DDIM"), "{e}");
+        let e = make_scheduler(SchedulerKind::Ddim, &cfg, -1.0)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("eta must be >= 0"), "{e}");
+        let s = make_scheduler(SchedulerKind::Ddim, &cfg, 0.5).unwrap();
+        assert!(s.needs_noise() && s.needs_noise_at(1.0));
+        let s = make_scheduler(SchedulerKind::Ddim, &cfg, 0.0).unwrap();
+        assert!(!s.needs_noise_at(1.0));
+    }
+
+    #[test]
+    fn ddpm_draws_noise_only_above_t0() {
+        let s = make_scheduler(SchedulerKind::Ddpm, &SchedulerConfig::default(), 0.0).unwrap();
+        assert!(s.needs_noise_at(1.0) && !s.needs_noise_at(0.0));
     }
 }
