@@ -21,10 +21,12 @@ fn copy_dir(src: &Path, dst: &Path) {
 }
 
 /// Builds a diffusers folder for one case from the shared fixture parts.
-fn assemble(case: &serde_json::Value) -> PathBuf {
+/// `tag` keeps the folders of tests running in parallel (same process id) apart.
+fn assemble(case: &serde_json::Value, tag: &str) -> PathBuf {
     let fix = Path::new(FIX);
     let name = case["name"].as_str().unwrap();
-    let dir = std::env::temp_dir().join(format!("anodiff-pipe-{}-{name}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("anodiff-pipe-{}-{tag}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/clip");
     copy_dir(&vocab, &dir.join("tokenizer"));
@@ -80,7 +82,7 @@ fn pipelines_match_diffusers() {
     let mut worst = 0f32;
     for case in cases["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let dir = assemble(case);
+        let dir = assemble(case, "parity");
         let sd = StableDiffusion::load(&dir, &dev).unwrap();
         let opts = SampleOptions {
             prompt: case["prompt"].as_str().unwrap().into(),
@@ -139,7 +141,7 @@ fn wrong_sizes_and_unet_kind_are_clear_errors() {
         .iter()
         .find(|c| c["kind"] == "txt2img")
         .unwrap();
-    let dir = assemble(txt);
+    let dir = assemble(txt, "errors");
     let sd = StableDiffusion::load(&dir, &dev).unwrap();
     let mut noise = anodiff::sd::noise::SeededNoise::new(0);
     let bad = SampleOptions {

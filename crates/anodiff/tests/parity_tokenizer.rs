@@ -14,9 +14,9 @@ const FIXTURES: &str = concat!(
 /// The CLIP vocabulary lives with the library (it is embedded); the rest are test fixtures.
 fn fixture(name: &str) -> PathBuf {
     match name {
-        "vocab.json" | "merges.txt" => {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/clip").join(name)
-        }
+        "vocab.json" | "merges.txt" => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("assets/clip")
+            .join(name),
         _ => Path::new(FIXTURES).join(name),
     }
 }
@@ -95,7 +95,10 @@ fn clip_vocab_matches_transformers() {
 fn embedded_vocab_matches_transformers() {
     let tok = ClipTokenizer::embedded().unwrap();
     let c = cases();
-    assert_eq!((tok.vocab_size(), tok.pad_id(), tok.max_length()), (49408, 49407, 77));
+    assert_eq!(
+        (tok.vocab_size(), tok.pad_id(), tok.max_length()),
+        (49408, 49407, 77)
+    );
     assert_eq!(check(&tok, &c["files"], "embedded"), 0);
 }
 

@@ -8,13 +8,13 @@ use super::clip::{ClipTextConfig, ClipTextModel};
 use super::guidance::{apply_cfg, uses_cfg};
 use super::noise::NoiseSource;
 use super::presets::Preset;
-use crate::nn::Params;
 use super::scheduler::{make_scheduler, Scheduler, SchedulerConfig, SchedulerKind};
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
 use super::weights::ModelDir;
 use crate::error::{Error, Result};
+use crate::nn::Params;
 use candle_core::{DType, Device, Tensor};
 
 /// A complete diffusers model folder, loaded.
@@ -225,7 +225,9 @@ impl StableDiffusion {
             (noise.draw(&[1, latent_ch, h, w], &self.device)? * sched.init_noise_sigma())?
         } else {
             let post = self.vae.encode(image)?;
-            let z0 = self.vae.scale_latent(&post.sample(&noise.draw(post.mean.dims(), &self.device)?)?)?;
+            let z0 = self
+                .vae
+                .scale_latent(&post.sample(&noise.draw(post.mean.dims(), &self.device)?)?)?;
             let n = noise.draw(&[1, latent_ch, h, w], &self.device)?;
             let t0 = all.get(start).copied().unwrap_or(0.0) as usize;
             sched.add_noise(&z0, &n, &[t0])?
@@ -239,8 +241,9 @@ impl StableDiffusion {
         let keep = mask.lt(0.5)?.to_dtype(DType::F32)?;
         let masked = image.broadcast_mul(&keep)?;
         let post = self.vae.encode(&masked)?;
-        let masked_lat =
-            self.vae.scale_latent(&post.sample(&noise.draw(post.mean.dims(), &self.device)?)?)?;
+        let masked_lat = self
+            .vae
+            .scale_latent(&post.sample(&noise.draw(post.mean.dims(), &self.device)?)?)?;
         let cond = Tensor::cat(&[&mask_lat, &masked_lat], 1)?;
         self.denoise_from(
             o,

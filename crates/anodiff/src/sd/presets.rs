@@ -66,7 +66,8 @@ impl Preset {
 fn sd15() -> Preset {
     Preset {
         name: "sd15",
-        description: "Stable Diffusion 1.5: UNet 320/640/1280/1280, VAE 128-512, CLIP ViT-L/14 text",
+        description:
+            "Stable Diffusion 1.5: UNet 320/640/1280/1280, VAE 128-512, CLIP ViT-L/14 text",
         resolution: 512,
         unet: UNetConfig::sd15(),
         vae: VaeConfig::sd15(),
@@ -109,7 +110,8 @@ fn tiny() -> Preset {
     };
     Preset {
         name: "tiny",
-        description: "tests and smoke runs: UNet 32/64, VAE 32/64 (2x latent), 2-layer CLIP width 64",
+        description:
+            "tests and smoke runs: UNet 32/64, VAE 32/64 (2x latent), 2-layer CLIP width 64",
         resolution: 32,
         unet,
         vae,
@@ -126,12 +128,26 @@ mod tests {
     fn presets_validate_and_agree_on_widths() {
         for p in Preset::all() {
             p.unet.validate().unwrap();
-            p.vae.validate().map_err(|e| format!("{}: {e}", p.name)).unwrap();
-            p.text.validate().map_err(|e| format!("{}: {e}", p.name)).unwrap();
-            assert_eq!(p.text.hidden_size, p.unet.cross_attention_dim.get(0), "{}", p.name);
+            p.vae
+                .validate()
+                .map_err(|e| format!("{}: {e}", p.name))
+                .unwrap();
+            p.text
+                .validate()
+                .map_err(|e| format!("{}: {e}", p.name))
+                .unwrap();
+            assert_eq!(
+                p.text.hidden_size,
+                p.unet.cross_attention_dim.get(0),
+                "{}",
+                p.name
+            );
             assert_eq!(p.resolution % p.vae.downscale_factor(), 0, "{}", p.name);
         }
         assert_eq!(Preset::by_name("sd15").unwrap().latent_size(), 64);
-        assert!(Preset::by_name("nope").unwrap_err().to_string().contains("tiny"));
+        assert!(Preset::by_name("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("tiny"));
     }
 }

@@ -107,19 +107,43 @@ impl ClipTokenizer {
                 )
             })
             .collect();
-        Self::build(vocab, merges, None, specials, &[], DEFAULT_MAX_LENGTH, vocab)
+        Self::build(
+            vocab,
+            merges,
+            None,
+            specials,
+            &[],
+            DEFAULT_MAX_LENGTH,
+            vocab,
+        )
     }
 
     /// The OpenAI CLIP vocabulary (the one SD-1.x and SD-2 ship) built into the library, with SD-1
     /// settings: presets trained from scratch and the offline demo need no tokenizer files.
     pub fn embedded() -> Result<Self> {
-        let (vocab, merges) = (Path::new(EMBEDDED_VOCAB_NAME), Path::new(EMBEDDED_MERGES_NAME));
+        let (vocab, merges) = (
+            Path::new(EMBEDDED_VOCAB_NAME),
+            Path::new(EMBEDDED_MERGES_NAME),
+        );
         let specials = SPECIAL_KEYS
             .iter()
-            .map(|&k| (k, SpecialToken::raw(if k == "bos_token" { BOS } else { EOS })))
+            .map(|&k| {
+                (
+                    k,
+                    SpecialToken::raw(if k == "bos_token" { BOS } else { EOS }),
+                )
+            })
             .collect();
         let texts = Some((EMBEDDED_VOCAB, EMBEDDED_MERGES));
-        Self::build(vocab, merges, texts, specials, &[], DEFAULT_MAX_LENGTH, vocab)
+        Self::build(
+            vocab,
+            merges,
+            texts,
+            specials,
+            &[],
+            DEFAULT_MAX_LENGTH,
+            vocab,
+        )
     }
 
     /// Loads a diffusers `tokenizer/` folder: `vocab.json`, `merges.txt`, and (when present)
