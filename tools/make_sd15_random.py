@@ -5,7 +5,7 @@ VAE 128/256/512/512, CLIP ViT-L/14 text encoder) plus reference outputs, for the
 
 Versions: torch 2.15.0, diffusers 0.42.1, transformers 5.23.0.
 Usage: /work/venv/bin/python tools/make_sd15_random.py [OUT_DIR]   (default: runs/sd15-random, git-ignored; ~4.3 GB)
-Needs tests/fixtures/tokenizer/{vocab.json,merges.txt}.
+Copies the CLIP vocabulary from crates/anodiff/assets/clip.
 """
 import json
 import os
@@ -71,7 +71,7 @@ def main():
     tok = os.path.join(OUT, "tokenizer")
     os.makedirs(tok, exist_ok=True)
     for f in ("vocab.json", "merges.txt"):
-        shutil.copy(os.path.join(ROOT, "tests", "fixtures", "tokenizer", f), tok)
+        shutil.copy(os.path.join(ROOT, "crates", "anodiff", "assets", "clip", f), tok)
     PNDMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                   skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False).save_config(os.path.join(OUT, "scheduler"))
     with open(os.path.join(OUT, "model_index.json"), "w") as f:
