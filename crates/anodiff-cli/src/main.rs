@@ -24,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Offline end-to-end run on the built-in tiny preset; writes demo-out/report.html.
+    Demo(commands::demo::Args),
     /// Generate an image from a text prompt with a 4-channel Stable Diffusion model.
     Txt2img(commands::txt2img::Args),
     /// Repaint the white region of a mask with a 9-channel inpainting model.
@@ -37,6 +39,7 @@ fn main() {
         std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
     }
     let result = match cli.command {
+        Command::Demo(a) => commands::demo::run(a),
         Command::Txt2img(a) => commands::txt2img::run(a),
         Command::Inpaint(a) => commands::inpaint::run(a),
     };
