@@ -32,7 +32,7 @@ pub trait Scheduler: Send {
     /// Input scaling some schedulers (Euler) apply before the UNet.
     fn scale_model_input(&self, sample: &Tensor, t: f64) -> Result<Tensor>;
     /// One reverse step from `t`: returns the previous sample. `noise` must be given (same shape as
-    /// `sample`) when `needs_noise()` is true, and is ignored otherwise.
+    /// `sample`) when `needs_noise_at(t)` is true, and is ignored otherwise.
     fn step(
         &mut self,
         model_output: &Tensor,
