@@ -61,7 +61,11 @@ pub fn run(a: Args) -> Result<()> {
         let lat = sd.txt2img(&opts, &mut SeededNoise::new(a.seed), &mut |_, _| {})?;
         let file = format!("txt2img_{kind:?}.png").to_lowercase();
         save(&sd, &lat, &a.out.join(&file))?;
-        rows.push((format!("txt2img, {kind:?}"), file, t.elapsed().as_secs_f64()));
+        rows.push((
+            format!("txt2img, {kind:?}"),
+            file,
+            t.elapsed().as_secs_f64(),
+        ));
         pb.inc(1);
     }
 
@@ -150,7 +154,10 @@ fn html(a: &Args, rows: &[(String, String, f64)]) -> String {
             .split(' ')
             .map(|f| format!("<img src=\"{f}\" alt=\"{f}\">"))
             .collect();
-        let _ = write!(s, "<tr><td>{what}</td><td>{imgs}</td><td>{secs:.2} s</td></tr>");
+        let _ = write!(
+            s,
+            "<tr><td>{what}</td><td>{imgs}</td><td>{secs:.2} s</td></tr>"
+        );
     }
     s.push_str("</table>");
     s

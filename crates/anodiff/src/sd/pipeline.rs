@@ -148,7 +148,11 @@ impl StableDiffusion {
 
     fn check_size(&self, o: &SampleOptions) -> Result<(usize, usize)> {
         let f = self.vae_scale_factor();
-        if o.width == 0 || o.height == 0 || o.width % f != 0 || o.height % f != 0 {
+        if o.width == 0
+            || o.height == 0
+            || !o.width.is_multiple_of(f)
+            || !o.height.is_multiple_of(f)
+        {
             return Err(Error::invalid(format!(
                 "width and height must be positive multiples of {f}, got {}x{}",
                 o.width, o.height
