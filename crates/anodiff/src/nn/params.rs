@@ -46,6 +46,8 @@ struct Inner {
     source: Source,
     device: Device,
     trainable: Predicate,
+    /// Parameters are handed out in this dtype (f32 for models; f64 for gradient checks).
+    dtype: DType,
     vars: Mutex<Vec<(String, Var)>>,
     used: Mutex<BTreeSet<String>>,
 }
@@ -79,6 +81,7 @@ impl Params {
                 source,
                 device: device.clone(),
                 trainable,
+                dtype: DType::F32,
                 vars: Mutex::new(Vec::new()),
                 used: Mutex::new(BTreeSet::new()),
             }),
@@ -98,6 +101,21 @@ impl Params {
             }),
             prefix: self.prefix,
         }
+    }
+
+    /// Hands out parameters in `dtype` instead of f32 (finite-difference gradient checks run the
+    /// real model code in f64). Must be called before the store is cloned.
+    pub fn with_dtype(self, dtype: DType) -> Self {
+        let inner = Arc::try_unwrap(self.inner)
+            .unwrap_or_else(|_| panic!("with_dtype must be called before cloning Params"));
+        Self {
+            inner: Arc::new(Inner { dtype, ..inner }),
+            prefix: self.prefix,
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.inner.dtype
     }
 
     /// A view under `name` (diffusers' dotted module path).
@@ -137,7 +155,7 @@ impl Params {
         matches!(self.inner.source, Source::Fresh { .. })
     }
 
-    /// Fetches (or creates) the f32 parameter `name` with the given shape.
+    /// Fetches (or creates) the parameter `name` with the given shape, in the store's dtype.
     pub fn get(&self, shape: &[usize], name: &str, init: Init) -> Result<Tensor> {
         let full = self.full(name);
         let tensor = match &self.inner.source {
@@ -154,10 +172,11 @@ impl Params {
                         found: t.dims().to_vec(),
                     });
                 }
-                t.to_dtype(DType::F32)?
+                t.to_dtype(self.inner.dtype)?
             }
             Source::Fresh { seed } => {
                 init_tensor(shape, init, name_seed(*seed, &full), self.device())?
+                    .to_dtype(self.inner.dtype)?
             }
         };
         self.inner.used.lock().unwrap().insert(full.clone());

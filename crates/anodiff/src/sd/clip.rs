@@ -374,7 +374,7 @@ impl ClipTextModel {
         let mask: Vec<f32> = (0..t * t)
             .map(|i| if i % t > i / t { MASKED } else { 0.0 })
             .collect();
-        let mask = Tensor::from_vec(mask, (t, t), dev)?;
+        let mask = Tensor::from_vec(mask, (t, t), dev)?.to_dtype(x.dtype())?;
 
         let n = self.layers.len();
         let mut penultimate = x.clone();

@@ -239,7 +239,9 @@ impl UNet2DConditionModel {
             self.cfg.flip_sin_to_cos,
             self.cfg.freq_shift,
             10000.0,
-        )?;
+        )?
+        // Computed in f32 like diffusers, then in the model's dtype (f64 in gradient checks).
+        .to_dtype(sample.dtype())?;
         let emb = self.time_embedding.forward(&t_emb)?;
         let ehs = encoder_hidden_states;
 
