@@ -26,6 +26,10 @@ struct Cli {
 enum Command {
     /// Offline end-to-end run on the built-in tiny preset; writes demo-out/report.html.
     Demo(commands::demo::Args),
+    /// List the built-in model configurations with parameter counts.
+    Presets(commands::presets::Args),
+    /// Time model components with random weights (no files needed).
+    Bench(commands::bench::Args),
     /// Generate an image from a text prompt with a 4-channel Stable Diffusion model.
     Txt2img(commands::txt2img::Args),
     /// Repaint the white region of a mask with a 9-channel inpainting model.
@@ -40,6 +44,8 @@ fn main() {
     }
     let result = match cli.command {
         Command::Demo(a) => commands::demo::run(a),
+        Command::Presets(a) => commands::presets::run(a),
+        Command::Bench(a) => commands::bench::run(a),
         Command::Txt2img(a) => commands::txt2img::run(a),
         Command::Inpaint(a) => commands::inpaint::run(a),
     };
