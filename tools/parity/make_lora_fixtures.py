@@ -24,9 +24,14 @@ Writes under tests/fixtures/lora/:
 Versions: torch 2.15 (CPU), diffusers 0.42.1, peft 0.21.2, transformers 5.23.0, safetensors.
 Regenerate (from the repository root):
     /work/venv/bin/python tools/parity/make_lora_fixtures.py
+
+Check that a file written by anodiff loads in diffusers and reproduces the references:
+    ANODIFF_LORA_EXPORT=/tmp/anodiff_lora.safetensors cargo test --release -p anodiff --test lora save_load
+    /work/venv/bin/python tools/parity/make_lora_fixtures.py --check /tmp/anodiff_lora.safetensors
 """
 
 import json
+import sys
 from pathlib import Path
 
 import diffusers
@@ -70,6 +75,26 @@ def kohya(state, prefix, kohya_prefix):
         out[base + (".lora_down.weight" if kind.startswith("A") else ".lora_up.weight")] = v
         out[base + ".alpha"] = torch.tensor(float(ALPHA))
     return out
+
+
+def check(path):
+    """Loads an anodiff-written LoRA file through diffusers and compares with the references."""
+    path = Path(path)
+    ref = {}
+    with safe_open(OUT / "reference.safetensors", "pt") as f:
+        ref = {k: f.get_tensor(k) for k in f.keys()}
+    unet = UNet2DConditionModel.from_pretrained(ROOT / "unet" / "sd1" / "unet").eval()
+    te = CLIPTextModel.from_pretrained(ROOT / "clip" / "sd1" / "text_encoder", dtype=torch.float32).eval()
+    pipe = StableDiffusionPipeline(vae=None, text_encoder=te, tokenizer=None, unet=unet, scheduler=None,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.load_lora_weights(path.parent, weight_name=path.name)
+    with torch.no_grad():
+        u = unet(ref["sample"], ref["timesteps"], ref["encoder_hidden_states"]).sample
+        t = te(input_ids=ref["ids"].long()).last_hidden_state
+    eu = ((u - ref["unet_out"]).abs().max() / ref["unet_out"].abs().max()).item()
+    et = ((t - ref["clip_out"]).abs().max() / ref["clip_out"].abs().max()).item()
+    print(f"{path}: diffusers rel err unet {eu:.2e}, clip {et:.2e}")
+    assert eu < 1e-4 and et < 1e-4
 
 
 def main():
@@ -148,4 +173,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--check":
+        check(sys.argv[2])
+    else:
+        main()

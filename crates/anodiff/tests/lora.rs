@@ -162,6 +162,10 @@ fn save_load_round_trip_is_bit_exact() {
     Lora::save_many(&both, &[(&lu, 0), (&lc, 0)]).unwrap();
     entries_equal(&lu, &Lora::read_unet(&u, &both).unwrap(), 0, 0);
     entries_equal(&lc, &Lora::read_clip(&c, &both).unwrap(), 0, 0);
+    // Optional export for the diffusers-side check (make_lora_fixtures.py --check <file>).
+    if let Some(p) = std::env::var_os("ANODIFF_LORA_EXPORT") {
+        Lora::save_many(std::path::Path::new(&p), &[(&lu, 0), (&lc, 0)]).unwrap();
+    }
 
     // Several sets: each set is its own file; set 1 saved, then loaded into set 0 of another.
     let cfg = LoraConfig {
