@@ -63,6 +63,8 @@ def portable(cfg):
     """The adapter config as diffusers stores it, minus this machine's absolute paths."""
     d = cfg.to_dict()
     d["base_model_name_or_path"] = None
+    # peft keeps target_modules as a set; sort it so regenerating gives identical bytes.
+    d["target_modules"] = sorted(d["target_modules"])
     return d
 
 
