@@ -373,8 +373,20 @@ fn merged_weights_match_adapter() {
     println!("merged vs adapter: unet rel {eu:.2e}, clip rel {ec:.2e} (tol {MERGE_TOL:.0e})");
     assert!(eu <= MERGE_TOL && ec <= MERGE_TOL);
 
-    // merge_linear on one layer.
-    let layer = &l.layers()[0];
+    // merge_linear on one layer: merged Linear == base Linear + LoRA delta.
+    use candle_core::Module;
+    let m = attention(AttnKind::SelfAttn, 6, 6);
+    let lm = Lora::attach_unet(&m, &LoraConfig::unet(3)).unwrap();
+    randomise_up(&lm, 0);
+    let layer = &lm.layers()[0];
+    assert!(layer.module.ends_with("to_q"));
+    let x = randn(7, 1.0, &[2, 4, 6]);
+    let want = (m.0.to_q.forward(&x).unwrap() + layer.delta(&x, None).unwrap()).unwrap();
+    let merged = anodiff::sd::lora::merge::merge_linear(&m.0.to_q, layer, 0).unwrap();
+    assert!(merged.adapter().is_none());
+    let el = rel_err(&merged.forward(&x).unwrap(), &want);
+    println!("merge_linear vs adapter: rel {el:.2e}");
+    assert!(el <= MERGE_TOL);
     assert!(anodiff::sd::lora::merge::merge_weight(
         &Tensor::zeros((3, 3), DType::F32, &dev).unwrap(),
         layer,
@@ -560,4 +572,72 @@ fn bad_files_give_errors_naming_file_and_key() {
         "{e}"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The LoRA layer alone in f64 (its own math supports any float dtype): gradients of a loss over a
+/// batch routed to two sets, autograd vs central differences, tight tolerance.
+#[test]
+fn lora_layer_gradients_f64_with_mixed_sets() {
+    use anodiff::sd::lora::{LoraLayer, LoraSet};
+    use candle_core::Var;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let f64t = |seed: u64, shape: &[usize]| randn(seed, 1.0, shape).to_dtype(DType::F64).unwrap();
+    let sets = (0..2)
+        .map(|s| {
+            LoraSet::new(
+                Var::from_tensor(&f64t(30 + s, &[3, 5])).unwrap(),
+                Var::from_tensor(&f64t(40 + s, &[4, 3])).unwrap(),
+                0.7 + s as f64,
+            )
+        })
+        .collect();
+    let l =
+        LoraLayer::from_sets("m", 5, 4, sets, 0.0, 0, Arc::new(AtomicBool::new(false))).unwrap();
+    let x = f64t(50, &[3, 2, 5]);
+    let w = f64t(51, &[3, 2, 4]);
+    let branch = [1usize, 0, 1];
+    let loss = || {
+        (l.delta(&x, Some(&branch)).unwrap() * &w)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let grads = loss().backward().unwrap();
+    let eps = 1e-5;
+    let mut worst = 0f64;
+    for s in &l.sets {
+        for var in [&s.down, &s.up] {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let v0 = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            for i in 0..v0.len() {
+                let eval = |d: f64| {
+                    let mut v = v0.clone();
+                    v[i] += d;
+                    var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    loss().to_scalar::<f64>().unwrap()
+                };
+                let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
+                worst = worst.max((fd - g[i]).abs() / g[i].abs().max(1.0));
+            }
+            var.set(&Tensor::from_vec(v0, var.dims(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+    println!("f64 LoRA layer, mixed sets: max rel |fd - autograd| {worst:.2e} (tol 1e-6)");
+    assert!(worst <= 1e-6);
 }
