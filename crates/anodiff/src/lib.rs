@@ -2,9 +2,11 @@
 //! Stable-Diffusion-class models, in Rust on candle. See ARCHITECTURE.md for the module map.
 
 pub mod bench;
+pub mod data;
 pub mod error;
 pub mod io;
 pub mod nn;
 pub mod sd;
+pub mod train;
 
 pub use error::{Error, Result};
