@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod diffusion;
 pub mod grads;
 pub mod log;
+pub mod lora_finetune;
 pub mod optim;
 pub mod order;
 pub mod schedule;
