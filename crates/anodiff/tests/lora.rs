@@ -550,6 +550,24 @@ fn bad_files_give_errors_naming_file_and_key() {
         )],
     );
     assert!(e.contains("lora_unet_down_blocks_0_nothing_here"));
+    // Lenient reading skips (and reports) well-formed keys of non-target layers.
+    let p = dir.join("mixed.safetensors");
+    let ff = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_2.lora_down.weight";
+    let kq = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
+    write(
+        &p,
+        vec![
+            (ff, z(&[4, 6])),
+            (&format!("{kq}.lora_down.weight"), z(&[4, 6])),
+            (&format!("{kq}.lora_up.weight"), z(&[6, 4])),
+            (&format!("{kq}.alpha"), Tensor::new(2f32, &dev).unwrap()),
+        ],
+    );
+    assert!(Lora::read_unet(&u, &p).is_err());
+    let (l, skipped) = Lora::read_unet_lenient(&u, &p).unwrap();
+    assert_eq!(skipped, vec![ff.to_string()]);
+    assert_eq!(l.layers().len(), 1);
+    assert_eq!(l.layers()[0].sets[0].scale(), 0.5);
     let e = err("odd.safetensors", vec![("model.weight", z(&[2]))]);
     assert!(e.contains("model.weight"));
     let p = dir.join("garbage.safetensors");

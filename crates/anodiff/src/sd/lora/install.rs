@@ -142,6 +142,31 @@ impl Lora {
         Self::from_file(LoraComponent::TextEncoder, clip_targets(clip), path)
     }
 
+    /// Like [`Lora::read_unet`], but keys of layers this LoRA cannot target (kohya files often
+    /// also adapt `ff`, `proj_in`, convolutions) are returned instead of being an error.
+    pub fn read_unet_lenient(unet: &dyn HasAttention, path: &Path) -> Result<(Self, Vec<String>)> {
+        let mut skipped = Vec::new();
+        let l = Self::from_file_with(
+            LoraComponent::Unet,
+            unet_targets(unet),
+            path,
+            Some(&mut skipped),
+        )?;
+        Ok((l, skipped))
+    }
+
+    /// Like [`Lora::read_clip`], returning the keys of non-targetable layers (e.g. `mlp.fc1`).
+    pub fn read_clip_lenient(clip: &ClipTextModel, path: &Path) -> Result<(Self, Vec<String>)> {
+        let mut skipped = Vec::new();
+        let l = Self::from_file_with(
+            LoraComponent::TextEncoder,
+            clip_targets(clip),
+            path,
+            Some(&mut skipped),
+        )?;
+        Ok((l, skipped))
+    }
+
     fn fresh(component: LoraComponent, targets: Vec<Target>, cfg: &LoraConfig) -> Result<Self> {
         if cfg.sets == 0 {
             return Err(Error::invalid("LoRA config: `sets` must be at least 1"));
@@ -186,12 +211,21 @@ impl Lora {
     }
 
     fn from_file(component: LoraComponent, targets: Vec<Target>, path: &Path) -> Result<Self> {
+        Self::from_file_with(component, targets, path, None)
+    }
+
+    fn from_file_with(
+        component: LoraComponent,
+        targets: Vec<Target>,
+        path: &Path,
+        skipped: Option<&mut Vec<String>>,
+    ) -> Result<Self> {
         let device = targets
             .first()
             .map(|t| t.device.clone())
             .unwrap_or(Device::Cpu);
         let mut entries: std::collections::HashMap<String, LoraEntry> =
-            io::read_lora(path, component, &dims(&targets), &device)?
+            io::read_lora(path, component, &dims(&targets), &device, skipped)?
                 .into_iter()
                 .map(|e| (e.module.clone(), e))
                 .collect();
@@ -374,7 +408,7 @@ impl Lora {
             self.layers[0].sets[0].down.device().clone(),
         );
         let mut entries: std::collections::HashMap<String, LoraEntry> =
-            io::read_lora(path, self.component, &dims, &device)?
+            io::read_lora(path, self.component, &dims, &device, None)?
                 .into_iter()
                 .map(|e| (e.module.clone(), e))
                 .collect();

@@ -75,12 +75,15 @@ struct Partial {
 }
 
 /// Reads the `component` part of a LoRA file (diffusers/peft or kohya names). Keys of the other
-/// component are skipped; anything else unknown is an error naming the file and the key.
+/// component are skipped; anything else unknown is an error naming the file and the key — except
+/// that with `skipped: Some(..)`, well-formed keys of layers that are not targets here (e.g. a
+/// kohya LoRA that also adapts `ff` or `proj_in`) are collected there instead.
 pub fn read_lora(
     path: &Path,
     component: LoraComponent,
     layers: &LayerDims,
     device: &Device,
+    mut skipped: Option<&mut Vec<String>>,
 ) -> Result<Vec<LoraEntry>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |msg: String| Error::config(path, msg);
@@ -140,18 +143,30 @@ pub fn read_lora(
                             "key `{key}`: expected `<name>.lora_down.weight`, `.lora_up.weight` or `.alpha`"
                         ))
                     })?;
-            let m = kohya.get(base).ok_or_else(|| {
-                bad(format!(
-                    "key `{key}`: `{base}` is not a LoRA-targetable layer of this model"
-                ))
-            })?;
-            (m.clone(), kind)
+            match kohya.get(base) {
+                Some(m) => (m.clone(), kind),
+                None => match skipped.as_mut() {
+                    Some(s) => {
+                        s.push(key);
+                        continue;
+                    }
+                    None => {
+                        return Err(bad(format!(
+                            "key `{key}`: `{base}` is not a LoRA-targetable layer of this model"
+                        )))
+                    }
+                },
+            }
         } else if foreign.iter().any(|f| key.starts_with(f)) {
             continue;
         } else {
             return Err(bad(format!("key `{key}` is not a LoRA weight name this loader knows (diffusers `unet.…lora_A.weight` or kohya `lora_unet_…lora_down.weight`)")));
         };
         if !layers.contains_key(&module) {
+            if let Some(s) = skipped.as_mut() {
+                s.push(key);
+                continue;
+            }
             return Err(bad(format!(
                 "key `{key}`: `{module}` is not a LoRA-targetable layer of this model"
             )));

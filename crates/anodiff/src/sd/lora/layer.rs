@@ -167,6 +167,14 @@ impl LoraLayer {
     /// (None: set 0 for every row). Rows never see another set's weights: each set's term is
     /// multiplied by a 0/1 row mask, which also keeps gradients separate.
     pub fn delta(&self, x: &Tensor, branch: Option<&[usize]>) -> candle_core::Result<Tensor> {
+        if x.rank() == 0 || x.dim(candle_core::D::Minus1)? != self.in_dim {
+            candle_core::bail!(
+                "LoRA `{}`: input of shape {:?}, expected [.., {}]",
+                self.module,
+                x.dims(),
+                self.in_dim
+            );
+        }
         let x = self.dropout(x)?;
         let b = x.dims()[0];
         let Some(branch) = branch else {
@@ -214,7 +222,7 @@ impl LoraLayer {
         output: Tensor,
         branch: Option<&[usize]>,
     ) -> candle_core::Result<Tensor> {
-        if input.dims()[0] == 0 {
+        if input.dims().first() == Some(&0) {
             return Ok(output);
         }
         output + self.delta(input, branch)?

@@ -33,7 +33,6 @@ impl LoraAttnProcessor {
             Proj::V => self.v.as_ref(),
             Proj::Out => self.out.as_ref(),
         }
-        .map(|l| l as _)
     }
 
     pub fn is_empty(&self) -> bool {
