@@ -30,6 +30,8 @@ enum Command {
     Presets(commands::presets::Args),
     /// Time model components with random weights (no files needed).
     Bench(commands::bench::Args),
+    /// Fine-tune a LoRA on a folder of images with one prompt (DreamBooth-style).
+    LoraTrain(commands::lora_train::Args),
     /// Generate an image from a text prompt with a 4-channel Stable Diffusion model.
     Txt2img(commands::txt2img::Args),
     /// Repaint the white region of a mask with a 9-channel inpainting model.
@@ -46,6 +48,7 @@ fn main() {
         Command::Demo(a) => commands::demo::run(a),
         Command::Presets(a) => commands::presets::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::LoraTrain(a) => commands::lora_train::run(a),
         Command::Txt2img(a) => commands::txt2img::run(a),
         Command::Inpaint(a) => commands::inpaint::run(a),
     };

@@ -54,7 +54,7 @@ pub struct LoraTrainReport {
 pub fn encode_images(sd: &StableDiffusion, data: &ImageFolder, dev: &Device) -> Result<Vec<Tensor>> {
     let mut out = Vec::with_capacity(data.len());
     for i in 0..data.len() {
-        let x = data.tensor(i, dev)?.unsqueeze(0)?;
+        let x = data.tensor(i, dev)?;
         let post = sd.vae.encode(&x)?;
         out.push(sd.vae.scale_latent(&post.mean)?.squeeze(0)?);
     }
