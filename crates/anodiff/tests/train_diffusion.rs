@@ -49,8 +49,15 @@ fn run(prediction: PredictionType) -> (f64, f64) {
         .unwrap();
     let grads = anodiff::train::Grads::from_store(&store, &vars);
     assert!((0..grads.len()).all(|i| grads.get(i).is_some()));
+    let store_floats: usize = store
+        .get_ids()
+        .filter_map(|id| store.get_id(*id))
+        .map(|t| t.elem_count())
+        .sum();
+    let var_floats: usize = vars.iter().map(|(_, v)| v.elem_count()).sum();
     println!(
-        "backward: GradStore holds {} tensors, {} of them trainable variables",
+        "backward: GradStore holds {} tensors / {store_floats} floats; the {} trainable variables \
+         {var_floats} floats",
         store.get_ids().count(),
         vars.len()
     );
