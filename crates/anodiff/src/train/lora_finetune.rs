@@ -51,7 +51,11 @@ pub struct LoraTrainReport {
 
 /// Encodes every training image once (posterior mean × scaling factor): the VAE is frozen, and on
 /// CPU re-encoding each step would cost more than the UNet step itself.
-pub fn encode_images(sd: &StableDiffusion, data: &ImageFolder, dev: &Device) -> Result<Vec<Tensor>> {
+pub fn encode_images(
+    sd: &StableDiffusion,
+    data: &ImageFolder,
+    dev: &Device,
+) -> Result<Vec<Tensor>> {
     let mut out = Vec::with_capacity(data.len());
     for i in 0..data.len() {
         let x = data.tensor(i, dev)?;
