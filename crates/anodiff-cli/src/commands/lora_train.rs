@@ -57,6 +57,10 @@ pub struct Args {
     /// Continue from a checkpoint folder (or a run folder: its latest checkpoint).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// After training, sample N images with and without the LoRA (same seeds), report their
+    /// latent distance to the nearest training image and write a comparison grid PNG.
+    #[arg(long, default_value_t = 4)]
+    pub eval_samples: usize,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -82,6 +86,7 @@ pub fn run(a: Args) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
         out: a.out,
         resume: a.resume,
+        eval_samples: a.eval_samples,
     };
     let pb = bar(o.steps as u64, "lora-train");
     let pb2 = pb.clone();
@@ -99,5 +104,16 @@ pub fn run(a: Args) -> Result<()> {
         tail_mean(&r.steps, 20)
     );
     eprintln!("wrote {}", r.lora_file.display());
+    if let Some(e) = &r.effect {
+        eprintln!(
+            "{} samples, RMS latent distance to the nearest training image: {:.4} without LoRA, {:.4} with; grid: {}",
+            e.samples,
+            e.nearest_rms_without,
+            e.nearest_rms_with,
+            e.grid.display()
+        );
+    }
+    let report = r.lora_file.with_file_name("report.json");
+    anodiff::io::write_atomic(&report, serde_json::to_string_pretty(&r)?.as_bytes())?;
     Ok(())
 }

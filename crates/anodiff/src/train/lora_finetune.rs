@@ -36,6 +36,21 @@ pub struct LoraTrainOptions {
     pub checkpoint_every: usize,
     pub out: PathBuf,
     pub resume: Option<PathBuf>,
+    /// After training, sample this many images with and without the LoRA (same noise) and
+    /// measure how close each is to its nearest training image in latent space (0: skip).
+    pub eval_samples: usize,
+}
+
+/// Before/after comparison written by `eval_samples`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LoraEffect {
+    pub samples: usize,
+    /// Mean over samples of the RMS distance to the nearest training latent, without the LoRA.
+    pub nearest_rms_without: f64,
+    /// The same with the LoRA installed.
+    pub nearest_rms_with: f64,
+    /// PNG grid: first row without LoRA, second row with, third row training images.
+    pub grid: PathBuf,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -47,6 +62,7 @@ pub struct LoraTrainReport {
     pub first_loss: f64,
     pub last_loss: f64,
     pub steps: Vec<StepStats>,
+    pub effect: Option<LoraEffect>,
 }
 
 /// Encodes every training image once (posterior mean × scaling factor): the VAE is frozen, and on
@@ -146,6 +162,22 @@ pub fn lora_finetune(
     lora.set_training(false);
     let lora_file = o.out.join(LORA_FILE);
     lora.save(&lora_file, 0)?;
+    let effect = if o.eval_samples > 0 {
+        lora.remove_unet(&sd.unet);
+        let without = sample_latents(sd, &o.prompt, o.eval_samples, size, o.seed)?;
+        lora.install_unet(&sd.unet);
+        let with = sample_latents(sd, &o.prompt, o.eval_samples, size, o.seed)?;
+        let grid = o.out.join("samples_without_with_lora.png");
+        write_grid(sd, &[&without, &with, &latents[..latents.len().min(o.eval_samples)]], &grid)?;
+        Some(LoraEffect {
+            samples: o.eval_samples,
+            nearest_rms_without: mean_nearest_rms(&without, &latents)?,
+            nearest_rms_with: mean_nearest_rms(&with, &latents)?,
+            grid,
+        })
+    } else {
+        None
+    };
     Ok(LoraTrainReport {
         lora_file,
         images: latents.len(),
@@ -154,7 +186,74 @@ pub fn lora_finetune(
         first_loss: steps.first().map_or(f64::NAN, |s| s.loss),
         last_loss: steps.last().map_or(f64::NAN, |s| s.loss),
         steps,
+        effect,
     })
+}
+
+/// `n` txt2img latents (DDIM, 25 steps, guidance 5), sample `i` seeded with `seed + i`.
+fn sample_latents(
+    sd: &StableDiffusion,
+    prompt: &str,
+    n: usize,
+    size: usize,
+    seed: u64,
+) -> Result<Vec<Tensor>> {
+    let opts = crate::sd::pipeline::SampleOptions {
+        prompt: prompt.into(),
+        steps: 25,
+        guidance: 5.0,
+        width: size,
+        height: size,
+        scheduler: Some(crate::sd::scheduler::SchedulerKind::Ddim),
+        ..Default::default()
+    };
+    (0..n as u64)
+        .map(|i| {
+            let mut noise = crate::sd::noise::SeededNoise::new(seed.wrapping_add(i));
+            Ok(sd.txt2img(&opts, &mut noise, &mut |_, _| {})?.squeeze(0)?)
+        })
+        .collect()
+}
+
+/// Mean over `samples` of the RMS distance to the closest of `train`.
+pub fn mean_nearest_rms(samples: &[Tensor], train: &[Tensor]) -> Result<f64> {
+    let mut total = 0.0;
+    for s in samples {
+        let mut best = f64::INFINITY;
+        for t in train {
+            let d = (s - t)?.sqr()?.mean_all()?.to_dtype(candle_core::DType::F64)?;
+            best = best.min(d.to_scalar::<f64>()?.sqrt());
+        }
+        total += best;
+    }
+    Ok(total / samples.len().max(1) as f64)
+}
+
+/// Decodes rows of latents and writes them as one PNG grid (rows top to bottom).
+fn write_grid(sd: &StableDiffusion, rows: &[&[Tensor]], path: &std::path::Path) -> Result<()> {
+    let mut images: Vec<Vec<image::RgbImage>> = Vec::new();
+    for row in rows {
+        let mut r = Vec::new();
+        for z in row.iter() {
+            let x = sd.decode(&z.unsqueeze(0)?)?;
+            r.extend(crate::sd::image::tensor_to_rgb(&x)?);
+        }
+        images.push(r);
+    }
+    let (w, h) = images
+        .iter()
+        .flatten()
+        .next()
+        .map(|i| (i.width(), i.height()))
+        .unwrap_or((1, 1));
+    let cols = images.iter().map(Vec::len).max().unwrap_or(1) as u32;
+    let mut grid = image::RgbImage::from_pixel(cols * (w + 2), images.len() as u32 * (h + 2), image::Rgb([255, 255, 255]));
+    for (ri, row) in images.iter().enumerate() {
+        for (ci, img) in row.iter().enumerate() {
+            image::imageops::replace(&mut grid, img, (ci as u32 * (w + 2)) as i64, (ri as u32 * (h + 2)) as i64);
+        }
+    }
+    crate::io::save_png(path, &grid)
 }
 
 /// Mean of the last `n` losses (a smoother figure than the last step's loss).
