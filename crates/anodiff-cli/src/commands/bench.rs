@@ -29,6 +29,9 @@ pub struct UnetArgs {
     /// Timed runs after one warm-up.
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
+    /// Time a LoRA training step (rank 32 on all attention projections, UNet frozen) instead.
+    #[arg(long)]
+    pub train_lora: bool,
     /// Print one JSON object of median milliseconds.
     #[arg(long)]
     pub json: bool,
@@ -42,6 +45,7 @@ pub fn run(a: Args) -> Result<()> {
                 size: u.size,
                 batch: u.batch,
                 repeats: u.repeats,
+                train_lora: u.train_lora,
             };
             let quiet = u.json;
             let r = bench_unet(&o, &mut |msg| {
@@ -52,13 +56,17 @@ pub fn run(a: Args) -> Result<()> {
             if u.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
+                let (what, ms) = match (r.unet_fwd, r.lora_step) {
+                    (Some(f), _) => ("forward", f),
+                    (_, Some(l)) => ("LoRA step", l),
+                    _ => ("?", f64::NAN),
+                };
                 println!(
-                    "UNet {} ({:.0} M params), {}px batch {}: forward median {:.0} ms over {} runs; peak RSS {:.0} MiB",
+                    "UNet {} ({:.0} M params), {}px batch {}: {what} median {ms:.0} ms over {} runs; peak RSS {:.0} MiB",
                     r.preset,
                     r.parameters as f64 / 1e6,
                     r.size,
                     r.batch,
-                    r.unet_fwd,
                     r.repeats,
                     r.peak_rss_mb
                 );

@@ -5,8 +5,10 @@ use super::{median_ms, peak_rss_mb};
 use crate::error::Result;
 use crate::nn::Params;
 use crate::sd::attention::ForwardCtx;
+use crate::sd::lora::{Lora, LoraConfig};
 use crate::sd::presets::Preset;
 use crate::sd::unet::UNet2DConditionModel;
+use crate::train::{AdamW, AdamWConfig, Grads};
 use candle_core::{Device, Tensor};
 
 #[derive(Clone, Debug)]
@@ -17,6 +19,9 @@ pub struct UnetBenchOptions {
     pub batch: usize,
     /// Timed repetitions after one warm-up run.
     pub repeats: usize,
+    /// Time a LoRA training step (rank 32 on every attention projection, UNet frozen, MSE loss,
+    /// backward, AdamW) instead of a forward pass.
+    pub train_lora: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -26,8 +31,14 @@ pub struct UnetBenchResult {
     pub batch: usize,
     pub repeats: usize,
     pub parameters: usize,
-    /// Median milliseconds of one forward pass.
-    pub unet_fwd: f64,
+    /// Median milliseconds of one forward pass (absent with `train_lora`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unet_fwd: Option<f64>,
+    /// Median milliseconds of one LoRA training step (with `train_lora`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_step: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_params: Option<usize>,
     pub peak_rss_mb: f64,
 }
 
@@ -50,12 +61,30 @@ pub fn bench_unet(o: &UnetBenchOptions, progress: &mut dyn FnMut(&str)) -> Resul
     let ehs = Tensor::randn(0f32, 1.0, (o.batch, 77, ctx_dim), &dev)?;
     let t = Tensor::full(500f32, o.batch, &dev)?;
     let ctx = ForwardCtx::default();
-    let run = || -> Result<()> {
-        let y = unet.forward(&x, &t, &ehs, &ctx)?;
-        // Force the computation (candle is eager, but keep the result alive until here).
-        let _ = y.dims();
-        Ok(())
+    let mut lora_params = None;
+    let mut step: Box<dyn FnMut() -> Result<()>> = if o.train_lora {
+        let lora = Lora::attach_unet(&unet, &LoraConfig::unet(32))?;
+        let vars = lora.vars();
+        lora_params = Some(vars.iter().map(|(_, v)| v.elem_count()).sum());
+        let mut opt = AdamW::new(vars.clone(), AdamWConfig::default())?;
+        let target = Tensor::randn(0f32, 1.0, x.dims(), &dev)?;
+        let (unet, x, t, ehs) = (&unet, x.clone(), t.clone(), ehs.clone());
+        Box::new(move || {
+            let _keep = &lora;
+            let y = unet.forward(&x, &t, &ehs, &ForwardCtx::default())?;
+            let loss = (y - &target)?.sqr()?.mean_all()?;
+            let grads = Grads::from_store(&loss.backward()?, &vars);
+            opt.step(&grads, 1e-4)?;
+            Ok(())
+        })
+    } else {
+        Box::new(|| {
+            let y = unet.forward(&x, &t, &ehs, &ctx)?;
+            let _ = y.dims();
+            Ok(())
+        })
     };
+    let mut run = || step();
     progress("warm-up");
     run()?;
     let mut times = Vec::with_capacity(o.repeats);
@@ -71,7 +100,9 @@ pub fn bench_unet(o: &UnetBenchOptions, progress: &mut dyn FnMut(&str)) -> Resul
         batch: o.batch,
         repeats: times.len(),
         parameters,
-        unet_fwd: median_ms(&mut times),
+        unet_fwd: (!o.train_lora).then(|| median_ms(&mut times.clone())),
+        lora_step: o.train_lora.then(|| median_ms(&mut times.clone())),
+        lora_params,
         peak_rss_mb: peak_rss_mb(),
     })
 }

@@ -168,7 +168,15 @@ pub fn lora_finetune(
         lora.install_unet(&sd.unet);
         let with = sample_latents(sd, &o.prompt, o.eval_samples, size, o.seed)?;
         let grid = o.out.join("samples_without_with_lora.png");
-        write_grid(sd, &[&without, &with, &latents[..latents.len().min(o.eval_samples)]], &grid)?;
+        write_grid(
+            sd,
+            &[
+                &without,
+                &with,
+                &latents[..latents.len().min(o.eval_samples)],
+            ],
+            &grid,
+        )?;
         Some(LoraEffect {
             samples: o.eval_samples,
             nearest_rms_without: mean_nearest_rms(&without, &latents)?,
@@ -221,7 +229,10 @@ pub fn mean_nearest_rms(samples: &[Tensor], train: &[Tensor]) -> Result<f64> {
     for s in samples {
         let mut best = f64::INFINITY;
         for t in train {
-            let d = (s - t)?.sqr()?.mean_all()?.to_dtype(candle_core::DType::F64)?;
+            let d = (s - t)?
+                .sqr()?
+                .mean_all()?
+                .to_dtype(candle_core::DType::F64)?;
             best = best.min(d.to_scalar::<f64>()?.sqrt());
         }
         total += best;
@@ -247,10 +258,19 @@ fn write_grid(sd: &StableDiffusion, rows: &[&[Tensor]], path: &std::path::Path) 
         .map(|i| (i.width(), i.height()))
         .unwrap_or((1, 1));
     let cols = images.iter().map(Vec::len).max().unwrap_or(1) as u32;
-    let mut grid = image::RgbImage::from_pixel(cols * (w + 2), images.len() as u32 * (h + 2), image::Rgb([255, 255, 255]));
+    let mut grid = image::RgbImage::from_pixel(
+        cols * (w + 2),
+        images.len() as u32 * (h + 2),
+        image::Rgb([255, 255, 255]),
+    );
     for (ri, row) in images.iter().enumerate() {
         for (ci, img) in row.iter().enumerate() {
-            image::imageops::replace(&mut grid, img, (ci as u32 * (w + 2)) as i64, (ri as u32 * (h + 2)) as i64);
+            image::imageops::replace(
+                &mut grid,
+                img,
+                (ci as u32 * (w + 2)) as i64,
+                (ri as u32 * (h + 2)) as i64,
+            );
         }
     }
     crate::io::save_png(path, &grid)
