@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod io;
+pub mod kernels;
 pub mod nn;
 pub mod sd;
 
