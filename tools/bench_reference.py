@@ -46,6 +46,12 @@ def ops(iters):
         with torch.no_grad():
             F.scaled_dot_product_attention(q, k, v)
 
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    ro = torch.randn(1, 16, 1024, 40)
+
+    def attn_fwd_bwd():
+        (F.scaled_dot_product_attention(qg, kg, vg) * ro).sum().backward()
+
     def attn_unfused():
         with torch.no_grad():
             torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1) @ v
@@ -56,6 +62,7 @@ def ops(iters):
         "groupnorm_silu_fwd_bwd": median_ms(gn, iters),
         "attention_fwd": median_ms(attn, iters),
         "attention_unfused_fwd": median_ms(attn_unfused, iters),
+        "attention_fwd_bwd": median_ms(attn_fwd_bwd, iters),
     }
 
 

@@ -1,8 +1,8 @@
 //! Median wall time of the SD hot ops at SD-1.5 64×64-latent shapes, our kernels vs candle's own
 //! path, in one process. Keys match `tools/bench_reference.py ops` (PyTorch).
 
-use crate::kernels::{conv2d, groupnorm};
-use crate::nn::ops::sdpa;
+use crate::kernels::{attention, conv2d, groupnorm};
+use crate::nn::ops::sdpa_basic;
 use candle_core::{Device, Tensor, Var};
 use std::time::Instant;
 
@@ -87,8 +87,27 @@ pub fn run(iters: usize, keys: &[&str]) -> candle_core::Result<Vec<OpTiming>> {
         randn(&[1, 16, 1024, 40])?,
     );
     let scale = 1.0 / (40f64).sqrt();
-    // No attention kernel of our own yet: both columns run nn::ops::sdpa.
-    time("attention_fwd", &|_| sdpa(&q, &k, &v, scale).map(drop))?;
+    time("attention_fwd", &|o| {
+        if o {
+            attention::attention(&q, &k, &v, scale).map(drop)
+        } else {
+            sdpa_basic(&q, &k, &v, scale).map(drop)
+        }
+    })?;
+    let (qv, kv, vv) = (
+        Var::from_tensor(&q)?,
+        Var::from_tensor(&k)?,
+        Var::from_tensor(&v)?,
+    );
+    let ro = randn(&[1, 16, 1024, 40])?;
+    time("attention_fwd_bwd", &|o| {
+        let y = if o {
+            attention::attention(&qv, &kv, &vv, scale)?
+        } else {
+            sdpa_basic(&qv, &kv, &vv, scale)?
+        };
+        (y * &ro)?.sum_all()?.backward().map(drop)
+    })?;
     Ok(out)
 }
 

@@ -2,9 +2,9 @@
 //! whole output rows + one `gemm` per tile, and an analytic backward (input grad = Wᵀ·dY then
 //! col2im; weight grad = dY·colᵀ accumulated over tiles) built from the same pieces.
 
-use super::{slice, supported, threads};
+use super::gemm::{matmul, Mat};
+use super::{slice, supported};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Upper bound on im2col buffer elements per tile (32 MiB of f32): bounds memory on big images.
@@ -190,68 +190,6 @@ fn col2im<T: WithDType>(g: &Geo, col: &[T], dx: &mut [T], r0: usize, r1: usize) 
             }
         }
     });
-}
-
-/// A row-major matrix view for `gemm`: pointer, column stride, row stride.
-#[derive(Clone, Copy)]
-struct Mat<T> {
-    ptr: *const T,
-    cs: isize,
-    rs: isize,
-}
-
-impl<T> Mat<T> {
-    fn rows(ptr: *const T, ld: usize) -> Self {
-        Self {
-            ptr,
-            cs: 1,
-            rs: ld as isize,
-        }
-    }
-    fn transposed(ptr: *const T, ld: usize) -> Self {
-        Self {
-            ptr,
-            cs: ld as isize,
-            rs: 1,
-        }
-    }
-}
-
-/// `dst[m, n] (row stride ld) = (acc ? dst : 0) + a[m, k] · b[k, n]`.
-///
-/// Safety: every view must be valid for the given sizes and strides, `dst` not aliasing `a`/`b`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul<T: WithDType>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut T,
-    ld: usize,
-    acc: bool,
-    a: Mat<T>,
-    b: Mat<T>,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        ld as isize,
-        acc,
-        a.ptr,
-        a.cs,
-        a.rs,
-        b.ptr,
-        b.cs,
-        b.rs,
-        T::one(),
-        T::one(),
-        false,
-        false,
-        false,
-        Parallelism::Rayon(threads()),
-    )
 }
 
 fn fwd<T: WithDType>(g: &Geo, x: &[T], w: &[T]) -> Vec<T> {

@@ -3,7 +3,9 @@
 //! than f32/f64 fall back to candle's composition. `ANODIFF_KERNELS=candle` disables them at run time
 //! (A/B tests, benchmarks).
 
+pub mod attention;
 pub mod conv2d;
+mod gemm;
 pub mod groupnorm;
 mod simd;
 

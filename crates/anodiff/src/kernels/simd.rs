@@ -36,6 +36,25 @@ impl Sigmoid for f64 {
     }
 }
 
+/// e^x in the working precision; f32 uses the fast exp above.
+pub trait FastExp: Copy {
+    fn fexp(self) -> Self;
+}
+
+impl FastExp for f32 {
+    #[inline(always)]
+    fn fexp(self) -> f32 {
+        exp_f32(self)
+    }
+}
+
+impl FastExp for f64 {
+    #[inline(always)]
+    fn fexp(self) -> f64 {
+        self.exp()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
