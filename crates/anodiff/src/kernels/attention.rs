@@ -66,6 +66,13 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
+impl<T> SendPtr<T> {
+    /// Method access makes closures capture the whole (Send) wrapper, not the raw field.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 /// In-place row softmax of `p: [rows, s]`.
 #[inline(always)]
 fn softmax_rows<T: Elem>(p: &mut [T], s: usize) {
@@ -123,7 +130,6 @@ fn fwd<T: Elem>(g: Dims, q: &[T], k: &[T], v: &[T], scale: T) -> Vec<T> {
         |p, task| {
             let (h, r0) = (task / nblk, (task % nblk) * ROWS);
             let rows = ROWS.min(g.t - r0);
-            let op = op;
             // SAFETY: head h / rows r0.. are in bounds; each task writes its own output rows.
             unsafe {
                 let (qh, kh, vh) = (
@@ -132,7 +138,7 @@ fn fwd<T: Elem>(g: Dims, q: &[T], k: &[T], v: &[T], scale: T) -> Vec<T> {
                     v.as_ptr().add(h * g.s * g.dv),
                 );
                 probs(&mut p[..rows * g.s], qh, rows, kh, g.d, &g, scale);
-                let dst = op.0.add((h * g.t + r0) * g.dv);
+                let dst = op.get().add((h * g.t + r0) * g.dv);
                 matmul_ex(
                     rows,
                     g.dv,
