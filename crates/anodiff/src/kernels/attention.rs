@@ -73,24 +73,56 @@ impl<T> SendPtr<T> {
     }
 }
 
-/// In-place row softmax of `p: [rows, s]`.
+/// In-place row softmax of `p: [rows, s]`, written in 8-lane chunks so it vectorises.
 #[inline(always)]
-fn softmax_rows<T: Elem>(p: &mut [T], s: usize) {
+fn softmax_rows_impl<T: Elem>(p: &mut [T], s: usize) {
     for row in p.chunks_exact_mut(s) {
-        let m = row
+        let mut mx = [row[0]; 8];
+        let mut it = row.chunks_exact(8);
+        for ch in &mut it {
+            for (m, &x) in mx.iter_mut().zip(ch) {
+                *m = if x > *m { x } else { *m };
+            }
+        }
+        let m = it
+            .remainder()
             .iter()
+            .chain(mx.iter())
             .copied()
             .fold(row[0], |a, b| if b > a { b } else { a });
         let mut acc = [T::zero(); 8];
-        for (i, x) in row.iter_mut().enumerate() {
-            *x = (*x - m).fexp();
-            acc[i % 8] += *x;
+        let mut it = row.chunks_exact_mut(8);
+        for ch in &mut it {
+            for (a, x) in acc.iter_mut().zip(ch.iter_mut()) {
+                *x = (*x - m).fexp();
+                *a += *x;
+            }
         }
-        let inv = T::one() / acc.iter().fold(T::zero(), |a, &b| a + b);
+        let mut sum = acc.iter().fold(T::zero(), |a, &b| a + b);
+        for x in it.into_remainder() {
+            *x = (*x - m).fexp();
+            sum += *x;
+        }
+        let inv = T::one() / sum;
         for x in row.iter_mut() {
             *x *= inv;
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_rows_avx2<T: Elem>(p: &mut [T], s: usize) {
+    softmax_rows_impl(p, s)
+}
+
+fn softmax_rows<T: Elem>(p: &mut [T], s: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: the CPU supports AVX2 and FMA.
+        return unsafe { softmax_rows_avx2(p, s) };
+    }
+    softmax_rows_impl(p, s)
 }
 
 /// `p[rows, S] = softmax(scale · q_blk · kᵀ)` (k rows have stride `ldk`).

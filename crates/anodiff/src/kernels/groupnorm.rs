@@ -2,7 +2,7 @@
 //! analytic backward giving dx, dgamma, dbeta in one pass over the data. Statistics are two-pass
 //! in f64 per (batch, group); work is parallel over (batch, group).
 
-use super::simd::Sigmoid;
+use super::simd::{has_avx2, Sigmoid};
 use super::{slice, supported};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
@@ -221,17 +221,6 @@ unsafe fn bwd_group_avx2<T: Elem>(
     silu: bool,
 ) {
     bwd_group(x, dy, dx, part, g, b, s, eps, silu)
-}
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 fn fwd<T: Elem>(d: Dims, x: &[T], gamma: &[T], beta: &[T], eps: f64, silu: bool) -> Vec<T> {

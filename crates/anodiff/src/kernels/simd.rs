@@ -17,6 +17,18 @@ pub fn exp_f32(x: f32) -> f32 {
     p * f32::from_bits(((ki + 127) as u32) << 23)
 }
 
+/// Whether the AVX2+FMA copies of the element-wise loops can run (checked once, cached by std).
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Logistic sigmoid in the working precision; f32 uses the fast exp above.
 pub trait Sigmoid: Copy {
     fn sigmoid(self) -> Self;
