@@ -7,8 +7,9 @@ use super::{slice, supported};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-/// Upper bound on im2col buffer elements per tile (32 MiB of f32): bounds memory on big images.
-const COL_BUDGET: usize = 8 << 20;
+/// Upper bound on im2col buffer elements per tile (8 MiB of f32): bounds memory on big images and
+/// keeps the tile cache-friendly (measured no slower than whole-image im2col).
+const COL_BUDGET: usize = 2 << 20;
 
 /// `x: [N, C, H, W]`, `w: [O, C, kh, kw]` → `[N, O, Ho, Wo]` (no bias). Falls back to candle on
 /// non-CPU devices or dtypes other than f32/f64.
