@@ -128,10 +128,17 @@ fn conv2d_grads_finite_differences_f64() {
 }
 
 #[test]
-fn conv2d_rejects_bad_shapes() {
+fn kernels_reject_bad_shapes() {
     let x = randn(&[1, 3, 4, 4], DType::F32);
     let w = randn(&[2, 5, 3, 3], DType::F32);
     assert!(conv2d::conv2d(&x, &w, 1, 1).is_err());
+    let g = randn(&[6], DType::F32);
+    assert!(
+        groupnorm::group_norm(&randn(&[1, 6, 2, 2], DType::F32), &g, &g, 4, 1e-5, true).is_err()
+    );
+    let q = randn(&[1, 2, 4, 8], DType::F32);
+    let k = randn(&[1, 2, 5, 7], DType::F32);
+    assert!(attention::attention(&q, &k, &k, 1.0).is_err());
 }
 
 #[test]

@@ -47,7 +47,7 @@ impl Dims {
             && q[..r - 2] == v[..r - 2]
             && q[r - 1] == k[r - 1]
             && k[r - 2] == v[r - 2];
-        if !ok {
+        if !ok || k[r - 2] == 0 {
             candle_core::bail!("attention: incompatible q {q:?}, k {k:?}, v {v:?}")
         }
         Ok(Self {

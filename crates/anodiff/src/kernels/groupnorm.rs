@@ -70,7 +70,7 @@ struct Dims {
 
 impl Dims {
     fn new(x: &[usize], groups: usize, op: &str) -> Result<Self> {
-        if x.len() < 2 || groups == 0 || !x[1].is_multiple_of(groups) {
+        if x.len() < 2 || groups == 0 || x[1] == 0 || !x[1].is_multiple_of(groups) {
             candle_core::bail!("{op}: input {x:?} cannot be split into {groups} groups over dim 1")
         }
         Ok(Self {
