@@ -123,6 +123,11 @@ fn conv2d_grads_finite_differences_f64() {
             worst = worst.max((num - analytic[i]).abs() / (1.0 + num.abs()));
         }
     }
+    // A plain (untracked) input still gives the weight gradient.
+    let y2 = conv2d::conv2d(&x, &wv, s, p).unwrap();
+    let g2 = (&y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(g2.get(&x).is_none());
+    assert!(rel(g2.get(&wv).unwrap(), grads.get(&wv).unwrap()) < 1e-12);
     println!("conv2d f64 finite differences (5x6, stride 2): worst rel err {worst:.2e} (tol 1e-7)");
     assert!(worst < 1e-7);
 }

@@ -407,9 +407,16 @@ impl CustomOp2 for Conv2dOp {
             x_dims: dims.0,
             w_dims: dims.1,
         };
-        let dx = gy.apply_op2_no_bwd(&w, &BwdData(&op))?;
-        let dw = x.apply_op2_no_bwd(&gy, &BwdWeight(&op))?;
-        Ok((Some(dx), Some(dw)))
+        // Skip a gradient nobody will read (e.g. input grad of the first conv on data).
+        let dx = match x.track_op() {
+            true => Some(gy.apply_op2_no_bwd(&w, &BwdData(&op))?),
+            false => None,
+        };
+        let dw = match w.track_op() {
+            true => Some(x.apply_op2_no_bwd(&gy, &BwdWeight(&op))?),
+            false => None,
+        };
+        Ok((dx, dw))
     }
 }
 
