@@ -5,6 +5,7 @@ pub mod bench;
 pub mod data;
 pub mod error;
 pub mod io;
+pub mod kernels;
 pub mod nn;
 pub mod sd;
 pub mod train;

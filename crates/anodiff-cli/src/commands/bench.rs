@@ -12,8 +12,24 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum What {
+    /// The hot ops at SD-1.5 shapes (conv 3×3 320→320 on 2×64×64, GroupNorm+SiLU, attention
+    /// 16×1024×40): our kernels and candle's own path.
+    Ops(OpsArgs),
     /// One UNet forward of a preset at a given image size (median of --repeats runs).
     Unet(UnetArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct OpsArgs {
+    /// Timed runs per op (median reported).
+    #[arg(long, default_value_t = 7)]
+    pub iters: usize,
+    /// JSON of PyTorch timings (`tools/bench_reference.py ops --json`) to print alongside.
+    #[arg(long)]
+    pub torch: Option<std::path::PathBuf>,
+    /// Print one JSON object of our median milliseconds.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -39,6 +55,34 @@ pub struct UnetArgs {
 
 pub fn run(a: Args) -> Result<()> {
     match a.what {
+        What::Ops(o) => {
+            let rows = anodiff::bench::ops::run(o.iters, &[])?;
+            if o.json {
+                let m: serde_json::Map<String, serde_json::Value> = rows
+                    .iter()
+                    .map(|r| (r.key.to_string(), serde_json::json!(r.ours_ms)))
+                    .collect();
+                println!("{}", serde_json::Value::Object(m));
+            } else {
+                let torch: Vec<(String, f64)> = match &o.torch {
+                    Some(p) => {
+                        let text = std::fs::read_to_string(p)
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+                        let v: serde_json::Value = serde_json::from_str(&text)
+                            .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", p.display()))?;
+                        v.as_object()
+                            .map(|m| {
+                                m.iter()
+                                    .filter_map(|(k, x)| Some((k.clone(), x.as_f64()?)))
+                                    .collect()
+                            })
+                            .unwrap_or_default()
+                    }
+                    None => Vec::new(),
+                };
+                print!("{}", anodiff::bench::ops::table(&rows, &torch));
+            }
+        }
         What::Unet(u) => {
             let o = UnetBenchOptions {
                 preset: u.preset,

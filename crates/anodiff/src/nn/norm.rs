@@ -26,11 +26,25 @@ impl GroupNorm {
             bias: p.get(&[channels], "bias", Init::Zeros)?,
         })
     }
-}
 
-impl Module for GroupNorm {
-    /// `x: [B, C, …]`; statistics over each group of channels and all trailing positions.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// `silu(group_norm(x))`, fused into one kernel on CPU (see `kernels::groupnorm`).
+    pub fn forward_silu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if crate::kernels::enabled() {
+            crate::kernels::groupnorm::group_norm(
+                x,
+                &self.weight,
+                &self.bias,
+                self.groups,
+                self.eps,
+                true,
+            )
+        } else {
+            self.forward_basic(x)?.silu()
+        }
+    }
+
+    /// The composition of candle basic ops (the `ANODIFF_KERNELS=candle` path).
+    fn forward_basic(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let (b, c) = (dims[0], dims[1]);
         let xg = x.reshape((b, self.groups, ()))?;
@@ -44,6 +58,24 @@ impl Module for GroupNorm {
         shape[1] = c;
         xn.broadcast_mul(&self.weight.reshape(shape.as_slice())?)?
             .broadcast_add(&self.bias.reshape(shape.as_slice())?)
+    }
+}
+
+impl Module for GroupNorm {
+    /// `x: [B, C, …]`; statistics over each group of channels and all trailing positions.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if crate::kernels::enabled() {
+            crate::kernels::groupnorm::group_norm(
+                x,
+                &self.weight,
+                &self.bias,
+                self.groups,
+                self.eps,
+                false,
+            )
+        } else {
+            self.forward_basic(x)
+        }
     }
 }
 

@@ -30,8 +30,18 @@ pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
     x.mul(&sigmoid(&(x * 1.702)?)?)
 }
 
-/// Plain scaled-dot-product attention on `[B, H, T, d]` tensors.
+/// Scaled-dot-product attention on `[B, H, T, d]` tensors: the blocked CPU kernel
+/// (`kernels::attention`) unless `ANODIFF_KERNELS=candle`.
 pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    if crate::kernels::enabled() {
+        crate::kernels::attention::attention(q, k, v, scale)
+    } else {
+        sdpa_basic(q, k, v, scale)
+    }
+}
+
+/// Plain scaled-dot-product attention from candle basic ops (materialises all scores).
+pub fn sdpa_basic(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?;
     softmax_last_dim(&scores)?.matmul(v)
 }

@@ -1,0 +1,494 @@
+//! NCHW 2-D convolution (groups 1, dilation 1) as a candle `CustomOp2` on CPU: im2col tiles of
+//! whole output rows + one `gemm` per tile, and an analytic backward (input grad = Wᵀ·dY then
+//! col2im; weight grad = dY·colᵀ accumulated over tiles) built from the same pieces.
+
+use super::gemm::{matmul, Mat};
+use super::{slice, supported};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Upper bound on im2col buffer elements per tile (8 MiB of f32): bounds memory on big images and
+/// keeps the tile cache-friendly (measured no slower than whole-image im2col).
+const COL_BUDGET: usize = 2 << 20;
+
+/// `x: [N, C, H, W]`, `w: [O, C, kh, kw]` → `[N, O, Ho, Wo]` (no bias). Falls back to candle on
+/// non-CPU devices or dtypes other than f32/f64.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    if !supported(x) || x.dtype() != w.dtype() || x.rank() != 4 || w.rank() != 4 {
+        return x.conv2d(w, padding, stride, 1, 1);
+    }
+    conv2d_tiled(x, w, stride, padding, COL_BUDGET)
+}
+
+/// [`conv2d`] with an explicit im2col budget (elements per tile); small budgets force many tiles
+/// (used by tests to exercise tiling on small images).
+pub fn conv2d_tiled(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    budget: usize,
+) -> Result<Tensor> {
+    if !supported(x) || x.dtype() != w.dtype() || x.rank() != 4 || w.rank() != 4 {
+        return x.conv2d(w, padding, stride, 1, 1);
+    }
+    let x = x.contiguous()?;
+    let w = w.contiguous()?;
+    x.apply_op2(
+        &w,
+        Conv2dOp {
+            stride,
+            padding,
+            budget,
+        },
+    )
+}
+
+/// Shapes of one convolution, shared by forward and both backward ops.
+#[derive(Clone, Copy, Debug)]
+struct Geo {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    ho: usize,
+    wo: usize,
+    s: usize,
+    p: usize,
+    budget: usize,
+}
+
+impl Geo {
+    fn new(x: &[usize], w: &[usize], s: usize, p: usize, budget: usize) -> Result<Self> {
+        let (&[n, c, h, wd], &[o, c2, kh, kw]) = (x, w) else {
+            candle_core::bail!("conv2d: expected 4-D input and weight, got {x:?} and {w:?}")
+        };
+        if c != c2 || s == 0 || kh == 0 || kw == 0 || h + 2 * p < kh || wd + 2 * p < kw {
+            candle_core::bail!(
+                "conv2d: incompatible input {x:?} / weight {w:?} (stride {s}, pad {p})"
+            )
+        }
+        let ho = (h + 2 * p - kh) / s + 1;
+        let wo = (wd + 2 * p - kw) / s + 1;
+        Ok(Self {
+            n,
+            c,
+            h,
+            w: wd,
+            o,
+            kh,
+            kw,
+            ho,
+            wo,
+            s,
+            p,
+            budget,
+        })
+    }
+    fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    fn pout(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// 1×1, stride 1, no padding: the input image already is the column matrix.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.s == 1 && self.p == 0
+    }
+    /// Output rows per im2col tile.
+    fn tile_rows(&self) -> usize {
+        (self.budget / (self.k() * self.wo).max(1)).clamp(1, self.ho)
+    }
+    /// Valid output columns `[lo, hi)` for kernel column `j`: those reading inside the image.
+    fn ox_range(&self, j: usize) -> (usize, usize) {
+        // ix = ox*s + j - p must lie in [0, w).
+        let lo = if j >= self.p {
+            0
+        } else {
+            (self.p - j).div_ceil(self.s)
+        }
+        .min(self.wo);
+        let hi = if self.w + self.p > j {
+            ((self.w + self.p - j - 1) / self.s + 1).min(self.wo)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    }
+}
+
+/// Fill `col[K, rows·Wo]` for output rows `[r0, r1)` of one image `x: [C, H, W]`.
+fn im2col<T: WithDType>(g: &Geo, x: &[T], col: &mut [T], r0: usize, r1: usize) {
+    let tp = (r1 - r0) * g.wo;
+    let (hw, kk) = (g.h * g.w, g.kh * g.kw);
+    col[..g.k() * tp]
+        .par_chunks_mut(kk * tp)
+        .enumerate()
+        .for_each(|(c, cc)| {
+            let xc = &x[c * hw..(c + 1) * hw];
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let dst = &mut cc[(i * g.kw + j) * tp..(i * g.kw + j + 1) * tp];
+                    let (lo, hi) = g.ox_range(j);
+                    for r in r0..r1 {
+                        let d = &mut dst[(r - r0) * g.wo..(r - r0 + 1) * g.wo];
+                        let iy = (r * g.s + i) as isize - g.p as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            d.fill(T::zero());
+                            continue;
+                        }
+                        let xr = &xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        d[..lo].fill(T::zero());
+                        d[hi..].fill(T::zero());
+                        if lo == hi {
+                            continue;
+                        }
+                        let ix0 = lo * g.s + j - g.p;
+                        if g.s == 1 {
+                            d[lo..hi].copy_from_slice(&xr[ix0..ix0 + hi - lo]);
+                        } else {
+                            for (k, v) in d[lo..hi].iter_mut().enumerate() {
+                                *v = xr[ix0 + k * g.s];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Scatter-add `col[K, rows·Wo]` (output rows `[r0, r1)`) back into one image `dx: [C, H, W]`.
+fn col2im<T: WithDType>(g: &Geo, col: &[T], dx: &mut [T], r0: usize, r1: usize) {
+    let tp = (r1 - r0) * g.wo;
+    let (hw, kk) = (g.h * g.w, g.kh * g.kw);
+    dx.par_chunks_mut(hw).enumerate().for_each(|(c, xc)| {
+        let cc = &col[c * kk * tp..(c + 1) * kk * tp];
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let src = &cc[(i * g.kw + j) * tp..(i * g.kw + j + 1) * tp];
+                let (lo, hi) = g.ox_range(j);
+                for r in r0..r1 {
+                    let iy = (r * g.s + i) as isize - g.p as isize;
+                    if iy < 0 || iy >= g.h as isize || lo >= hi {
+                        continue;
+                    }
+                    let s = &src[(r - r0) * g.wo + lo..(r - r0) * g.wo + hi];
+                    let xr = &mut xc[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let ix0 = lo * g.s + j - g.p;
+                    if g.s == 1 {
+                        for (a, &b) in xr[ix0..ix0 + hi - lo].iter_mut().zip(s) {
+                            *a += b;
+                        }
+                    } else {
+                        for (k, &b) in s.iter().enumerate() {
+                            xr[ix0 + k * g.s] += b;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn fwd<T: WithDType>(g: &Geo, x: &[T], w: &[T]) -> Vec<T> {
+    let (k, pout) = (g.k(), g.pout());
+    let mut out = vec![T::zero(); g.n * g.o * pout];
+    let rows = g.tile_rows();
+    let mut col = if g.pointwise() {
+        Vec::new()
+    } else {
+        vec![T::zero(); k * rows * g.wo]
+    };
+    for b in 0..g.n {
+        let xb = &x[b * g.c * g.h * g.w..(b + 1) * g.c * g.h * g.w];
+        let ob = out[b * g.o * pout..].as_mut_ptr();
+        if g.pointwise() {
+            // SAFETY: sizes match the slices above.
+            unsafe {
+                matmul(
+                    g.o,
+                    pout,
+                    k,
+                    ob,
+                    pout,
+                    false,
+                    Mat::rows(w.as_ptr(), k),
+                    Mat::rows(xb.as_ptr(), pout),
+                )
+            };
+            continue;
+        }
+        for r0 in (0..g.ho).step_by(rows) {
+            let r1 = (r0 + rows).min(g.ho);
+            let tp = (r1 - r0) * g.wo;
+            im2col(g, xb, &mut col, r0, r1);
+            // SAFETY: dst block [o, tp] at column r0·Wo of the [o, pout] image lies inside `out`.
+            unsafe {
+                matmul(
+                    g.o,
+                    tp,
+                    k,
+                    ob.add(r0 * g.wo),
+                    pout,
+                    false,
+                    Mat::rows(w.as_ptr(), k),
+                    Mat::rows(col.as_ptr(), tp),
+                )
+            };
+        }
+    }
+    out
+}
+
+/// Input gradient: per tile `dcol = Wᵀ · dY`, then col2im.
+fn bwd_data<T: WithDType>(g: &Geo, gy: &[T], w: &[T]) -> Vec<T> {
+    let (k, pout, chw) = (g.k(), g.pout(), g.c * g.h * g.w);
+    let mut dx = vec![T::zero(); g.n * chw];
+    let rows = g.tile_rows();
+    let mut col = if g.pointwise() {
+        Vec::new()
+    } else {
+        vec![T::zero(); k * rows * g.wo]
+    };
+    for b in 0..g.n {
+        let gyb = &gy[b * g.o * pout..(b + 1) * g.o * pout];
+        let dxb = &mut dx[b * chw..(b + 1) * chw];
+        if g.pointwise() {
+            // SAFETY: dxb is [c, pout], w is [o, c], gyb is [o, pout].
+            unsafe {
+                matmul(
+                    k,
+                    pout,
+                    g.o,
+                    dxb.as_mut_ptr(),
+                    pout,
+                    false,
+                    Mat::transposed(w.as_ptr(), k),
+                    Mat::rows(gyb.as_ptr(), pout),
+                )
+            };
+            continue;
+        }
+        for r0 in (0..g.ho).step_by(rows) {
+            let r1 = (r0 + rows).min(g.ho);
+            let tp = (r1 - r0) * g.wo;
+            // SAFETY: col holds [k, tp]; gy tile is the [o, tp] block at column r0·Wo.
+            unsafe {
+                matmul(
+                    k,
+                    tp,
+                    g.o,
+                    col.as_mut_ptr(),
+                    tp,
+                    false,
+                    Mat::transposed(w.as_ptr(), k),
+                    Mat::rows(gyb[r0 * g.wo..].as_ptr(), pout),
+                )
+            };
+            col2im(g, &col, dxb, r0, r1);
+        }
+    }
+    dx
+}
+
+/// Weight gradient: `dW = Σ_tiles dY_tile · col_tileᵀ`.
+fn bwd_weight<T: WithDType>(g: &Geo, x: &[T], gy: &[T]) -> Vec<T> {
+    let (k, pout, chw) = (g.k(), g.pout(), g.c * g.h * g.w);
+    let mut dw = vec![T::zero(); g.o * k];
+    let rows = g.tile_rows();
+    let mut col = if g.pointwise() {
+        Vec::new()
+    } else {
+        vec![T::zero(); k * rows * g.wo]
+    };
+    let mut acc = false;
+    for b in 0..g.n {
+        let xb = &x[b * chw..(b + 1) * chw];
+        let gyb = &gy[b * g.o * pout..(b + 1) * g.o * pout];
+        if g.pointwise() {
+            // SAFETY: dw is [o, c]; gyb [o, pout]; xb [c, pout] read transposed.
+            unsafe {
+                matmul(
+                    g.o,
+                    k,
+                    pout,
+                    dw.as_mut_ptr(),
+                    k,
+                    acc,
+                    Mat::rows(gyb.as_ptr(), pout),
+                    Mat::transposed(xb.as_ptr(), pout),
+                )
+            };
+            acc = true;
+            continue;
+        }
+        for r0 in (0..g.ho).step_by(rows) {
+            let r1 = (r0 + rows).min(g.ho);
+            let tp = (r1 - r0) * g.wo;
+            im2col(g, xb, &mut col, r0, r1);
+            // SAFETY: gy tile [o, tp] (row stride pout), col [k, tp] read transposed.
+            unsafe {
+                matmul(
+                    g.o,
+                    k,
+                    tp,
+                    dw.as_mut_ptr(),
+                    k,
+                    acc,
+                    Mat::rows(gyb[r0 * g.wo..].as_ptr(), pout),
+                    Mat::transposed(col.as_ptr(), tp),
+                )
+            };
+            acc = true;
+        }
+    }
+    dw
+}
+
+/// Runs `f` on f32 or f64 storage; other dtypes never reach here (see `supported`).
+macro_rules! dispatch {
+    ($s1:expr, $l1:expr, $s2:expr, $l2:expr, $name:expr, |$a:ident, $b:ident| $body:expr) => {
+        match ($s1, $s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let $a = slice::<f32>($s1, $l1, $name)?;
+                let $b = slice::<f32>($s2, $l2, $name)?;
+                CpuStorage::F32($body)
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let $a = slice::<f64>($s1, $l1, $name)?;
+                let $b = slice::<f64>($s2, $l2, $name)?;
+                CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!("{}: only f32/f64 with matching dtypes", $name),
+        }
+    };
+}
+
+struct Conv2dOp {
+    stride: usize,
+    padding: usize,
+    budget: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "anodiff-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geo::new(l1.dims(), l2.dims(), self.stride, self.padding, self.budget)?;
+        let out = dispatch!(s1, l1, s2, l2, self.name(), |x, w| fwd(&g, x, w));
+        Ok((out, Shape::from((g.n, g.o, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gy = gy.contiguous()?;
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        let dims = (x.dims().to_vec(), w.dims().to_vec());
+        let op = BwdOp {
+            stride: self.stride,
+            padding: self.padding,
+            budget: self.budget,
+            x_dims: dims.0,
+            w_dims: dims.1,
+        };
+        // Skip a gradient nobody will read (e.g. input grad of the first conv on data).
+        let dx = match x.track_op() {
+            true => Some(gy.apply_op2_no_bwd(&w, &BwdData(&op))?),
+            false => None,
+        };
+        let dw = match w.track_op() {
+            true => Some(x.apply_op2_no_bwd(&gy, &BwdWeight(&op))?),
+            false => None,
+        };
+        Ok((dx, dw))
+    }
+}
+
+struct BwdOp {
+    stride: usize,
+    padding: usize,
+    budget: usize,
+    x_dims: Vec<usize>,
+    w_dims: Vec<usize>,
+}
+
+impl BwdOp {
+    fn geo(&self) -> Result<Geo> {
+        Geo::new(
+            &self.x_dims,
+            &self.w_dims,
+            self.stride,
+            self.padding,
+            self.budget,
+        )
+    }
+}
+
+/// (dY, W) → dX.
+struct BwdData<'a>(&'a BwdOp);
+/// (X, dY) → dW.
+struct BwdWeight<'a>(&'a BwdOp);
+
+impl CustomOp2 for BwdData<'_> {
+    fn name(&self) -> &'static str {
+        "anodiff-conv2d-bwd-data"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0.geo()?;
+        if l1.dims() != [g.n, g.o, g.ho, g.wo] {
+            candle_core::bail!(
+                "{}: grad shape {:?} does not match output",
+                self.name(),
+                l1.dims()
+            )
+        }
+        let dx = dispatch!(s1, l1, s2, l2, self.name(), |gy, w| bwd_data(&g, gy, w));
+        Ok((dx, Shape::from(self.0.x_dims.clone())))
+    }
+}
+
+impl CustomOp2 for BwdWeight<'_> {
+    fn name(&self) -> &'static str {
+        "anodiff-conv2d-bwd-weight"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0.geo()?;
+        if l2.dims() != [g.n, g.o, g.ho, g.wo] {
+            candle_core::bail!(
+                "{}: grad shape {:?} does not match output",
+                self.name(),
+                l2.dims()
+            )
+        }
+        let dw = dispatch!(s1, l1, s2, l2, self.name(), |x, gy| bwd_weight(&g, x, gy));
+        Ok((dw, Shape::from(self.0.w_dims.clone())))
+    }
+}

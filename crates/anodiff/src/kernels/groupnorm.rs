@@ -1,0 +1,410 @@
+//! Fused GroupNorm (+ optional SiLU) as a candle `CustomOp3` (x, gamma, beta) on CPU, with an
+//! analytic backward giving dx, dgamma, dbeta in one pass over the data. Statistics are two-pass
+//! in f64 per (batch, group); work is parallel over (batch, group).
+
+use super::simd::{has_avx2, Sigmoid};
+use super::{slice, supported};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType, D};
+use rayon::prelude::*;
+
+/// GroupNorm over `x: [N, C, …]` with per-channel affine `gamma`, `beta: [C]`, then SiLU if
+/// `silu`. Falls back to candle's composition on non-CPU devices or dtypes other than f32/f64.
+pub fn group_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    if !supported(x) || x.dtype() != gamma.dtype() || x.dtype() != beta.dtype() {
+        return reference(x, gamma, beta, groups, eps, silu);
+    }
+    let (x, gamma, beta) = (x.contiguous()?, gamma.contiguous()?, beta.contiguous()?);
+    x.apply_op3(&gamma, &beta, GroupNormOp { groups, eps, silu })
+}
+
+/// The same computation from candle's basic differentiable ops (fallback and test reference).
+pub fn reference(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (b, c) = (dims[0], dims[1]);
+    let xg = x.reshape((b, groups, ()))?;
+    let mean = xg.mean_keepdim(D::Minus1)?;
+    let xc = xg.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc
+        .broadcast_div(&(var + eps)?.sqrt()?)?
+        .reshape(dims.as_slice())?;
+    let mut shape = vec![1usize; dims.len()];
+    shape[1] = c;
+    let y = xn
+        .broadcast_mul(&gamma.reshape(shape.as_slice())?)?
+        .broadcast_add(&beta.reshape(shape.as_slice())?)?;
+    if silu {
+        y.silu()
+    } else {
+        Ok(y)
+    }
+}
+
+/// Element type the kernels run in.
+trait Elem: WithDType + Sigmoid {}
+impl Elem for f32 {}
+impl Elem for f64 {}
+
+/// Sizes: batch, channels, channels per group, positions per channel.
+#[derive(Clone, Copy)]
+struct Dims {
+    n: usize,
+    c: usize,
+    cg: usize,
+    s: usize,
+}
+
+impl Dims {
+    fn new(x: &[usize], groups: usize, op: &str) -> Result<Self> {
+        if x.len() < 2 || groups == 0 || x[1] == 0 || !x[1].is_multiple_of(groups) {
+            candle_core::bail!("{op}: input {x:?} cannot be split into {groups} groups over dim 1")
+        }
+        Ok(Self {
+            n: x[0],
+            c: x[1],
+            cg: x[1] / groups,
+            s: x[2..].iter().product(),
+        })
+    }
+}
+
+/// f64 sum of `f(v)` with 8 independent accumulators so the loop vectorises.
+#[inline(always)]
+fn sum64<T: Elem>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let rem: f64 = chunks.remainder().iter().map(|v| f(v.to_f64())).sum();
+    for ch in chunks {
+        for (a, v) in acc.iter_mut().zip(ch) {
+            *a += f(v.to_f64());
+        }
+    }
+    acc.iter().sum::<f64>() + rem
+}
+
+/// Mean and 1/√(var + eps) of one group, two-pass in f64.
+#[inline(always)]
+fn stats<T: Elem>(xs: &[T], eps: f64) -> (f64, f64) {
+    let m = xs.len().max(1) as f64;
+    let mean = sum64(xs, |v| v) / m;
+    let var = sum64(xs, |v| (v - mean) * (v - mean)) / m;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+#[inline(always)]
+fn fwd_group<T: Elem>(
+    x: &[T],
+    y: &mut [T],
+    gamma: &[T],
+    beta: &[T],
+    s: usize,
+    eps: f64,
+    silu: bool,
+) {
+    let (mean, rstd) = stats(x, eps);
+    let (mean_t, rstd_t) = (T::from_f64(mean), T::from_f64(rstd));
+    for (c, (xc, yc)) in x.chunks_exact(s).zip(y.chunks_exact_mut(s)).enumerate() {
+        let (a, b) = (rstd_t * gamma[c], beta[c]);
+        if silu {
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                let z = (v - mean_t) * a + b;
+                *o = z * z.sigmoid();
+            }
+        } else {
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                *o = (v - mean_t) * a + b;
+            }
+        }
+    }
+}
+
+/// One (batch, group): writes dx and the per-channel partial sums (Σdz·x̂, Σdz) into `part`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn bwd_group<T: Elem>(
+    x: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    part: &mut [f64],
+    gamma: &[T],
+    beta: &[T],
+    s: usize,
+    eps: f64,
+    silu: bool,
+) {
+    let (mean, rstd) = stats(x, eps);
+    let (mean_t, rstd_t) = (T::from_f64(mean), T::from_f64(rstd));
+    let (mut sum_a, mut sum_b) = (0f64, 0f64);
+    for (c, ((xc, dyc), dxc)) in x
+        .chunks_exact(s)
+        .zip(dy.chunks_exact(s))
+        .zip(dx.chunks_exact_mut(s))
+        .enumerate()
+    {
+        let (g, b) = (gamma[c], beta[c]);
+        let (mut sdz, mut sdzx) = ([T::zero(); 8], [T::zero(); 8]);
+        let (mut sdz64, mut sdzx64) = (0f64, 0f64);
+        // Accumulate in T lanes over short blocks, then in f64, to stay fast and accurate.
+        for ((xb, dyb), dxb) in xc.chunks(256).zip(dyc.chunks(256)).zip(dxc.chunks_mut(256)) {
+            for (i, ((&v, &d), o)) in xb.iter().zip(dyb).zip(dxb.iter_mut()).enumerate() {
+                let xh = (v - mean_t) * rstd_t;
+                let dz = if silu {
+                    let z = xh * g + b;
+                    let sg = z.sigmoid();
+                    d * sg * (T::one() + z * (T::one() - sg))
+                } else {
+                    d
+                };
+                *o = dz * g;
+                sdz[i % 8] += dz;
+                sdzx[i % 8] += dz * xh;
+            }
+            sdz64 += sdz.iter().map(|v| v.to_f64()).sum::<f64>();
+            sdzx64 += sdzx.iter().map(|v| v.to_f64()).sum::<f64>();
+            sdz = [T::zero(); 8];
+            sdzx = [T::zero(); 8];
+        }
+        part[2 * c] = sdzx64;
+        part[2 * c + 1] = sdz64;
+        sum_a += g.to_f64() * sdz64;
+        sum_b += g.to_f64() * sdzx64;
+    }
+    let m = x.len().max(1) as f64;
+    let (ca, cb) = (T::from_f64(sum_a / m), T::from_f64(sum_b / m));
+    for (&v, o) in x.iter().zip(dx.iter_mut()) {
+        let xh = (v - mean_t) * rstd_t;
+        *o = rstd_t * (*o - ca - xh * cb);
+    }
+}
+
+// AVX2+FMA copies of the per-group loops, chosen at run time (the default build targets SSE2).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fwd_group_avx2<T: Elem>(
+    x: &[T],
+    y: &mut [T],
+    g: &[T],
+    b: &[T],
+    s: usize,
+    eps: f64,
+    silu: bool,
+) {
+    fwd_group(x, y, g, b, s, eps, silu)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn bwd_group_avx2<T: Elem>(
+    x: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    part: &mut [f64],
+    g: &[T],
+    b: &[T],
+    s: usize,
+    eps: f64,
+    silu: bool,
+) {
+    bwd_group(x, dy, dx, part, g, b, s, eps, silu)
+}
+
+fn fwd<T: Elem>(d: Dims, x: &[T], gamma: &[T], beta: &[T], eps: f64, silu: bool) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    let (gs, groups, avx) = (d.cg * d.s, d.c / d.cg, has_avx2());
+    y.par_chunks_mut(gs.max(1)).enumerate().for_each(|(i, yg)| {
+        let c0 = (i % groups) * d.cg;
+        let (gm, bt) = (&gamma[c0..c0 + d.cg], &beta[c0..c0 + d.cg]);
+        let xg = &x[i * gs..(i + 1) * gs];
+        #[cfg(target_arch = "x86_64")]
+        if avx {
+            // SAFETY: the CPU supports AVX2 and FMA (checked above).
+            return unsafe { fwd_group_avx2(xg, yg, gm, bt, d.s, eps, silu) };
+        }
+        let _ = avx;
+        fwd_group(xg, yg, gm, bt, d.s, eps, silu)
+    });
+    y
+}
+
+/// Returns `[dx (numel), dgamma (C), dbeta (C)]` packed in one buffer.
+fn bwd<T: Elem>(d: Dims, x: &[T], dy: &[T], gb: &[T], eps: f64, silu: bool) -> Vec<T> {
+    let (gamma, beta) = gb.split_at(d.c);
+    let mut out = vec![T::zero(); x.len() + 2 * d.c];
+    let mut part = vec![0f64; d.n * d.c * 2];
+    let (gs, groups, avx) = (d.cg * d.s, d.c / d.cg, has_avx2());
+    let (dx, dgb) = out.split_at_mut(x.len());
+    dx.par_chunks_mut(gs.max(1))
+        .zip(part.par_chunks_mut(2 * d.cg))
+        .enumerate()
+        .for_each(|(i, (dxg, pg))| {
+            let c0 = (i % groups) * d.cg;
+            let (gm, bt) = (&gamma[c0..c0 + d.cg], &beta[c0..c0 + d.cg]);
+            let (xg, dyg) = (&x[i * gs..(i + 1) * gs], &dy[i * gs..(i + 1) * gs]);
+            #[cfg(target_arch = "x86_64")]
+            if avx {
+                // SAFETY: the CPU supports AVX2 and FMA (checked above).
+                return unsafe { bwd_group_avx2(xg, dyg, dxg, pg, gm, bt, d.s, eps, silu) };
+            }
+            let _ = avx;
+            bwd_group(xg, dyg, dxg, pg, gm, bt, d.s, eps, silu)
+        });
+    for c in 0..d.c {
+        let (mut dg, mut db) = (0f64, 0f64);
+        for b in 0..d.n {
+            dg += part[2 * (b * d.c + c)];
+            db += part[2 * (b * d.c + c) + 1];
+        }
+        dgb[c] = T::from_f64(dg);
+        dgb[d.c + c] = T::from_f64(db);
+    }
+    out
+}
+
+struct GroupNormOp {
+    groups: usize,
+    eps: f64,
+    silu: bool,
+}
+
+impl CustomOp3 for GroupNormOp {
+    fn name(&self) -> &'static str {
+        "anodiff-groupnorm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l1.dims(), self.groups, self.name())?;
+        if l2.dims() != [d.c] || l3.dims() != [d.c] {
+            candle_core::bail!(
+                "{}: gamma/beta must be [{}], got {:?} / {:?}",
+                self.name(),
+                d.c,
+                l2.dims(),
+                l3.dims()
+            )
+        }
+        let (eps, silu, n) = (self.eps, self.silu, self.name());
+        let y = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(fwd(
+                d,
+                slice(s1, l1, n)?,
+                slice(s2, l2, n)?,
+                slice(s3, l3, n)?,
+                eps,
+                silu,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(fwd(
+                d,
+                slice(s1, l1, n)?,
+                slice(s2, l2, n)?,
+                slice(s3, l3, n)?,
+                eps,
+                silu,
+            )),
+            _ => candle_core::bail!("{n}: only f32/f64 with matching dtypes"),
+        };
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = gamma.dim(0)?;
+        let gb = Tensor::cat(&[gamma, beta], 0)?;
+        let op = GroupNormBwd {
+            groups: self.groups,
+            eps: self.eps,
+            silu: self.silu,
+        };
+        let packed = x
+            .contiguous()?
+            .apply_op3_no_bwd(&gy.contiguous()?, &gb, &op)?;
+        let numel = x.elem_count();
+        let dx = packed.narrow(0, 0, numel)?.reshape(x.shape())?;
+        let dgamma = packed.narrow(0, numel, c)?;
+        let dbeta = packed.narrow(0, numel + c, c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// (x, dy, [gamma; beta]) → packed [dx, dgamma, dbeta].
+struct GroupNormBwd {
+    groups: usize,
+    eps: f64,
+    silu: bool,
+}
+
+impl CustomOp3 for GroupNormBwd {
+    fn name(&self) -> &'static str {
+        "anodiff-groupnorm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::new(l1.dims(), self.groups, self.name())?;
+        if l2.dims() != l1.dims() || l3.dims() != [2 * d.c] {
+            candle_core::bail!(
+                "{}: bad shapes {:?} {:?} {:?}",
+                self.name(),
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )
+        }
+        let (eps, silu, n) = (self.eps, self.silu, self.name());
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(bwd(
+                d,
+                slice(s1, l1, n)?,
+                slice(s2, l2, n)?,
+                slice(s3, l3, n)?,
+                eps,
+                silu,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(bwd(
+                d,
+                slice(s1, l1, n)?,
+                slice(s2, l2, n)?,
+                slice(s3, l3, n)?,
+                eps,
+                silu,
+            )),
+            _ => candle_core::bail!("{n}: only f32/f64 with matching dtypes"),
+        };
+        Ok((out, Shape::from(l1.shape().elem_count() + 2 * d.c)))
+    }
+}

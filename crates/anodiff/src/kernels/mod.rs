@@ -1,0 +1,40 @@
+//! Hand-written CPU kernels (candle custom ops with analytic backward) for the hot spots of SD
+//! training: conv2d via im2col + `gemm`, fused GroupNorm(+SiLU). Non-CPU devices and dtypes other
+//! than f32/f64 fall back to candle's composition. `ANODIFF_KERNELS=candle` disables them at run time
+//! (A/B tests, benchmarks).
+
+pub mod attention;
+pub mod conv2d;
+mod gemm;
+pub mod groupnorm;
+mod simd;
+
+use candle_core::{CpuStorage, DType, Layout, Tensor, WithDType};
+
+/// True unless `ANODIFF_KERNELS=candle` is set.
+pub fn enabled() -> bool {
+    std::env::var("ANODIFF_KERNELS").map_or(true, |v| v != "candle")
+}
+
+/// Whether a tensor can go through our CPU kernels.
+pub(crate) fn supported(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// The contiguous slice of a custom op input (callers make inputs contiguous first).
+pub(crate) fn slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [T]> {
+    let data = s.as_slice::<T>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+/// Rayon thread count used for the gemm calls.
+pub(crate) fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
