@@ -1,6 +1,9 @@
 //! One file per subcommand.
 
+pub mod dataset_check;
 pub mod demo;
 pub mod inpaint;
 pub mod sample;
+pub mod split;
+pub mod synth_dataset;
 pub mod txt2img;

@@ -271,6 +271,9 @@ fn list_dirs(dir: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// An image's (width, height), or why it could not be read.
+type DimsOrError = std::result::Result<(u32, u32), String>;
+
 /// Indexes the images of one folder: headers (or full decode), duplicates, stray files.
 fn scan_images(dir: &Path, check: Check, report: &mut ValidationReport) -> Result<Vec<Sample>> {
     let files = list_files(dir)?;
@@ -285,7 +288,7 @@ fn scan_images(dir: &Path, check: Check, report: &mut ValidationReport) -> Resul
     if images.is_empty() {
         report.warn(IssueKind::EmptyFolder, dir, "folder has no images");
     }
-    let read: Vec<(PathBuf, std::result::Result<(u32, u32), String>)> = images
+    let read: Vec<(PathBuf, DimsOrError)> = images
         .into_par_iter()
         .map(|p| {
             let r = match check {

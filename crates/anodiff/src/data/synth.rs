@@ -366,7 +366,7 @@ pub fn render_good(cat: Category, size: u32, seed: u64) -> RgbImage {
 pub fn render_defect(cat: Category, kind: DefectKind, size: u32, seed: u64) -> SynthSample {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let scene = render_scene(cat, size, &mut rng);
-    let min_pixels = 6;
+    let min_pixels = (size as usize / 10).max(6);
     let mut region = Vec::new();
     for _ in 0..50 {
         region = match kind {
