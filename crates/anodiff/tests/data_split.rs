@@ -104,6 +104,23 @@ fn deterministic_and_round_trips() {
     let back = SplitManifest::load(&path).unwrap();
     assert_eq!(back, a);
     assert!(back.resolve(&back.eval_good[0].image).is_file());
+    let crack0 = &back.defects["crack"].train[0];
+    assert_eq!(back.load_image(crack0).unwrap().dimensions(), (8, 8));
+    assert!(back.load_mask(crack0).unwrap().iter().all(|&v| v == 255));
+    assert!(back
+        .load_mask(&back.eval_good[0])
+        .unwrap()
+        .iter()
+        .all(|&v| v == 0));
+    // A moved dataset: resolve against the new place.
+    let moved = r.with_extension("moved");
+    let _ = std::fs::remove_dir_all(&moved);
+    std::fs::rename(&r, &moved).unwrap();
+    let mpath = moved.join("out/split.json");
+    assert!(SplitManifest::load(&mpath).is_err());
+    let at = SplitManifest::load_at(&mpath, &moved).unwrap();
+    assert!(at.load_image(crack0).is_ok());
+    std::fs::rename(&moved, &r).unwrap();
     let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(json["version"], 1);
     std::fs::remove_dir_all(&r).unwrap();

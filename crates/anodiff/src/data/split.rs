@@ -84,8 +84,17 @@ impl SplitManifest {
 
     /// Reads a manifest and checks it: version, every listed file exists, no overlap.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_impl(path, None)
+    }
+
+    /// Like [`Self::load`], for a dataset that has moved: entries are resolved against `dataset`.
+    pub fn load_at(path: &Path, dataset: &Path) -> Result<Self> {
+        Self::load_impl(path, Some(dataset))
+    }
+
+    fn load_impl(path: &Path, dataset: Option<&Path>) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let m: Self = serde_json::from_str(&text)
+        let mut m: Self = serde_json::from_str(&text)
             .map_err(|e| Error::config(path, format!("not a valid split manifest: {e}")))?;
         if m.version != MANIFEST_VERSION {
             return Err(Error::config(
@@ -96,6 +105,9 @@ impl SplitManifest {
                 ),
             ));
         }
+        if let Some(d) = dataset {
+            m.dataset = d.to_path_buf();
+        }
         m.validate().map_err(|e| Error::config(path, e))?;
         Ok(m)
     }
@@ -103,6 +115,36 @@ impl SplitManifest {
     /// Absolute path of a manifest entry path.
     pub fn resolve(&self, rel: &str) -> PathBuf {
         self.dataset.join(rel)
+    }
+
+    /// Decodes an entry's image as RGB.
+    pub fn load_image(&self, e: &SplitEntry) -> Result<image::RgbImage> {
+        Ok(crate::io::load_image(&self.resolve(&e.image))?.to_rgb8())
+    }
+
+    /// An entry's mask binarised to 0/255 (all zeros for good images, sized like the image).
+    pub fn load_mask(&self, e: &SplitEntry) -> Result<image::GrayImage> {
+        match &e.mask {
+            Some(m) => {
+                let mut g = crate::io::load_image(&self.resolve(m))?.to_luma8();
+                for v in g.iter_mut() {
+                    *v = if *v >= super::mvtec::MASK_THRESHOLD {
+                        255
+                    } else {
+                        0
+                    };
+                }
+                Ok(g)
+            }
+            None => {
+                let p = self.resolve(&e.image);
+                let (w, h) = image::image_dimensions(&p).map_err(|err| Error::Image {
+                    path: p.clone(),
+                    msg: err.to_string(),
+                })?;
+                Ok(image::GrayImage::new(w, h))
+            }
+        }
     }
 
     /// Checks that every file exists and no image is both in a training and an evaluation list.
