@@ -26,6 +26,12 @@ struct Cli {
 enum Command {
     /// Offline end-to-end run on the built-in tiny preset; writes demo-out/report.html.
     Demo(commands::demo::Args),
+    /// List the built-in model configurations with parameter counts.
+    Presets(commands::presets::Args),
+    /// Time model components with random weights (no files needed).
+    Bench(commands::bench::Args),
+    /// Fine-tune a LoRA on a folder of images with one prompt (DreamBooth-style).
+    LoraTrain(commands::lora_train::Args),
     /// Generate an image from a text prompt with a 4-channel Stable Diffusion model.
     Txt2img(commands::txt2img::Args),
     /// Repaint the white region of a mask with a 9-channel inpainting model.
@@ -46,6 +52,9 @@ fn main() {
     }
     let result = match cli.command {
         Command::Demo(a) => commands::demo::run(a),
+        Command::Presets(a) => commands::presets::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+        Command::LoraTrain(a) => commands::lora_train::run(a),
         Command::Txt2img(a) => commands::txt2img::run(a),
         Command::Inpaint(a) => commands::inpaint::run(a),
         Command::Split(a) => commands::split::run(a),

@@ -1,10 +1,12 @@
 //! anodiff: few-shot defect image generation (DualAnoDiff) and detection (AnomalySD) on
 //! Stable-Diffusion-class models, in Rust on candle. See ARCHITECTURE.md for the module map.
 
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod io;
 pub mod nn;
 pub mod sd;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,7 +1,9 @@
 //! Options and steps shared by the sampling commands.
 
+use anodiff::sd::lora::Lora;
 use anodiff::sd::noise::SeededNoise;
 use anodiff::sd::pipeline::{SampleOptions, StableDiffusion};
+use anodiff::sd::presets::Preset;
 use anodiff::sd::scheduler::SchedulerKind;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -10,8 +12,19 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Args, Clone, Debug)]
 pub struct Common {
     /// diffusers model folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/).
+    #[arg(long, required_unless_present = "preset", conflicts_with = "preset")]
+    pub model: Option<PathBuf>,
+    /// Instead of --model: a built-in configuration with random weights seeded by --weights-seed
+    /// (smoke runs; the same preset and seed that `lora-train --preset` used).
     #[arg(long)]
-    pub model: PathBuf,
+    pub preset: Option<String>,
+    /// Seed of the preset's random weights (use the `--seed` given to `lora-train --preset`).
+    #[arg(long, default_value_t = 0)]
+    pub weights_seed: u64,
+    /// A LoRA file to apply to the UNet (and text encoder, if the file has that part):
+    /// diffusers/peft or kohya names, e.g. the output of `anodiff lora-train`.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
     /// What the image should show.
     #[arg(long)]
     pub prompt: String,
@@ -53,8 +66,36 @@ impl Common {
     }
 
     pub fn load(&self) -> Result<StableDiffusion> {
-        StableDiffusion::load(&self.model, &Device::Cpu)
-            .with_context(|| format!("loading model {}", self.model.display()))
+        let dev = Device::Cpu;
+        let sd = match (&self.model, &self.preset) {
+            (Some(m), _) => StableDiffusion::load(m, &dev)
+                .with_context(|| format!("loading model {}", m.display()))?,
+            (None, Some(p)) => {
+                StableDiffusion::from_preset(&Preset::by_name(p)?, self.weights_seed, &dev)?
+            }
+            (None, None) => anyhow::bail!("give --model DIR or --preset NAME"),
+        };
+        if let Some(path) = &self.lora {
+            let (_, skipped) = Lora::read_unet_lenient(&sd.unet, path)
+                .map(|(l, s)| {
+                    l.install_unet(&sd.unet);
+                    (l, s)
+                })
+                .with_context(|| format!("applying LoRA {}", path.display()))?;
+            if !skipped.is_empty() {
+                eprintln!(
+                    "warning: {}: {} entries target layers anodiff cannot adapt yet (skipped), e.g. {}",
+                    path.display(),
+                    skipped.len(),
+                    skipped[0]
+                );
+            }
+            // The text-encoder part is optional.
+            if let Ok((l, _)) = Lora::read_clip_lenient(&sd.text_encoder, path) {
+                l.install_clip(&sd.text_encoder);
+            }
+        }
+        Ok(sd)
     }
 
     pub fn noise(&self) -> SeededNoise {

@@ -79,6 +79,19 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core
     let dims = x.dims().to_vec();
     let inp = *dims.last().unwrap();
     let rows: usize = dims[..dims.len() - 1].iter().product();
+    if x.track_op() && super::frozen::all_frozen(&[Some(weight), bias]) {
+        // Frozen layer inside a backward pass (LoRA training): only ∂L/∂x = g·W is needed.
+        let y = linear(&x.detach(), weight, bias)?;
+        let w = weight.clone();
+        return super::frozen::input_grad_only(x, y, move |g| {
+            let out = w.dims()[0];
+            let gd = g.dims().to_vec();
+            let rows: usize = gd[..gd.len() - 1].iter().product();
+            let mut xd = gd;
+            *xd.last_mut().unwrap() = w.dims()[1];
+            g.reshape((rows, out))?.matmul(&w)?.reshape(xd)
+        });
+    }
     let y = x.reshape((rows, inp))?.matmul(&weight.t()?)?;
     let y = match bias {
         Some(b) => y.broadcast_add(b)?,

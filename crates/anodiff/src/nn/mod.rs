@@ -3,6 +3,7 @@
 //! backward, which would silently drop gradients during training.
 
 pub mod conv;
+pub mod frozen;
 pub mod linear;
 pub mod norm;
 pub mod ops;

@@ -39,7 +39,11 @@ type Predicate = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 enum Source {
     Files(TensorFiles),
-    Fresh { seed: u64 },
+    Fresh {
+        seed: u64,
+    },
+    /// Zero-cost stand-ins (broadcast scalars) for counting parameters of large configs.
+    ShapesOnly,
 }
 
 struct Inner {
@@ -50,6 +54,8 @@ struct Inner {
     dtype: DType,
     vars: Mutex<Vec<(String, Var)>>,
     used: Mutex<BTreeSet<String>>,
+    /// Total elements handed out (the model's parameter count once it is built).
+    elems: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -70,6 +76,17 @@ impl Params {
         Self::new(Source::Fresh { seed }, device, Box::new(|_| true))
     }
 
+    /// A store that only records shapes: building a model with it allocates nothing (every
+    /// parameter is a broadcast zero), so `parameter_count` of an SD-sized config is instant.
+    pub fn shapes_only(device: &Device) -> Self {
+        Self::new(Source::ShapesOnly, device, Box::new(|_| false))
+    }
+
+    /// Number of parameter elements handed out so far.
+    pub fn parameter_count(&self) -> usize {
+        self.inner.elems.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Parameters from in-memory tensors (tests, merged weights).
     pub fn from_tensors(tensors: HashMap<String, Tensor>, device: &Device) -> Self {
         Self::from_files(TensorFiles::from_tensors(tensors, "<memory>"), device)
@@ -84,6 +101,7 @@ impl Params {
                 dtype: DType::F32,
                 vars: Mutex::new(Vec::new()),
                 used: Mutex::new(BTreeSet::new()),
+                elems: Default::default(),
             }),
             prefix: String::new(),
         }
@@ -147,7 +165,7 @@ impl Params {
     pub fn contains(&self, name: &str) -> bool {
         match &self.inner.source {
             Source::Files(f) => f.contains(&self.full(name)),
-            Source::Fresh { .. } => false,
+            Source::Fresh { .. } | Source::ShapesOnly => false,
         }
     }
 
@@ -178,7 +196,14 @@ impl Params {
                 init_tensor(shape, init, name_seed(*seed, &full), self.device())?
                     .to_dtype(self.inner.dtype)?
             }
+            Source::ShapesOnly => {
+                Tensor::zeros((), self.inner.dtype, self.device())?.broadcast_as(shape)?
+            }
         };
+        self.inner.elems.fetch_add(
+            shape.iter().product::<usize>(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.inner.used.lock().unwrap().insert(full.clone());
         if (self.inner.trainable)(&full) {
             let var = Var::from_tensor(&tensor)?;
@@ -208,7 +233,7 @@ impl Params {
                 v.sort();
                 v
             }
-            Source::Fresh { .. } => Vec::new(),
+            Source::Fresh { .. } | Source::ShapesOnly => Vec::new(),
         }
     }
 }

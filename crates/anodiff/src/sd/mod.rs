@@ -5,6 +5,7 @@ pub mod attention;
 pub mod clip;
 pub mod guidance;
 pub mod image;
+pub mod lora;
 pub mod noise;
 pub mod pipeline;
 pub mod presets;

@@ -2,11 +2,22 @@
 //! scheduler, native resolution): the real SD shapes for users with real weights, and small shapes
 //! of the same architecture for tests, benchmarks and CPU training from scratch.
 
+use super::clip::ClipTextModel;
 use super::clip::{ClipActivation, ClipTextConfig};
 use super::scheduler::SchedulerConfig;
+use super::unet::UNet2DConditionModel;
 use super::unet::{PerBlock, UNetConfig};
+use super::vae::AutoencoderKL;
 use super::vae::{config::SampleSize, VaeConfig};
 use crate::error::{Error, Result};
+use crate::nn::Params;
+
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct ParameterCounts {
+    pub unet: usize,
+    pub vae: usize,
+    pub text_encoder: usize,
+}
 
 #[derive(Clone, Debug)]
 pub struct Preset {
@@ -55,6 +66,21 @@ impl Preset {
             .iter()
             .map(|n| Self::by_name(n).expect("listed presets exist"))
             .collect()
+    }
+
+    /// Parameter counts (UNet, VAE, text encoder), computed without allocating the weights.
+    pub fn parameter_counts(&self) -> Result<ParameterCounts> {
+        let dev = candle_core::Device::Cpu;
+        let count = |build: &dyn Fn(&Params) -> Result<()>| -> Result<usize> {
+            let p = Params::shapes_only(&dev);
+            build(&p)?;
+            Ok(p.parameter_count())
+        };
+        Ok(ParameterCounts {
+            unet: count(&|p| UNet2DConditionModel::new(&self.unet, p).map(|_| ()))?,
+            vae: count(&|p| AutoencoderKL::new(&self.vae, p).map(|_| ()))?,
+            text_encoder: count(&|p| ClipTextModel::new(&self.text, p).map(|_| ()))?,
+        })
     }
 
     /// Latent side at the native resolution.
@@ -145,6 +171,12 @@ mod tests {
             assert_eq!(p.resolution % p.vae.downscale_factor(), 0, "{}", p.name);
         }
         assert_eq!(Preset::by_name("sd15").unwrap().latent_size(), 64);
+        // Published SD-1.5 sizes: UNet 859,520,964; VAE 83,653,863; CLIP text 123,060,480.
+        let c = Preset::by_name("sd15").unwrap().parameter_counts().unwrap();
+        assert_eq!(
+            (c.unet, c.vae, c.text_encoder),
+            (859_520_964, 83_653_863, 123_060_480)
+        );
         assert!(Preset::by_name("nope")
             .unwrap_err()
             .to_string()

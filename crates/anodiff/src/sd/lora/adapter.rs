@@ -1,0 +1,43 @@
+//! LoRA on any named `Linear` through its adapter slot (the CLIP text encoder's projections).
+//! A `Linear` sees no `ForwardCtx`, so every row uses one set: the adapter's active set.
+
+use super::layer::LoraLayer;
+use crate::nn::LinearAdapter;
+use candle_core::Tensor;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+pub struct LoraLinearAdapter {
+    pub layer: Arc<LoraLayer>,
+    active: AtomicUsize,
+}
+
+impl LoraLinearAdapter {
+    pub fn new(layer: Arc<LoraLayer>) -> Self {
+        Self {
+            layer,
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    /// Selects the set used for every row (0 by default).
+    pub fn set_active(&self, set: usize) {
+        self.active.store(set, Ordering::Relaxed);
+    }
+}
+
+impl LinearAdapter for LoraLinearAdapter {
+    fn adapt(&self, _layer: &str, input: &Tensor, output: Tensor) -> candle_core::Result<Tensor> {
+        let set = self.active.load(Ordering::Relaxed);
+        if set >= self.layer.sets.len() {
+            candle_core::bail!(
+                "LoRA `{}`: active set {set} but only {} set(s)",
+                self.layer.module,
+                self.layer.sets.len()
+            );
+        }
+        let b = input.dims().first().copied().unwrap_or(0);
+        let branch = vec![set; b];
+        self.layer.apply(input, output, Some(&branch))
+    }
+}

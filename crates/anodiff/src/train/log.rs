@@ -1,0 +1,51 @@
+//! The training log: one JSON object per update appended to a `.jsonl` file, written with a
+//! single `write` per line and flushed, so a crash loses at most the line being written. Also
+//! the peak resident memory reported with it.
+
+use crate::error::{Error, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub struct JsonLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl JsonLog {
+    /// Opens `path` for appending (created if missing; a resumed run continues the same file).
+    pub fn append(path: &Path) -> Result<Self> {
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn write(&mut self, record: &serde_json::Value) -> Result<()> {
+        let mut line = record.to_string();
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Peak resident set size of this process (`VmHWM` in /proc/self/status), when the OS has it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
