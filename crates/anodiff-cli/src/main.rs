@@ -36,6 +36,12 @@ enum Command {
     Txt2img(commands::txt2img::Args),
     /// Repaint the white region of a mask with a 9-channel inpainting model.
     Inpaint(commands::inpaint::Args),
+    /// Write the few-shot split (first ceil(n/3) defects per type train, rest eval) as JSON.
+    Split(commands::split::Args),
+    /// Write the procedural synthetic defect dataset (MVTec layout).
+    SynthDataset(commands::synth_dataset::Args),
+    /// Validate an MVTec-layout dataset and list every problem file.
+    DatasetCheck(commands::dataset_check::Args),
 }
 
 fn main() {
@@ -51,6 +57,9 @@ fn main() {
         Command::LoraTrain(a) => commands::lora_train::run(a),
         Command::Txt2img(a) => commands::txt2img::run(a),
         Command::Inpaint(a) => commands::inpaint::run(a),
+        Command::Split(a) => commands::split::run(a),
+        Command::SynthDataset(a) => commands::synth_dataset::run(a),
+        Command::DatasetCheck(a) => commands::dataset_check::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,9 +1,12 @@
 //! One file per subcommand.
 
 pub mod bench;
+pub mod dataset_check;
 pub mod demo;
 pub mod inpaint;
 pub mod lora_train;
 pub mod presets;
 pub mod sample;
+pub mod split;
+pub mod synth_dataset;
 pub mod txt2img;
