@@ -7,7 +7,10 @@ encoder_hidden_states, and the gradients of a selection of parameters covering e
 (conv_in/out, time embedding, ResNet norms/convs, attention q/k/v/out, feed-forward, proj_in,
 down/up-samplers). The Rust test (crates/anodiff/tests/grad_parity.rs) checks ours against it.
 
-Versions: torch 2.15 (CPU), diffusers 0.42.1.
+Second fixture (unet_sd1_lora.safetensors): the same UNet frozen, with the LoRA fixture loaded by
+diffusers+peft; gradients of lora_A/lora_B (self and cross attention, down/mid/up) and of the input.
+
+Versions: torch 2.15 (CPU), diffusers 0.42.1, peft 0.21.2.
 Regenerate: /work/venv/bin/python tools/parity/make_grad_fixtures.py   (needs the unet fixture)
 """
 import re
@@ -32,6 +35,46 @@ SELECT = re.compile(
 )
 
 
+def lora_case():
+    """The same UNet, frozen, with the LoRA of the LoRA fixture (tests/fixtures/lora, r=4, alpha=8,
+    A and B random) loaded through diffusers' own loader: gradients of every lora_A/lora_B of a few
+    attention layers (self and cross, down/mid/up) and of the input."""
+    from diffusers import StableDiffusionPipeline
+    unet = UNet2DConditionModel.from_pretrained(UNET).float().eval()
+    # Through the pipeline loader so the file's lora_alpha metadata is honoured (the model-level
+    # `load_lora_adapter` would silently use alpha = r).
+    state, alphas, meta = StableDiffusionPipeline.lora_state_dict(
+        ROOT / "tests" / "fixtures" / "lora", weight_name="pytorch_lora_weights.safetensors",
+        return_lora_metadata=True)
+    StableDiffusionPipeline.load_lora_into_unet(state, alphas, unet, metadata=meta)
+    assert [(c.r, c.lora_alpha) for c in unet.peft_config.values()] == [(4, 8)]
+    for n, p in unet.named_parameters():
+        p.requires_grad_("lora_" in n)
+    g = torch.Generator().manual_seed(5)
+    sample = torch.randn((2, 4, 8, 8), generator=g).requires_grad_(True)
+    ehs = torch.randn((2, 5, unet.config.cross_attention_dim), generator=g)
+    t = torch.tensor([30.0, 600.0])
+    out = unet(sample, t, encoder_hidden_states=ehs).sample
+    r = torch.randn(out.shape, generator=g)
+    (out * r).sum().backward()
+    rec = {"sample": sample.detach(), "timesteps": t, "encoder_hidden_states": ehs, "r": r, "out": out.detach(),
+           "grad.sample": sample.grad}
+    keep = re.compile(r"^(down_blocks\.0\.attentions\.0\.transformer_blocks\.0\.attn[12]"
+                      r"|mid_block\.attentions\.0\.transformer_blocks\.0\.attn2"
+                      r"|up_blocks\.2\.attentions\.1\.transformer_blocks\.0\.attn1)\.")
+    n = 0
+    for name, p in unet.named_parameters():
+        if "lora_" in name and keep.match(name):
+            # peft: `<module>.lora_A.<adapter>.weight` -> `<module>.lora_A.weight`
+            parts = name.split(".")
+            del parts[-2]
+            rec["grad.lora." + ".".join(parts)] = p.grad
+            n += 1
+    assert n >= 24, n
+    save_file({k: v.contiguous() for k, v in rec.items()}, OUT / "unet_sd1_lora.safetensors")
+    print(f"wrote {OUT / 'unet_sd1_lora.safetensors'}: {n} LoRA gradients")
+
+
 def main():
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(UNET).float().eval()
@@ -52,6 +95,7 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in rec.items()}, OUT / "unet_sd1.safetensors")
     print(f"wrote {OUT / 'unet_sd1.safetensors'}: {len(names)} parameter gradients")
+    lora_case()
 
 
 if __name__ == "__main__":

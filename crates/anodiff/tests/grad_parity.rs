@@ -90,3 +90,118 @@ fn unet_gradients_match_pytorch() {
     }
     println!("worst gradient relative error: {worst:.2e}");
 }
+
+/// The same UNet frozen, with the LoRA fixture loaded (diffusers+peft on the PyTorch side):
+/// gradients of lora_A / lora_B of self- and cross-attention layers in down, mid and up blocks.
+#[test]
+fn unet_lora_gradients_match_pytorch_peft() {
+    use anodiff::sd::lora::Lora;
+    let dev = Device::Cpu;
+    let r: HashMap<String, Tensor> = read_safetensors(
+        std::path::Path::new(&format!("{FIX}/grad/unet_sd1_lora.safetensors")),
+        &dev,
+    )
+    .unwrap()
+    .into_iter()
+    .collect();
+    let unet =
+        UNet2DConditionModel::load(&Component::at(format!("{FIX}/unet/sd1/unet")), &dev).unwrap();
+    let lora = Lora::load_unet(
+        &unet,
+        std::path::Path::new(&format!("{FIX}/lora/pytorch_lora_weights.safetensors")),
+    )
+    .unwrap();
+    // Ours: `unet.<module>.lora_A.set0.weight`; the fixture: `grad.lora.<module>.lora_A.weight`.
+    let vars: HashMap<String, Var> = lora
+        .vars()
+        .into_iter()
+        .map(|(n, v)| {
+            let n = n.strip_prefix("unet.").unwrap_or(&n).replace(".set0.", ".");
+            (n, v)
+        })
+        .collect();
+    let sample = Var::from_tensor(&r["sample"]).unwrap();
+    let out = unet
+        .forward(
+            sample.as_tensor(),
+            &r["timesteps"],
+            &r["encoder_hidden_states"],
+            &ForwardCtx::default(),
+        )
+        .unwrap();
+    let e = rel(&out, &r["out"]);
+    println!("forward with LoRA: rel {e:.2e}");
+    assert!(e <= 1e-4);
+    let grads = (out * &r["r"])
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let mut worst = rel(grads.get(sample.as_tensor()).unwrap(), &r["grad.sample"]);
+    let mut n = 0;
+    for (k, reference) in &r {
+        let Some(name) = k.strip_prefix("grad.lora.") else {
+            continue;
+        };
+        let v = vars
+            .get(name)
+            .unwrap_or_else(|| panic!("no LoRA variable for {name}"));
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let e = rel(g, reference);
+        assert!(e <= 5e-4, "{name}: relative error {e:.3e} > 5e-4");
+        worst = worst.max(e);
+        n += 1;
+    }
+    assert!(n >= 24);
+    println!("{n} LoRA gradients + input gradient: worst relative error {worst:.2e}");
+}
+
+/// Memory: in a LoRA step no frozen weight matrix or convolution kernel gets a gradient buffer
+/// (candle computes one for every operand by default; `nn::frozen` and the conv kernel skip them).
+#[test]
+fn lora_step_computes_no_frozen_weight_gradients() {
+    use anodiff::sd::lora::{Lora, LoraConfig};
+    let dev = Device::Cpu;
+    let c = Component::at(format!("{FIX}/unet/sd1/unet"));
+    let cfg: UNetConfig = c.config().unwrap();
+    let files = TensorFiles::load(&c.weight_files().unwrap(), &dev).unwrap();
+    let frozen: Vec<(String, Tensor)> = files
+        .names()
+        .map(|n| (n.to_string(), files.get(n).unwrap().0.clone()))
+        .collect();
+    let p = Params::from_files(files, &dev);
+    let unet = UNet2DConditionModel::new(&cfg, &p).unwrap();
+    let lora = Lora::attach_unet(&unet, &LoraConfig::unet(4)).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (2, 4, 8, 8), &dev).unwrap();
+    let ehs = Tensor::randn(0f32, 1.0, (2, 5, 16), &dev).unwrap();
+    let t = Tensor::new(&[10f32, 500.0], &dev).unwrap();
+    let y = unet.forward(&x, &t, &ehs, &ForwardCtx::default()).unwrap();
+    let grads = y.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+    for (n, v) in lora.vars() {
+        assert!(
+            grads.get(v.as_tensor()).is_some(),
+            "LoRA `{n}` got no gradient"
+        );
+    }
+    let mut big = Vec::new();
+    let (mut small_n, mut small_elems) = (0, 0);
+    for (n, t) in &frozen {
+        if grads.get(t).is_some() {
+            if t.rank() >= 2 {
+                big.push(n.clone());
+            } else {
+                small_n += 1;
+                small_elems += t.elem_count();
+            }
+        }
+    }
+    let total: usize = frozen.iter().map(|(_, t)| t.elem_count()).sum();
+    println!(
+        "frozen tensors with a gradient: {} matrices/kernels, {small_n} vectors ({small_elems} of {total} elements)",
+        big.len()
+    );
+    assert!(big.is_empty(), "frozen weights got gradients: {big:?}");
+}
