@@ -302,7 +302,7 @@ pub fn held_out_loss(
     }
     let x0 = Tensor::cat(test, 0)?;
     let n = x0.dim(0)?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x4E01_5E);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x004E_015E);
     let v: Vec<f32> = (0..x0.elem_count())
         .map(|_| gaussian(&mut rng) as f32)
         .collect();
