@@ -87,7 +87,10 @@ pub fn run(a: Args) -> Result<()> {
              <b>{}</b>, prompt “{}”, with random crops and flips. Samples use DDIM, {} steps, \
              no guidance. Model folder: <code>run/model</code> (load it with <code>anodiff \
              txt2img --model {}/run/model --width {} --height {}</code>). Loss: {:.4} at the first \
-             update, {:.4} over the last 20.",
+             update, {:.4} over the last 20. With a few CPU minutes (a few hundred updates) the \
+             model has learned each image's colour and tone but not yet fine texture: samples \
+             are still grainy; the held-out losses against the untrained model show what was \
+             learned. Longer runs: <code>anodiff pretrain --steps N</code>.",
             a.preset,
             r.size,
             r.trainable_parameters,
