@@ -24,8 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Offline end-to-end run on the built-in tiny preset; writes demo-out/report.html.
+    /// Offline end-to-end run: synthetic dataset, pretraining from scratch, samples; writes demo-out/report.html.
     Demo(commands::demo::Args),
+    /// Train a pixel-space preset (UNet + text encoder) from scratch on an MVTec-layout category.
+    Pretrain(commands::pretrain::Args),
     /// List the built-in model configurations with parameter counts.
     Presets(commands::presets::Args),
     /// Time model components with random weights (no files needed).
@@ -53,6 +55,7 @@ fn main() {
     let result = match cli.command {
         Command::Demo(a) => commands::demo::run(a),
         Command::Presets(a) => commands::presets::run(a),
+        Command::Pretrain(a) => commands::pretrain::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::LoraTrain(a) => commands::lora_train::run(a),
         Command::Txt2img(a) => commands::txt2img::run(a),

@@ -26,7 +26,7 @@ pub fn run(a: Args) -> Result<()> {
         if a.json {
             let v = serde_json::json!({
                 "name": p.name, "resolution": p.resolution, "latent": p.latent_size(),
-                "unet": c.unet, "vae": c.vae, "text_encoder": c.text_encoder,
+                "unet": c.unet, "vae": c.vae, "text_encoder": c.text_encoder, "pixel_space": p.pixel_space,
                 "description": p.description,
             });
             println!("{v}");

@@ -21,7 +21,9 @@ use candle_core::{DType, Device, Tensor};
 pub struct StableDiffusion {
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
-    pub vae: AutoencoderKL,
+    /// The image <-> UNet-sample codec: `Some` for latent-space models (SD), `None` for
+    /// pixel-space models, whose UNet denoises 3-channel images in [-1, 1] directly.
+    pub vae: Option<AutoencoderKL>,
     pub unet: UNet2DConditionModel,
     pub scheduler_config: SchedulerConfig,
     /// The scheduler class named in `scheduler_config.json`, used when the caller names none.
@@ -68,7 +70,11 @@ impl StableDiffusion {
         Ok(Self {
             tokenizer: ClipTokenizer::embedded()?,
             text_encoder: ClipTextModel::new(&p.text, &fresh(1))?,
-            vae: AutoencoderKL::new(&p.vae, &fresh(2))?,
+            vae: if p.pixel_space {
+                None
+            } else {
+                Some(AutoencoderKL::new(&p.vae, &fresh(2))?)
+            },
             unet: UNet2DConditionModel::new(&p.unet, &fresh(3))?,
             scheduler_config: p.scheduler.clone(),
             default_scheduler: SchedulerKind::Pndm,
@@ -80,8 +86,13 @@ impl StableDiffusion {
         let m = ModelDir::open(dir)?;
         let tokenizer = ClipTokenizer::from_dir(&m.component("tokenizer")?.dir)?;
         let text_encoder = ClipTextModel::load(&m.component("text_encoder")?, device)?;
-        let vae = AutoencoderKL::load(&m.component("vae")?, device)?;
         let unet = UNet2DConditionModel::load(&m.component("unet")?, device)?;
+        // A folder without `vae/` whose UNet takes RGB is a pixel-space model (anodiff pretrain).
+        let vae = if !m.has_component("vae") && unet.in_channels() == 3 {
+            None
+        } else {
+            Some(AutoencoderKL::load(&m.component("vae")?, device)?)
+        };
         let sched = m.component("scheduler")?;
         let scheduler_config: SchedulerConfig = sched.json("scheduler_config.json")?;
         let class: serde_json::Value = sched.json("scheduler_config.json")?;
@@ -112,9 +123,53 @@ impl StableDiffusion {
         })
     }
 
-    /// Factor between image and latent resolution (8 for SD).
+    /// Factor between image and latent resolution (8 for SD, 1 in pixel space).
     pub fn vae_scale_factor(&self) -> usize {
-        1 << (self.vae.config().block_out_channels.len() - 1)
+        match &self.vae {
+            Some(v) => 1 << (v.config().block_out_channels.len() - 1),
+            None => 1,
+        }
+    }
+
+    pub fn is_pixel_space(&self) -> bool {
+        self.vae.is_none()
+    }
+
+    /// The VAE of a latent-space model; an error naming the problem for a pixel-space one.
+    pub fn vae(&self) -> Result<&AutoencoderKL> {
+        self.vae
+            .as_ref()
+            .ok_or_else(|| Error::invalid("this is a pixel-space model: it has no VAE"))
+    }
+
+    /// Channels of the space the UNet denoises (VAE latent channels, or 3 for RGB pixels).
+    pub fn sample_channels(&self) -> usize {
+        match &self.vae {
+            Some(v) => v.config().latent_channels,
+            None => 3,
+        }
+    }
+
+    /// Images `[n, 3, H, W]` in [-1, 1] → clean UNet samples (scaled posterior mean, or the
+    /// pixels themselves).
+    pub fn encode_mean(&self, images: &Tensor) -> Result<Tensor> {
+        match &self.vae {
+            Some(v) => Ok(v.scale_latent(&v.encode(images)?.mean)?),
+            None => Ok(images.clone()),
+        }
+    }
+
+    /// Like [`Self::encode_mean`] but sampling the VAE posterior with noise drawn from `noise`
+    /// (the inpainting pipeline's draw order); pixel space draws nothing.
+    fn encode_sample(&self, images: &Tensor, noise: &mut dyn NoiseSource) -> Result<Tensor> {
+        match &self.vae {
+            Some(v) => {
+                let post = v.encode(images)?;
+                let eps = noise.draw(post.mean.dims(), &self.device)?;
+                Ok(v.scale_latent(&post.sample(&eps)?)?)
+            }
+            None => Ok(images.clone()),
+        }
     }
 
     /// Text embeddings `[n, 77, D]` (last hidden state, as SD pipelines use it).
@@ -171,14 +226,14 @@ impl StableDiffusion {
         noise: &mut dyn NoiseSource,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor> {
-        if self.unet.in_channels() != 4 {
+        let latent_ch = self.sample_channels();
+        if self.unet.in_channels() != latent_ch {
             return Err(Error::invalid(format!(
-                "txt2img needs a 4-channel UNet; this model's UNet has {} input channels (an inpainting model: use `inpaint`)",
+                "txt2img needs a {latent_ch}-channel UNet; this model's UNet has {} input channels (an inpainting model: use `inpaint`)",
                 self.unet.in_channels()
             )));
         }
         let (h, w) = self.check_size(o)?;
-        let latent_ch = self.vae.config().latent_channels;
         let mut sched = self.scheduler(o)?;
         let latents =
             (noise.draw(&[1, latent_ch, h, w], &self.device)? * sched.init_noise_sigma())?;
@@ -197,7 +252,7 @@ impl StableDiffusion {
         noise: &mut dyn NoiseSource,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor> {
-        let latent_ch = self.vae.config().latent_channels;
+        let latent_ch = self.sample_channels();
         if self.unet.in_channels() != 2 * latent_ch + 1 {
             return Err(Error::invalid(format!(
                 "inpaint needs an inpainting UNet with {} input channels; this model's UNet has {}",
@@ -228,10 +283,7 @@ impl StableDiffusion {
         let latents = if strength >= 1.0 {
             (noise.draw(&[1, latent_ch, h, w], &self.device)? * sched.init_noise_sigma())?
         } else {
-            let post = self.vae.encode(image)?;
-            let z0 = self
-                .vae
-                .scale_latent(&post.sample(&noise.draw(post.mean.dims(), &self.device)?)?)?;
+            let z0 = self.encode_sample(image, noise)?;
             let n = noise.draw(&[1, latent_ch, h, w], &self.device)?;
             let t0 = all.get(start).copied().unwrap_or(0.0) as usize;
             sched.add_noise(&z0, &n, &[t0])?
@@ -244,10 +296,7 @@ impl StableDiffusion {
         let mask_lat = mask.index_select(&rows, 2)?.index_select(&cols, 3)?;
         let keep = mask.lt(0.5)?.to_dtype(DType::F32)?;
         let masked = image.broadcast_mul(&keep)?;
-        let post = self.vae.encode(&masked)?;
-        let masked_lat = self
-            .vae
-            .scale_latent(&post.sample(&noise.draw(post.mean.dims(), &self.device)?)?)?;
+        let masked_lat = self.encode_sample(&masked, noise)?;
         let cond = Tensor::cat(&[&mask_lat, &masked_lat], 1)?;
         self.denoise_from(
             o,
@@ -318,8 +367,11 @@ impl StableDiffusion {
         Ok(latents)
     }
 
-    /// Scaled latents → images in [-1, 1].
+    /// Scaled latents → images in [-1, 1] (pixel space: the samples, clamped to [-1, 1]).
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        Ok(self.vae.decode(&self.vae.unscale_latent(latents)?)?)
+        match &self.vae {
+            Some(v) => Ok(v.decode(&v.unscale_latent(latents)?)?),
+            None => Ok(latents.clamp(-1f32, 1f32)?),
+        }
     }
 }

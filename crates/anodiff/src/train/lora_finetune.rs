@@ -75,8 +75,7 @@ pub fn encode_images(
     let mut out = Vec::with_capacity(data.len());
     for i in 0..data.len() {
         let x = data.tensor(i, dev)?;
-        let post = sd.vae.encode(&x)?;
-        out.push(sd.vae.scale_latent(&post.mean)?.squeeze(0)?);
+        out.push(sd.encode_mean(&x)?.squeeze(0)?);
     }
     Ok(out)
 }
@@ -98,7 +97,7 @@ pub fn lora_finetune(
             sd.vae_scale_factor()
         )));
     }
-    if sd.unet.in_channels() != sd.vae.config().latent_channels {
+    if sd.unet.in_channels() != sd.sample_channels() {
         return Err(Error::invalid(
             "lora-train fine-tunes text-to-image UNets; this model's UNet takes extra input channels (inpainting)",
         ));

@@ -30,6 +30,8 @@ pub mod log;
 pub mod lora_finetune;
 pub mod optim;
 pub mod order;
+pub mod pretrain;
+pub mod pretrain_report;
 pub mod schedule;
 pub mod trainer;
 

@@ -1,0 +1,134 @@
+//! Pretraining from scratch in pixel space: presets, a short run that must lower the loss and
+//! write a folder `StableDiffusion::load` reads, and the demo report writer.
+
+use anodiff::data::synth::{synth_dataset, SynthOptions};
+use anodiff::sd::noise::SeededNoise;
+use anodiff::sd::pipeline::{SampleOptions, StableDiffusion};
+use anodiff::sd::presets::Preset;
+use anodiff::sd::tokenizer::ClipTokenizer;
+use anodiff::train::pretrain::{pretrain, PretrainOptions};
+use anodiff::train::pretrain_report::{demo_html, loss_svg, read_loss_log, DemoPage};
+use candle_core::Device;
+
+#[test]
+fn pixel_presets_build_and_sample_rgb() {
+    let dev = Device::Cpu;
+    for name in ["tiny-pixel", "small"] {
+        let p = Preset::by_name(name).unwrap();
+        assert!(p.pixel_space);
+        assert_eq!(p.parameter_counts().unwrap().vae, 0);
+        let sd = StableDiffusion::from_preset(&p, 0, &dev).unwrap();
+        assert!(sd.is_pixel_space());
+        assert_eq!(sd.vae_scale_factor(), 1);
+        assert!(sd.vae().is_err());
+        let o = SampleOptions {
+            prompt: "a photo of a capsule".into(),
+            steps: 2,
+            guidance: 1.0,
+            width: p.resolution,
+            height: p.resolution,
+            ..Default::default()
+        };
+        let x = sd
+            .txt2img(&o, &mut SeededNoise::new(1), &mut |_, _| {})
+            .unwrap();
+        assert_eq!(x.dims(), &[1, 3, p.resolution, p.resolution], "{name}");
+        let img = sd.decode(&x).unwrap();
+        let max = img
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(max <= 1.0, "{name}: decode clamps to [-1, 1], got {max}");
+    }
+}
+
+#[test]
+fn short_pretrain_lowers_loss_and_writes_a_loadable_model() {
+    let tmp = std::env::temp_dir().join(format!("anodiff-pretrain-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let opts = SynthOptions {
+        size: 32,
+        train_good: 8,
+        test_good: 4,
+        per_defect: 1,
+    };
+    let summary = synth_dataset(&tmp.join("data"), 3, &opts).unwrap();
+    let run = tmp.join("run");
+    let o = PretrainOptions {
+        dataset: summary.categories[0].clone(),
+        preset: "tiny-pixel".into(),
+        out: run.clone(),
+        steps: 30,
+        batch: 4,
+        lr: 2e-3,
+        warmup: 3,
+        seed: 0,
+        checkpoint_every: 0,
+        resume: None,
+        samples: 2,
+        sample_steps: 2,
+    };
+    let t = std::time::Instant::now();
+    let r = pretrain(&o, |_| {}).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let first5: f64 = r.steps[..5].iter().map(|s| s.loss).sum::<f64>() / 5.0;
+    let last5: f64 = r.steps[25..].iter().map(|s| s.loss).sum::<f64>() / 5.0;
+    println!(
+        "30 steps in {secs:.1} s ({:.3} s/step); loss first5 {first5:.4} last5 {last5:.4}; held-out {:?} (untrained {:?})",
+        r.train_secs / 30.0,
+        r.held_out,
+        r.held_out_untrained
+    );
+    assert!(last5 < first5, "loss did not go down: {first5} -> {last5}");
+    assert_eq!(r.held_out.len(), 3);
+    assert!(r.held_out[1].1 < r.held_out_untrained[1].1);
+    assert_eq!(read_loss_log(&r.log).unwrap().len(), 30);
+    assert!(r.grid.as_ref().unwrap().is_file());
+
+    let dev = Device::Cpu;
+    let sd = StableDiffusion::load(&r.model_dir, &dev).unwrap();
+    assert!(sd.is_pixel_space());
+    let embedded = ClipTokenizer::embedded().unwrap();
+    assert_eq!(
+        sd.tokenizer.encode(&r.prompt),
+        embedded.encode(&r.prompt),
+        "saved tokenizer differs from the built-in one"
+    );
+    let so = SampleOptions {
+        prompt: r.prompt.clone(),
+        steps: 2,
+        guidance: 1.0,
+        width: 32,
+        height: 32,
+        ..Default::default()
+    };
+    let x = sd
+        .txt2img(&so, &mut SeededNoise::new(0), &mut |_, _| {})
+        .unwrap();
+    assert_eq!(x.dims(), &[1, 3, 32, 32]);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn demo_html_has_svg_and_images() {
+    let losses: Vec<(usize, f64)> = (1..=50).map(|s| (s, 1.0 / s as f64)).collect();
+    let svg = loss_svg(&losses, 300.0, 100.0);
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+    let page = DemoPage {
+        title: "demo <test>".into(),
+        summary: "fake".into(),
+        losses,
+        held_out: vec![(100, 0.1, Some(0.9))],
+        images: vec![("samples.png".into(), "samples".into())],
+        timings: vec![("train".into(), 1.5)],
+    };
+    let html = demo_html(&page);
+    assert!(html.contains("<svg") && html.contains("<polyline"));
+    assert!(html.contains("src=\"samples.png\""));
+    assert!(html.contains("demo &lt;test&gt;"));
+    assert!(html.contains("0.9000") && html.contains("1.5 s"));
+    assert!(loss_svg(&[], 10.0, 10.0).contains("no loss"));
+}
