@@ -50,7 +50,7 @@ pub fn bench_unet(o: &UnetBenchOptions, progress: &mut dyn FnMut(&str)) -> Resul
     let p = Params::fresh(0, &dev).with_trainable(|_| false);
     let unet = UNet2DConditionModel::new(&preset.unet, &p)?;
     let parameters = p.parameter_count();
-    let lat = o.size / preset.vae.downscale_factor();
+    let lat = o.size / preset.downscale_factor();
     let x = Tensor::randn(
         0f32,
         1.0,
