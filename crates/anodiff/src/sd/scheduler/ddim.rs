@@ -22,11 +22,7 @@ impl DdimScheduler {
     pub fn new(cfg: &SchedulerConfig) -> Result<Self> {
         cfg.validate(super::SchedulerKind::Ddim)?;
         let schedule = NoiseSchedule::new(cfg)?;
-        let final_alpha_bar = if cfg.set_alpha_to_one {
-            1.0
-        } else {
-            schedule.alpha_bar(0)?
-        };
+        let final_alpha_bar = schedule.final_alpha_bar(cfg.set_alpha_to_one)?;
         Ok(Self {
             cfg: cfg.clone(),
             schedule,

@@ -75,6 +75,15 @@ impl NoiseSchedule {
         &self.alphas_cumprod
     }
 
+    /// ᾱ used past the last sampling step (DDIM, PNDM): 1 with `set_alpha_to_one`, else ᾱ_0.
+    pub fn final_alpha_bar(&self, set_alpha_to_one: bool) -> Result<f64> {
+        if set_alpha_to_one {
+            Ok(1.0)
+        } else {
+            self.alpha_bar(0)
+        }
+    }
+
     /// ᾱ_t for a training timestep, as f64.
     pub fn alpha_bar(&self, t: usize) -> Result<f64> {
         self.alphas_cumprod
