@@ -56,6 +56,37 @@ pub fn load_image(path: &Path) -> Result<image::DynamicImage> {
         })
 }
 
+/// Rows of images (each row wrapped every `cols` images), 2-px white gaps, as one PNG.
+pub fn save_png_grid(rows: &[&[image::RgbImage]], cols: usize, path: &Path) -> Result<()> {
+    let (w, h) = rows
+        .iter()
+        .flat_map(|r| r.iter())
+        .next()
+        .map(|i| (i.width(), i.height()))
+        .unwrap_or((1, 1));
+    let cols = cols.max(1);
+    let lines: usize = rows.iter().map(|r| r.len().div_ceil(cols).max(1)).sum();
+    let mut grid = image::RgbImage::from_pixel(
+        cols as u32 * (w + 2),
+        lines as u32 * (h + 2) + 4 * rows.len() as u32,
+        image::Rgb([255, 255, 255]),
+    );
+    let mut y0 = 0u32;
+    for row in rows {
+        for (i, img) in row.iter().enumerate() {
+            let (c, r) = ((i % cols) as u32, (i / cols) as u32);
+            image::imageops::replace(
+                &mut grid,
+                img,
+                (c * (w + 2)) as i64,
+                (y0 + r * (h + 2)) as i64,
+            );
+        }
+        y0 += row.len().div_ceil(cols).max(1) as u32 * (h + 2) + 4;
+    }
+    save_png(path, &grid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

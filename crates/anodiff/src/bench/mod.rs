@@ -18,18 +18,9 @@ pub fn median_ms(times: &mut [f64]) -> f64 {
     }
 }
 
-/// Peak resident set size of this process in MiB (`VmHWM`; 0 where /proc is unavailable).
+/// Peak resident set size of this process in MiB (0 where /proc is unavailable).
 pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+    crate::train::peak_rss_bytes().map_or(0.0, |b| b as f64 / (1024.0 * 1024.0))
 }
 
 #[cfg(test)]

@@ -68,10 +68,10 @@ pub fn bench_unet(o: &UnetBenchOptions, progress: &mut dyn FnMut(&str)) -> Resul
         lora_params = Some(vars.iter().map(|(_, v)| v.elem_count()).sum());
         let mut opt = AdamW::new(vars.clone(), AdamWConfig::default())?;
         let target = Tensor::randn(0f32, 1.0, x.dims(), &dev)?;
-        let (unet, x, t, ehs) = (&unet, x.clone(), t.clone(), ehs.clone());
+        let (unet, x, t, ehs, ctx) = (&unet, &x, &t, &ehs, &ctx);
         Box::new(move || {
             let _keep = &lora;
-            let y = unet.forward(&x, &t, &ehs, &ForwardCtx::default())?;
+            let y = unet.forward(x, t, ehs, ctx)?;
             let loss = (y - &target)?.sqr()?.mean_all()?;
             let grads = Grads::from_store(&loss.backward()?, &vars);
             opt.step(&grads, 1e-4)?;
@@ -84,24 +84,24 @@ pub fn bench_unet(o: &UnetBenchOptions, progress: &mut dyn FnMut(&str)) -> Resul
             Ok(())
         })
     };
-    let mut run = || step();
     progress("warm-up");
-    run()?;
+    step()?;
     let mut times = Vec::with_capacity(o.repeats);
     for i in 0..o.repeats.max(1) {
         progress(&format!("run {}/{}", i + 1, o.repeats.max(1)));
         let t0 = std::time::Instant::now();
-        run()?;
+        step()?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
+    let median = median_ms(&mut times);
     Ok(UnetBenchResult {
         preset: o.preset.clone(),
         size: o.size,
         batch: o.batch,
         repeats: times.len(),
         parameters,
-        unet_fwd: (!o.train_lora).then(|| median_ms(&mut times.clone())),
-        lora_step: o.train_lora.then(|| median_ms(&mut times.clone())),
+        unet_fwd: (!o.train_lora).then_some(median),
+        lora_step: o.train_lora.then_some(median),
         lora_params,
         peak_rss_mb: peak_rss_mb(),
     })

@@ -118,6 +118,12 @@ impl ClipTokenizer {
         )
     }
 
+    /// The built-in vocabulary as file texts (`vocab.json`, `merges.txt`), e.g. to write a
+    /// diffusers `tokenizer/` folder for a model trained with [`ClipTokenizer::embedded`].
+    pub fn embedded_files() -> (&'static str, &'static str) {
+        (EMBEDDED_VOCAB, EMBEDDED_MERGES)
+    }
+
     /// The OpenAI CLIP vocabulary (the one SD-1.x and SD-2 ship) built into the library, with SD-1
     /// settings: presets trained from scratch and the offline demo need no tokenizer files.
     pub fn embedded() -> Result<Self> {

@@ -245,34 +245,15 @@ fn write_grid(sd: &StableDiffusion, rows: &[&[Tensor]], path: &std::path::Path) 
     for row in rows {
         let mut r = Vec::new();
         for z in row.iter() {
-            let x = sd.decode(&z.unsqueeze(0)?)?;
-            r.extend(crate::sd::image::tensor_to_rgb(&x)?);
+            r.extend(crate::sd::image::tensor_to_rgb(
+                &sd.decode(&z.unsqueeze(0)?)?,
+            )?);
         }
         images.push(r);
     }
-    let (w, h) = images
-        .iter()
-        .flatten()
-        .next()
-        .map(|i| (i.width(), i.height()))
-        .unwrap_or((1, 1));
-    let cols = images.iter().map(Vec::len).max().unwrap_or(1) as u32;
-    let mut grid = image::RgbImage::from_pixel(
-        cols * (w + 2),
-        images.len() as u32 * (h + 2),
-        image::Rgb([255, 255, 255]),
-    );
-    for (ri, row) in images.iter().enumerate() {
-        for (ci, img) in row.iter().enumerate() {
-            image::imageops::replace(
-                &mut grid,
-                img,
-                (ci as u32 * (w + 2)) as i64,
-                (ri as u32 * (h + 2)) as i64,
-            );
-        }
-    }
-    crate::io::save_png(path, &grid)
+    let cols = images.iter().map(Vec::len).max().unwrap_or(1);
+    let rows: Vec<&[image::RgbImage]> = images.iter().map(Vec::as_slice).collect();
+    crate::io::save_png_grid(&rows, cols, path)
 }
 
 /// Mean of the last `n` losses (a smoother figure than the last step's loss).

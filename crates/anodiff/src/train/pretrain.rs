@@ -28,11 +28,6 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The tokenizer files written into the model folder (the vocabulary `ClipTokenizer::embedded`
-/// is built from), so the folder is a complete diffusers layout.
-const VOCAB: &str = include_str!("../../assets/clip/vocab.json");
-const MERGES: &str = include_str!("../../assets/clip/merges.txt");
-
 /// Timesteps of the held-out denoising loss.
 pub const HELD_OUT_T: [usize; 3] = [100, 500, 900];
 
@@ -259,7 +254,7 @@ pub fn pretrain(
             .take(o.samples)
             .collect();
         let path = o.out.join("samples.png");
-        write_grid(&[&samples, &real], 8, &path)?;
+        crate::io::save_png_grid(&[&samples, &real], 8, &path)?;
         Some(path)
     } else {
         None
@@ -344,37 +339,6 @@ pub fn sample_images(
         out.extend(tensor_to_rgb(&sd.decode(&x)?)?);
     }
     Ok(out)
-}
-
-/// Rows of images (each row wrapped every `cols` images), 2-px white gaps, as one PNG.
-pub fn write_grid(rows: &[&[image::RgbImage]], cols: usize, path: &Path) -> Result<()> {
-    let (w, h) = rows
-        .iter()
-        .flat_map(|r| r.iter())
-        .next()
-        .map(|i| (i.width(), i.height()))
-        .unwrap_or((1, 1));
-    let cols = cols.max(1);
-    let lines: usize = rows.iter().map(|r| r.len().div_ceil(cols).max(1)).sum();
-    let mut grid = image::RgbImage::from_pixel(
-        cols as u32 * (w + 2),
-        lines as u32 * (h + 2) + 4 * rows.len() as u32,
-        image::Rgb([255, 255, 255]),
-    );
-    let mut y0 = 0u32;
-    for row in rows {
-        for (i, img) in row.iter().enumerate() {
-            let (c, r) = ((i % cols) as u32, (i / cols) as u32);
-            image::imageops::replace(
-                &mut grid,
-                img,
-                (c * (w + 2)) as i64,
-                (y0 + r * (h + 2)) as i64,
-            );
-        }
-        y0 += row.len().div_ceil(cols).max(1) as u32 * (h + 2) + 4;
-    }
-    crate::io::save_png(path, &grid)
 }
 
 fn per_block(v: &PerBlock<usize>) -> Value {
@@ -508,8 +472,9 @@ pub fn save_pixel_model(dir: &Path, preset: &Preset, text: &Params, unet: &Param
         &dir.join("text_encoder/config.json"),
         &clip_config_json(&preset.text),
     )?;
-    crate::io::write_atomic(&dir.join("tokenizer/vocab.json"), VOCAB.as_bytes())?;
-    crate::io::write_atomic(&dir.join("tokenizer/merges.txt"), MERGES.as_bytes())?;
+    let (vocab, merges) = crate::sd::tokenizer::ClipTokenizer::embedded_files();
+    crate::io::write_atomic(&dir.join("tokenizer/vocab.json"), vocab.as_bytes())?;
+    crate::io::write_atomic(&dir.join("tokenizer/merges.txt"), merges.as_bytes())?;
     write_json(
         &dir.join("tokenizer/tokenizer_config.json"),
         &json!({"model_max_length": 77, "bos_token": "<|startoftext|>",
