@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod kernels;
 pub mod nn;
