@@ -3,4 +3,6 @@
 //! of the generation papers' protocol (METHODS.md A.7).
 
 pub mod npy;
+pub mod report;
+pub mod run;
 pub mod sources;

@@ -101,7 +101,7 @@ pub struct DemoPage {
     pub timings: Vec<(String, f64)>,
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
