@@ -6,6 +6,7 @@ pub mod demo;
 pub mod inpaint;
 pub mod lora_train;
 pub mod presets;
+pub mod report;
 pub mod pretrain;
 pub mod sample;
 pub mod split;
