@@ -167,7 +167,7 @@ fn all_sources_deterministic_sized_binary() {
                 p.mask.iter().all(|&v| v == 0 || v == 255),
                 "{spec}: mask not binary"
             );
-            assert!(p.mask.iter().any(|&v| v == 255), "{spec}: empty mask");
+            assert!(p.mask.contains(&255), "{spec}: empty mask");
         }
         println!("{spec}: ok");
     }
@@ -240,6 +240,27 @@ fn cutpaste_rect_mask_is_a_rectangle_of_the_right_area() {
 }
 
 #[test]
+fn scar_footprint_matches_strip_size_at_256() {
+    let mut ctx = ctx_with(
+        empty_split(&temp_dir("scar")),
+        vec![noise_image(256, 256, 5)],
+    );
+    ctx.size = 256;
+    let (mut lo, mut hi) = (usize::MAX, 0);
+    for p in draw("cutpaste-scar", &ctx, 4, 200) {
+        let n = p.mask.iter().filter(|&&v| v == 255).count();
+        lo = lo.min(n);
+        hi = hi.max(n);
+        // A w×h strip (2–16 × 10–25 px) covers about w·h pixel centres however it is rotated.
+        assert!(
+            (10..=16 * 25 + 2 * (16 + 25)).contains(&n),
+            "scar footprint {n} px"
+        );
+    }
+    println!("scar footprint at 256 px: {lo}..{hi} px");
+}
+
+#[test]
 fn fewshot_real_uses_only_train_defects_aligned() {
     let (ctx, _) = full_ctx("fewshot");
     let pairs = draw("fewshot-real", &ctx, 3, 200);
@@ -282,8 +303,7 @@ fn synthetic_sources_error_without_good_images() {
         let mut s = from_spec(spec, &ctx).unwrap();
         let e = s
             .sample(&mut StdRng::seed_from_u64(0))
-            .err()
-            .expect("must fail")
+            .expect_err("must fail")
             .to_string();
         assert!(e.contains("defect-free"), "{spec}: {e}");
     }
