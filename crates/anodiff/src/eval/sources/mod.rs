@@ -2,10 +2,20 @@
 //! yields (image, mask) pairs at the training resolution; the localisation trainer mixes them 50/50
 //! with defect-free images. `dir:PATH` is the slot for DualAnoDiff's generated pairs.
 
+pub mod cutpaste;
+pub mod dir;
+pub mod draem;
+pub mod fewshot;
+pub mod perlin;
+pub mod spec;
+
+pub use spec::{from_spec, preview_grid, SOURCE_SPECS};
+
 use crate::data::split::SplitManifest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use image::{GrayImage, RgbImage};
 use rand::rngs::StdRng;
+use rand::Rng;
 use std::sync::Arc;
 
 /// One defective training example: `mask` is 0/255, same size as `image`.
@@ -30,4 +40,26 @@ pub trait AnomalySource: Send {
     /// Draws one pair at `size`×`size`. All randomness comes from `rng`, so a seeded run is
     /// reproducible.
     fn sample(&mut self, rng: &mut StdRng) -> Result<AnomalyPair>;
+}
+
+impl SourceContext {
+    /// Index of a uniformly drawn good image, checking that there is one of the right size.
+    pub(crate) fn pick_good(&self, source: &str, rng: &mut StdRng) -> Result<usize> {
+        if self.good.is_empty() {
+            return Err(Error::invalid(format!(
+                "anomaly source `{source}` needs defect-free images, but the context has none"
+            )));
+        }
+        let i = rng.random_range(0..self.good.len());
+        let d = self.good[i].dimensions();
+        if d != (self.size, self.size) {
+            return Err(Error::invalid(format!(
+                "anomaly source `{source}`: good image {i} is {}x{}, expected {s}x{s}",
+                d.0,
+                d.1,
+                s = self.size
+            )));
+        }
+        Ok(i)
+    }
 }
