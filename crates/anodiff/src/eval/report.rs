@@ -37,7 +37,7 @@ const COLUMNS: &[(&str, &str)] = &[
     ("pixel_auroc", "pixel AUROC"),
     ("pixel_ap", "pixel AP"),
     ("pixel_f1_max", "pixel F1-max"),
-    ("aupro", "AU-PRO@0.3"),
+    ("pixel_aupro", "AU-PRO@0.3"),
 ];
 
 /// Writes `report.html` and its PNGs into the run folder; returns the page's path.
@@ -321,7 +321,7 @@ mod tests {
     #[test]
     fn table_shows_percent_and_na() {
         let m = serde_json::json!({
-            "per_defect": {"crack": {"image_auroc": 0.9123, "aupro": null}},
+            "per_defect": {"crack": {"image_auroc": 0.9123, "pixel_aupro": null}},
             "overall": {"image_auroc": 0.5}
         });
         let t = metrics_table(&m);

@@ -413,7 +413,11 @@ fn scheduler_config_json(c: &SchedulerConfig) -> Value {
             crate::sd::scheduler::BetaSchedule::ScaledLinear => "scaled_linear",
             crate::sd::scheduler::BetaSchedule::SquaredcosCapV2 => "squaredcos_cap_v2",
         },
-        "prediction_type": "epsilon",
+        "prediction_type": match c.prediction_type {
+            crate::sd::scheduler::PredictionType::Epsilon => "epsilon",
+            crate::sd::scheduler::PredictionType::VPrediction => "v_prediction",
+            crate::sd::scheduler::PredictionType::Sample => "sample",
+        },
         "steps_offset": c.steps_offset,
         "set_alpha_to_one": c.set_alpha_to_one,
         "clip_sample": c.clip_sample,
@@ -435,9 +439,6 @@ fn mkdir(p: &Path) -> Result<()> {
 /// `"anodiff_pixel_space": true` and no `vae` entry), `unet/`, `text_encoder/`, `tokenizer/`
 /// (the built-in CLIP vocabulary) and `scheduler/`.
 pub fn save_pixel_model(dir: &Path, preset: &Preset, text: &Params, unet: &Params) -> Result<()> {
-    if preset.scheduler.prediction_type != crate::sd::scheduler::PredictionType::Epsilon {
-        return Err(Error::invalid("pretrain saves ε-prediction models only"));
-    }
     for sub in ["unet", "text_encoder", "tokenizer", "scheduler"] {
         mkdir(&dir.join(sub))?;
     }
