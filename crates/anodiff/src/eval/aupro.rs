@@ -56,7 +56,7 @@ pub struct ProIntegrator {
     neg: u64,
     regions: u64,
     fp: u64,
-    pro_sum: f64,
+    pro_sum: CompensatedSum,
     prev: (f64, f64),
     area: f64,
     done: bool,
@@ -70,7 +70,7 @@ impl ProIntegrator {
             neg,
             regions,
             fp: 0,
-            pro_sum: 0.0,
+            pro_sum: CompensatedSum::default(),
             prev: (0.0, 0.0),
             area: 0.0,
             done: false,
@@ -83,9 +83,10 @@ impl ProIntegrator {
             return;
         }
         self.fp += fp;
-        self.pro_sum += pro;
+        self.pro_sum.add(pro);
         let x = self.fp as f64 / self.neg as f64;
-        let y = self.pro_sum / self.regions as f64;
+        // Clamped: rounding in the sum of 1/size must not push PRO above 1.
+        let y = (self.pro_sum.value() / self.regions as f64).min(1.0);
         let (px, py) = self.prev;
         if x >= self.limit {
             let y_lim = py + (y - py) * (self.limit - px) / (x - px);
@@ -101,7 +102,30 @@ impl ProIntegrator {
         if self.neg == 0 || self.regions == 0 {
             return f64::NAN;
         }
-        self.area / self.limit
+        (self.area / self.limit).min(1.0)
+    }
+}
+
+/// Neumaier-compensated sum: millions of 1/size terms stay accurate to a few ulps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CompensatedSum {
+    sum: f64,
+    c: f64,
+}
+
+impl CompensatedSum {
+    pub fn add(&mut self, x: f64) {
+        let t = self.sum + x;
+        if self.sum.abs() >= x.abs() {
+            self.c += (self.sum - t) + x;
+        } else {
+            self.c += (x - t) + self.sum;
+        }
+        self.sum = t;
+    }
+
+    pub fn value(&self) -> f64 {
+        self.sum + self.c
     }
 }
 

@@ -8,7 +8,7 @@
 //! Binned mode (`PixelScores::binned`) keeps fixed-size histograms over [lo, hi]: every bin is
 //! treated as one tie group, so the results are APPROXIMATE (error shrinks with more bins).
 
-use super::aupro::{label_regions, ProIntegrator};
+use super::aupro::{label_regions, CompensatedSum, ProIntegrator};
 use super::metrics::{key_value, sort_key, BinaryIntegrator, Step};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
@@ -306,6 +306,7 @@ fn sweep_exact(parts: &[ExactPart], visit: &mut impl FnMut(Step)) {
             fp: 0,
             pro: 0.0,
         };
+        let mut pro = CompensatedSum::default();
         for (k, (neg, pos, inv)) in parts.iter().enumerate() {
             let mut i = ni[k];
             while i > 0 && neg[i - 1] == key {
@@ -315,12 +316,13 @@ fn sweep_exact(parts: &[ExactPart], visit: &mut impl FnMut(Step)) {
             ni[k] = i;
             let mut j = pi[k];
             while j > 0 && pos[j - 1].0 == key {
-                step.pro += inv[pos[j - 1].1 as usize];
+                pro.add(inv[pos[j - 1].1 as usize]);
                 j -= 1;
             }
             step.tp += (pi[k] - j) as u64;
             pi[k] = j;
         }
+        step.pro = pro.value();
         visit(step);
     }
 }
