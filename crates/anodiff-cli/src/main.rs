@@ -44,6 +44,8 @@ enum Command {
     SynthDataset(commands::synth_dataset::Args),
     /// Validate an MVTec-layout dataset and list every problem file.
     DatasetCheck(commands::dataset_check::Args),
+    /// Score anomaly predictions against a split: image/pixel AUROC, AP, F1-max, AU-PRO.
+    Eval(commands::eval::Args),
     /// Write report.html for an evaluation run: metrics per defect type, input / ground truth / anomaly map.
     Report(commands::report::Args),
 }
@@ -65,6 +67,7 @@ fn main() {
         Command::Split(a) => commands::split::run(a),
         Command::SynthDataset(a) => commands::synth_dataset::run(a),
         Command::DatasetCheck(a) => commands::dataset_check::run(a),
+        Command::Eval(a) => commands::eval::run(a),
         Command::Report(a) => commands::report::run(a),
     };
     if let Err(e) = result {

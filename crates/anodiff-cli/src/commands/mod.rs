@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod dataset_check;
 pub mod demo;
+pub mod eval;
 pub mod inpaint;
 pub mod lora_train;
 pub mod presets;
