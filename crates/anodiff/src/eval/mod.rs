@@ -2,5 +2,6 @@
 //! anomaly sources (the baselines DualAnoDiff must beat) and the downstream localisation network
 //! of the generation papers' protocol (METHODS.md A.7).
 
+pub mod localisation;
 pub mod npy;
 pub mod sources;
