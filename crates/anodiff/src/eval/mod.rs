@@ -4,6 +4,7 @@
 
 pub mod aupro;
 pub mod evaluate;
+pub mod localisation;
 pub mod metrics;
 pub mod npy;
 pub mod pixels;
