@@ -17,6 +17,9 @@ pub enum What {
     Ops(OpsArgs),
     /// One UNet forward of a preset at a given image size (median of --repeats runs).
     Unet(UnetArgs),
+    /// The downstream-detector benchmark (METHODS.md A.7): train the localisation network on an
+    /// anomaly source for several seeds, predict, evaluate; mean ± std of all metrics.
+    Localisation(super::bench_localisation::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -83,6 +86,7 @@ pub fn run(a: Args) -> Result<()> {
                 print!("{}", anodiff::bench::ops::table(&rows, &torch));
             }
         }
+        What::Localisation(l) => super::bench_localisation::run(l)?,
         What::Unet(u) => {
             let o = UnetBenchOptions {
                 preset: u.preset,

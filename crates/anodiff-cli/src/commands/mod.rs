@@ -1,14 +1,15 @@
 //! One file per subcommand.
 
 pub mod bench;
+pub mod bench_localisation;
 pub mod dataset_check;
 pub mod demo;
 pub mod eval;
 pub mod inpaint;
 pub mod lora_train;
 pub mod presets;
-pub mod report;
 pub mod pretrain;
+pub mod report;
 pub mod sample;
 pub mod split;
 pub mod synth_dataset;

@@ -3,6 +3,7 @@
 //! of the generation papers' protocol (METHODS.md A.7).
 
 pub mod aupro;
+pub mod benchmark;
 pub mod evaluate;
 pub mod localisation;
 pub mod metrics;

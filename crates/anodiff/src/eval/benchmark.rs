@@ -1,0 +1,347 @@
+//! `anodiff bench localisation`: the downstream-detector benchmark of the generation papers
+//! (METHODS.md A.7) for one dataset and one anomaly source over several seeds — split, train the
+//! localisation network, predict every evaluation image, evaluate, write the report — then
+//! mean ± std over seeds. A seed whose `metrics.json` exists with the same settings is reused, so
+//! an interrupted benchmark continues where it stopped.
+
+use super::evaluate::{evaluate, EvalOptions, EvalReport, MetricSet};
+use super::localisation::{self, Protocol};
+use super::predictions::{PredictionWriter, Predictions};
+use super::report::{write_report, ReportOptions};
+use super::run::RunLayout;
+use super::sources::{from_spec, SourceContext};
+use crate::data::mvtec::{MvtecDataset, OnBadFile};
+use crate::data::split::SplitManifest;
+use crate::error::{Error, Result};
+use crate::train::StepStats;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub dataset: PathBuf,
+    /// Anomaly source spec (`fewshot-real`, `cutpaste`, `cutpaste-scar`, `draem`, `dir:PATH`).
+    pub source: String,
+    pub seeds: Vec<u64>,
+    /// `paper` or `cpu` (for the record) and its settings.
+    pub protocol_name: String,
+    pub protocol: Protocol,
+    /// Runs go to `out/<dataset>/<source>/seed<k>/`.
+    pub out: PathBuf,
+    pub eval: EvalOptions,
+    pub report: bool,
+}
+
+/// Wall times of one seed, in seconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub train: f64,
+    pub predict: f64,
+    pub eval: f64,
+    pub total: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SeedRun {
+    pub seed: u64,
+    pub dir: PathBuf,
+    pub metrics: EvalReport,
+    pub timings: Timings,
+    /// True when an earlier, finished run was reused.
+    pub reused: bool,
+}
+
+/// What the caller's progress display is told.
+pub enum Progress<'a> {
+    Seed { seed: u64, index: usize, of: usize },
+    Train(&'a StepStats),
+    Predicted { done: usize, of: usize },
+    Evaluating,
+}
+
+/// A name usable as a folder: the dataset folder name, and the source with `dir:` paths
+/// reduced to their last component.
+pub fn slug(s: &str) -> String {
+    let s = match s.strip_prefix("dir:") {
+        Some(p) => format!(
+            "dir-{}",
+            Path::new(p)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
+        None => s.to_string(),
+    };
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+pub fn dataset_name(dataset: &Path) -> String {
+    dataset
+        .canonicalize()
+        .ok()
+        .as_deref()
+        .unwrap_or(dataset)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dataset".into())
+}
+
+/// The folder of one seed's run.
+pub fn seed_dir(o: &BenchOptions, seed: u64) -> PathBuf {
+    o.out
+        .join(slug(&dataset_name(&o.dataset)))
+        .join(slug(&o.source))
+        .join(format!("seed{seed}"))
+}
+
+/// Runs every seed (reusing finished ones) and returns them in order.
+pub fn run(o: &BenchOptions, mut progress: impl FnMut(Progress)) -> Result<Vec<SeedRun>> {
+    if o.seeds.is_empty() {
+        return Err(Error::invalid("bench localisation: no seeds given"));
+    }
+    o.protocol.validate()?;
+    let (ds, _) = MvtecDataset::open(&o.dataset, OnBadFile::Error)?;
+    let split = Arc::new(SplitManifest::few_shot(&ds)?);
+    let mut ctx: Option<SourceContext> = None;
+    let mut out = Vec::with_capacity(o.seeds.len());
+    for (i, &seed) in o.seeds.iter().enumerate() {
+        progress(Progress::Seed {
+            seed,
+            index: i,
+            of: o.seeds.len(),
+        });
+        let dir = seed_dir(o, seed);
+        if let Some(r) = finished(o, seed, &dir)? {
+            out.push(r);
+            continue;
+        }
+        // Defect-free training images are decoded and resized once for all seeds.
+        let ctx = match &ctx {
+            Some(c) => c.clone(),
+            None => {
+                let c = context(&split, o.protocol.size as u32)?;
+                ctx = Some(c.clone());
+                c
+            }
+        };
+        out.push(run_seed(o, seed, &dir, &split, &ctx, &mut progress)?);
+    }
+    Ok(out)
+}
+
+fn context(split: &Arc<SplitManifest>, size: u32) -> Result<SourceContext> {
+    use rayon::prelude::*;
+    let good = split
+        .train_good
+        .par_iter()
+        .map(|e| {
+            let img = split.load_image(e)?;
+            Ok(image::imageops::resize(
+                &img,
+                size,
+                size,
+                image::imageops::FilterType::Triangle,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SourceContext {
+        split: split.clone(),
+        good: Arc::new(good),
+        size,
+    })
+}
+
+/// The settings a finished run must match to be reused.
+fn settings(o: &BenchOptions, seed: u64) -> serde_json::Value {
+    json!({
+        "dataset": o.dataset.canonicalize().unwrap_or_else(|_| o.dataset.clone()),
+        "source": o.source,
+        "seed": seed,
+        "protocol_name": o.protocol_name,
+        "protocol": o.protocol,
+        "eval": o.eval,
+    })
+}
+
+fn finished(o: &BenchOptions, seed: u64, dir: &Path) -> Result<Option<SeedRun>> {
+    let run = RunLayout::new(dir);
+    if !run.metrics().exists() || !run.info().exists() {
+        return Ok(None);
+    }
+    let info: serde_json::Value = read_json(&run.info())?;
+    if info.get("settings") != Some(&settings(o, seed)) {
+        return Ok(None);
+    }
+    let metrics: EvalReport = serde_json::from_value(read_json(&run.metrics())?)
+        .map_err(|e| Error::config(run.metrics(), e))?;
+    let timings: Timings = serde_json::from_value(info["timings"].clone())
+        .map_err(|e| Error::config(run.info(), e))?;
+    Ok(Some(SeedRun {
+        seed,
+        dir: dir.to_path_buf(),
+        metrics,
+        timings,
+        reused: true,
+    }))
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::config(path, e))
+}
+
+fn run_seed(
+    o: &BenchOptions,
+    seed: u64,
+    dir: &Path,
+    split: &Arc<SplitManifest>,
+    ctx: &SourceContext,
+    progress: &mut impl FnMut(Progress),
+) -> Result<SeedRun> {
+    let run = RunLayout::new(dir);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    split.save(&run.split())?;
+    let t0 = Instant::now();
+    let mut source = from_spec(&o.source, ctx)?;
+    let net = localisation::train(
+        ctx,
+        source.as_mut(),
+        &o.protocol,
+        seed,
+        Some(&run.train_dir()),
+        |s| progress(Progress::Train(s)),
+    )?;
+    let train = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let of = split.eval_good.len() + split.defects.values().map(|d| d.test.len()).sum::<usize>();
+    let mut writer = PredictionWriter::create(&run.predictions())?;
+    let mut done = 0;
+    localisation::predict(&net, split, &o.protocol, |defect, stem, map, score| {
+        writer.write(defect, stem, &map, score)?;
+        done += 1;
+        progress(Progress::Predicted { done, of });
+        Ok(())
+    })?;
+    writer.finish()?;
+    let predict = t1.elapsed().as_secs_f64();
+
+    let t2 = Instant::now();
+    progress(Progress::Evaluating);
+    let pred = Predictions::open(&run.predictions())?;
+    let metrics = evaluate(split, &pred, &o.eval)?;
+    metrics.save_json(&run.metrics())?;
+    let eval = t2.elapsed().as_secs_f64();
+    let timings = Timings {
+        train,
+        predict,
+        eval,
+        total: t0.elapsed().as_secs_f64(),
+    };
+    let info = json!({
+        "name": format!("{} / {} / seed {seed} / {} protocol",
+            dataset_name(&o.dataset), o.source, o.protocol_name),
+        "settings": settings(o, seed),
+        "timings": timings,
+        "threads": rayon::current_num_threads(),
+    });
+    crate::io::write_atomic(
+        &run.info(),
+        serde_json::to_string_pretty(&info)
+            .map_err(|e| Error::invalid(e.to_string()))?
+            .as_bytes(),
+    )?;
+    if o.report {
+        write_report(&run, &ReportOptions::default())?;
+    }
+    Ok(SeedRun {
+        seed,
+        dir: dir.to_path_buf(),
+        metrics,
+        timings,
+        reused: false,
+    })
+}
+
+/// Mean and sample standard deviation (n − 1; 0 for one value), ignoring NaN.
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let s = if v.len() > 1 {
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (m, s)
+}
+
+const FIELDS: [(&str, fn(&MetricSet) -> f64); 7] = [
+    ("image AUROC", |m| m.image_auroc),
+    ("image AP", |m| m.image_ap),
+    ("image F1-max", |m| m.image_f1_max),
+    ("pixel AUROC", |m| m.pixel_auroc),
+    ("pixel AP", |m| m.pixel_ap),
+    ("pixel F1-max", |m| m.pixel_f1_max),
+    ("AU-PRO", |m| m.pixel_aupro),
+];
+
+fn cell(sets: &[MetricSet], f: fn(&MetricSet) -> f64) -> String {
+    let xs: Vec<f64> = sets.iter().map(|m| 100.0 * f(m)).collect();
+    match mean_std(&xs) {
+        (m, _) if !m.is_finite() => "n/a".into(),
+        (m, s) => format!("{m:.1} ± {s:.1}"),
+    }
+}
+
+/// Markdown: one overall row for this (dataset, source), then per-defect rows, in percent
+/// (mean ± std over seeds), with the mean wall time per run.
+pub fn summary_markdown(o: &BenchOptions, runs: &[SeedRun]) -> String {
+    let mut s = String::from("| dataset | source | defect |");
+    for (h, _) in FIELDS {
+        s.push_str(&format!(" {h} |"));
+    }
+    s.push_str(" wall time / run |\n|---|---|---|");
+    s.push_str(&"---|".repeat(FIELDS.len() + 1));
+    s.push('\n');
+    let (wall, wall_sd) = mean_std(&runs.iter().map(|r| r.timings.total).collect::<Vec<_>>());
+    let name = dataset_name(&o.dataset);
+    let mut row = |defect: &str, sets: Vec<MetricSet>, time: String| {
+        s.push_str(&format!("| {name} | {} | {defect} |", o.source));
+        for (_, f) in FIELDS {
+            s.push_str(&format!(" {} |", cell(&sets, f)));
+        }
+        s.push_str(&format!(" {time} |\n"));
+    };
+    row(
+        "**all**",
+        runs.iter().map(|r| r.metrics.overall).collect(),
+        format!("{:.0} ± {:.0} s", wall, wall_sd),
+    );
+    let defects: Vec<String> = runs
+        .first()
+        .map(|r| r.metrics.per_defect.keys().cloned().collect())
+        .unwrap_or_default();
+    for d in defects {
+        let sets = runs
+            .iter()
+            .filter_map(|r| r.metrics.per_defect.get(&d).copied())
+            .collect();
+        row(&d, sets, String::new());
+    }
+    s
+}
