@@ -385,6 +385,6 @@ mod tests {
         let scores: Vec<f32> = s1.iter().chain(&s2).copied().collect();
         let labels: Vec<bool> = m1.iter().chain(&m2).copied().collect();
         assert_eq!(one.auroc, super::super::metrics::auroc(&scores, &labels));
-        assert_eq!(one.regions, 3);
+        assert_eq!(one.regions, 2);
     }
 }

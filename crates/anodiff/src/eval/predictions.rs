@@ -164,3 +164,56 @@ impl Predictions {
             .map(|((d, s), v)| (d.as_str(), s.as_str(), *v))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("anodiff-pred-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn roundtrip() {
+        let dir = tmp("rt");
+        let map = Map2::new(2, 3, vec![0.5, -1.0, 2.0, 0.0, 1e-7, 3.25]).unwrap();
+        let mut w = PredictionWriter::create(&dir).unwrap();
+        w.write("crack", "000", &map, 0.123_456_79).unwrap();
+        w.write("good", "001", &map, -2.5).unwrap();
+        assert!(w.write("good", "001", &map, 1.0).is_err());
+        assert!(w.write("a/b", "x", &map, 1.0).is_err());
+        assert!(w.write("good", "x", &map, f32::NAN).is_err());
+        w.finish().unwrap();
+        let p = Predictions::open(&dir).unwrap();
+        assert_eq!(p.score("crack", "000"), Some(0.123_456_79));
+        assert_eq!(p.score("good", "001"), Some(-2.5));
+        assert_eq!(p.score("good", "002"), None);
+        assert_eq!(p.map("good", "001").unwrap(), map);
+        let e = p.map("good", "002").unwrap_err().to_string();
+        assert!(e.contains("002.npy") && e.contains("missing"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn csv_errors_name_file_and_line() {
+        let dir = tmp("csv");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (text, want) in [
+            ("defect,stem\n", "line 1"),
+            ("defect,stem,score\ngood,000,0.5\ngood,001\n", "line 3"),
+            ("defect,stem,score\ngood,000,abc\n", "line 2"),
+            (
+                "defect,stem,score\ngood,000,1\ngood,000,2\n",
+                "listed twice",
+            ),
+            ("", "empty file"),
+        ] {
+            std::fs::write(dir.join(SCORES_FILE), text).unwrap();
+            let e = Predictions::open(&dir).unwrap_err().to_string();
+            assert!(e.contains("scores.csv") && e.contains(want), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
