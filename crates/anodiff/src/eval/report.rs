@@ -66,14 +66,12 @@ pub fn write_report(run: &RunLayout, opts: &ReportOptions) -> Result<PathBuf> {
          <h1>{t}</h1>",
         t = esc(&title)
     );
-    if let Value::Object(m) = &info {
+    if info.is_object() {
         s.push_str("<h2>Run</h2><table>");
-        for (k, v) in m {
-            let v = match v {
-                Value::String(x) => x.clone(),
-                other => other.to_string(),
-            };
-            let _ = write!(s, "<tr><td>{}</td><td>{}</td></tr>", esc(k), esc(&v));
+        let mut rows = Vec::new();
+        flatten("", &info, &mut rows);
+        for (k, v) in rows {
+            let _ = write!(s, "<tr><td>{}</td><td>{}</td></tr>", esc(&k), esc(&v));
         }
         s.push_str("</table>");
     }
@@ -160,6 +158,27 @@ pub fn write_report(run: &RunLayout, opts: &ReportOptions) -> Result<PathBuf> {
     let out = run.report_html();
     crate::io::write_atomic(&out, s.as_bytes())?;
     Ok(out)
+}
+
+/// Nested objects become `a.b` rows; numbers that look like seconds keep 1 decimal.
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, x, out);
+            }
+        }
+        Value::String(x) => out.push((prefix.to_string(), x.clone())),
+        Value::Number(n) if prefix.starts_with("timings.") => {
+            out.push((prefix.to_string(), format!("{:.1} s", n.as_f64().unwrap_or(f64::NAN))))
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -316,6 +335,21 @@ mod tests {
         assert_eq!(colormap(1.0), Rgb([255, 0, 0]));
         assert_eq!(colormap(0.5), Rgb([0, 255, 0]));
         assert_eq!(colormap(-3.0), colormap(0.0));
+    }
+
+    #[test]
+    fn run_info_is_flattened() {
+        let mut rows = Vec::new();
+        let v = serde_json::json!({"a": {"b": 1, "c": "x"}, "timings": {"train": 12.345}});
+        flatten("", &v, &mut rows);
+        assert_eq!(
+            rows,
+            vec![
+                ("a.b".to_string(), "1".to_string()),
+                ("a.c".to_string(), "x".to_string()),
+                ("timings.train".to_string(), "12.3 s".to_string())
+            ]
+        );
     }
 
     #[test]
