@@ -87,7 +87,8 @@ impl Protocol {
                 "localisation protocol: width, batch, epochs and samples_per_epoch must be >= 1",
             ));
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) || !(self.lr_decay > 0.0) {
+        let positive = |v: f64| v > 0.0 && v.is_finite();
+        if !positive(self.lr) || !positive(self.lr_decay) {
             return Err(Error::invalid(format!(
                 "localisation protocol: lr ({}) and lr_decay ({}) must be positive",
                 self.lr, self.lr_decay
