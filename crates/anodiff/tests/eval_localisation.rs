@@ -489,6 +489,24 @@ fn resumed_run_matches_uninterrupted_run_and_reloads() {
         worst = worst.max(d);
     }
     println!("resume: max weight difference {worst}");
+    // "Resuming" a finished run trains nothing and returns its final weights.
+    let mut again = 0;
+    let done = train(&ctx, &mut src, &protocol, 11, Some(&full_dir), |_| {
+        again += 1
+    })
+    .unwrap();
+    assert_eq!(again, 0);
+    for ((n, a), (_, b)) in full.tensors().iter().zip(done.tensors()) {
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d == 0.0, "finished run reloaded: {n} differs by {d}");
+    }
     // A different protocol cannot resume this run directory.
     let other = tiny_protocol(32, 2, 80, 4, 2e-3);
     assert!(train(&ctx, &mut src, &other, 11, Some(&part_dir), |_| {}).is_err());
@@ -554,4 +572,155 @@ fn bench_cpu_protocol() {
         step * full.steps() as f64,
         per_img * 450.0
     );
+}
+
+/// CutPaste stand-in for real data: a random patch of one good image, brightness-jittered, pasted
+/// at a random place of another.
+struct CutPaste {
+    good: Arc<Vec<RgbImage>>,
+    size: u32,
+}
+
+impl AnomalySource for CutPaste {
+    fn name(&self) -> &str {
+        "test:cutpaste"
+    }
+
+    fn sample(&mut self, rng: &mut StdRng) -> anodiff::Result<AnomalyPair> {
+        let s = self.size;
+        let n = self.good.len();
+        let mut image = self.good[rng.random_range(0..n)].clone();
+        let donor = &self.good[rng.random_range(0..n)];
+        let mut mask = GrayImage::new(s, s);
+        let (rw, rh) = (
+            rng.random_range(s / 16..s / 4),
+            rng.random_range(s / 16..s / 4),
+        );
+        let (sx, sy) = (rng.random_range(0..s - rw), rng.random_range(0..s - rh));
+        let (dx, dy) = (rng.random_range(0..s - rw), rng.random_range(0..s - rh));
+        let gain = if rng.random_bool(0.5) {
+            rng.random_range(0.3..0.7f32)
+        } else {
+            rng.random_range(1.4..2.2f32)
+        };
+        for y in 0..rh {
+            for x in 0..rw {
+                let p = donor.get_pixel(sx + x, sy + y).0;
+                let q = p.map(|v| (v as f32 * gain).clamp(0.0, 255.0) as u8);
+                image.put_pixel(dx + x, dy + y, Rgb(q));
+                mask.put_pixel(dx + x, dy + y, Luma([255]));
+            }
+        }
+        Ok(AnomalyPair { image, mask })
+    }
+}
+
+/// One real run on MTD (`LOC_SPLIT=path/to/split.json`, run with `--ignored --nocapture`):
+/// trains `Protocol::cpu()` with the CutPaste stand-in and reports the mean anomaly probability
+/// inside vs outside the test masks per defect type.
+#[test]
+#[ignore]
+fn mtd_real_run() {
+    let Ok(split_path) = std::env::var("LOC_SPLIT") else {
+        println!("LOC_SPLIT not set: skipping");
+        return;
+    };
+    let split = SplitManifest::load(std::path::Path::new(&split_path)).unwrap();
+    let protocol = Protocol::cpu();
+    let s = protocol.size as u32;
+    let t0 = Instant::now();
+    let good: Vec<RgbImage> = split
+        .train_good
+        .iter()
+        .map(|e| {
+            let img = split.load_image(e).unwrap();
+            image::imageops::resize(&img, s, s, image::imageops::FilterType::Triangle)
+        })
+        .collect();
+    let ctx = SourceContext {
+        split: Arc::new(split.clone()),
+        good: Arc::new(good),
+        size: s,
+    };
+    let t_load = t0.elapsed().as_secs_f64();
+    let mut src = CutPaste {
+        good: ctx.good.clone(),
+        size: s,
+    };
+    let run_dir = std::env::var("LOC_RUN_DIR").ok().map(PathBuf::from);
+    let t1 = Instant::now();
+    let mut losses = Vec::new();
+    let net = train(&ctx, &mut src, &protocol, 0, run_dir.as_deref(), |st| {
+        losses.push(st.loss)
+    })
+    .unwrap();
+    let t_train = t1.elapsed().as_secs_f64();
+    let masks: BTreeMap<(String, String), PathBuf> = split
+        .defects
+        .iter()
+        .flat_map(|(d, ds)| ds.test.iter().map(move |e| (d, e)))
+        .filter_map(|(d, e)| {
+            e.mask
+                .as_ref()
+                .map(|m| ((d.clone(), e.stem.clone()), split.resolve(m)))
+        })
+        .collect();
+    // Per defect: (sum inside, n inside, sum outside, n outside, scores).
+    let mut acc: BTreeMap<String, (f64, usize, f64, usize, Vec<f32>)> = BTreeMap::new();
+    let t2 = Instant::now();
+    let mut n_images = 0;
+    predict(&net, &split, &protocol, |defect, stem, map, score| {
+        n_images += 1;
+        let a = acc.entry(defect.to_string()).or_default();
+        a.4.push(score);
+        let mask = masks
+            .get(&(defect.to_string(), stem.to_string()))
+            .map(|p| image::open(p).unwrap().to_luma8());
+        for (i, v) in map.data.iter().enumerate() {
+            let inside = mask.as_ref().is_some_and(|m| m.as_raw()[i] >= 128);
+            if inside {
+                a.0 += *v as f64;
+                a.1 += 1;
+            } else {
+                a.2 += *v as f64;
+                a.3 += 1;
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    let t_pred = t2.elapsed().as_secs_f64();
+    println!(
+        "MTD cpu protocol: load {t_load:.1}s, train {} steps {t_train:.1}s (loss {:.4} → {:.4}), \
+         predict {n_images} images {t_pred:.1}s",
+        losses.len(),
+        losses[..10].iter().sum::<f64>() / 10.0,
+        losses[losses.len() - 10..].iter().sum::<f64>() / 10.0
+    );
+    let good_scores = acc.get("good").map(|a| a.4.clone()).unwrap_or_default();
+    for (d, (si, ni, so, no, scores)) in &acc {
+        // Image AUROC of this defect type vs the good eval images.
+        let auroc = if d == "good" {
+            f64::NAN
+        } else {
+            let mut wins = 0f64;
+            for &p in scores {
+                for &g in &good_scores {
+                    wins += if p > g {
+                        1.0
+                    } else if p == g {
+                        0.5
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            wins / (scores.len() * good_scores.len()) as f64
+        };
+        println!(
+            "{d:>8}: mean prob inside {:.3} outside {:.3}; image AUROC vs good {auroc:.3}",
+            si / (*ni).max(1) as f64,
+            so / (*no).max(1) as f64
+        );
+    }
 }

@@ -43,19 +43,21 @@ impl Protocol {
         }
     }
 
-    /// A CPU budget: one run (training + predicting ~450 MTD test images) in about 2–3 min on
-    /// one thread. Chosen by measurement (see the module's tests / the branch report):
-    /// 64 px and width 8 make a step ~100× cheaper than 256 px × width 64 at equal batch
-    /// (∝ pixels × width²), and 2400 samples are ~40× fewer than the paper's 100 000. With
-    /// ~1000× less compute the paper's lr of 1e-4 would barely leave the initialisation, so the
-    /// lr is 1e-3 (Adam's usual default, stable for this small GroupNorm U-Net), with the same
+    /// A CPU budget: one run (training + predicting ~450 MTD test images) in about 2 min on one
+    /// thread. Chosen by measurement (`bench_cpu_protocol` in tests/eval_localisation.rs, on a
+    /// shared 2-core machine): at 64 px, width 8, batch 8 a step takes 0.23–0.36 s with 1 thread
+    /// and 0.8–1.2 s with 2 (candle's per-op thread barrier dominates these small tensors), a
+    /// predicted image ~0.01 s; width 16 or 96 px would double the step. 3000 samples (375 steps)
+    /// are ~33× fewer than the paper's 100 000 at ~100× less compute per sample. With ~1000×
+    /// less compute in all, the paper's lr of 1e-4 would barely leave the initialisation, so the
+    /// lr is 1e-3 (Adam's usual default; stable for this small GroupNorm U-Net), with the paper's
     /// relative decay points.
     pub fn cpu() -> Self {
         Self {
             size: 64,
             width: 8,
-            epochs: 10,
-            samples_per_epoch: 240,
+            epochs: 12,
+            samples_per_epoch: 250,
             batch: 8,
             lr: 1e-3,
             lr_decay_at: vec![0.8, 0.9],
@@ -87,7 +89,8 @@ impl Protocol {
                 "localisation protocol: width, batch, epochs and samples_per_epoch must be >= 1",
             ));
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) || !(self.lr_decay > 0.0) {
+        let positive = |v: f64| v > 0.0 && v.is_finite();
+        if !positive(self.lr) || !positive(self.lr_decay) {
             return Err(Error::invalid(format!(
                 "localisation protocol: lr ({}) and lr_decay ({}) must be positive",
                 self.lr, self.lr_decay

@@ -177,8 +177,12 @@ pub fn train(
         let logits = net.forward(&x)?;
         Ok(focal_loss(&logits, &m, 2.0)?)
     };
-    for (end, lr) in protocol.phases() {
-        if done >= end {
+    let phases = protocol.phases();
+    let last = phases.len() - 1;
+    for (i, &(end, lr)) in phases.iter().enumerate() {
+        // Finished phases are skipped, except the last: resuming a finished run must still load
+        // its final weights.
+        if done >= end && i < last {
             continue;
         }
         let cfg = TrainConfig {
@@ -203,6 +207,7 @@ pub fn train(
         if checkpoint::latest(&dir).is_some() {
             trainer.resume(&dir)?;
         }
+        let start = trainer.step();
         while trainer.step() < end {
             let s = trainer.train_step(&mut loss_fn)?;
             progress(&s);
@@ -210,7 +215,9 @@ pub fn train(
                 trainer.save_checkpoint()?;
             }
         }
-        trainer.save_checkpoint()?;
+        if trainer.step() > start {
+            trainer.save_checkpoint()?;
+        }
     }
     // The returned net holds plain (detached) copies of the final weights, so prediction
     // records no autograd graph; it is exactly what `LocalisationNet::load` gives back.
