@@ -47,8 +47,9 @@ impl Protocol {
     /// thread. Chosen by measurement (`bench_cpu_protocol` in tests/eval_localisation.rs, on a
     /// shared 2-core machine): at 64 px, width 8, batch 8 a step takes 0.23–0.36 s with 1 thread
     /// and 0.8–1.2 s with 2 (candle's per-op thread barrier dominates these small tensors), a
-    /// predicted image ~0.01 s; width 16 or 96 px would double the step. 3000 samples (375 steps)
-    /// are ~33× fewer than the paper's 100 000 at ~100× less compute per sample. With ~1000×
+    /// predicted image ~0.01 s; width 16 or 96 px would double the step. 2400 samples (300 steps)
+    /// are ~40× fewer than the paper's 100 000 at ~100× less compute per sample (the baselines in
+    /// BENCHMARKS.md were run with exactly this budget: 24 runs had to fit one session). With ~1000×
     /// less compute in all, the paper's lr of 1e-4 would barely leave the initialisation, so the
     /// lr is 1e-3 (Adam's usual default; stable for this small GroupNorm U-Net), with the paper's
     /// relative decay points.
@@ -56,8 +57,8 @@ impl Protocol {
         Self {
             size: 64,
             width: 8,
-            epochs: 12,
-            samples_per_epoch: 250,
+            epochs: 10,
+            samples_per_epoch: 240,
             batch: 8,
             lr: 1e-3,
             lr_decay_at: vec![0.8, 0.9],
