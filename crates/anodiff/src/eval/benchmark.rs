@@ -290,7 +290,10 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     (m, s)
 }
 
-const FIELDS: [(&str, fn(&MetricSet) -> f64); 7] = [
+/// A metric's column header and how to read it from a set.
+type Field = (&'static str, fn(&MetricSet) -> f64);
+
+const FIELDS: [Field; 7] = [
     ("image AUROC", |m| m.image_auroc),
     ("image AP", |m| m.image_ap),
     ("image F1-max", |m| m.image_f1_max),
