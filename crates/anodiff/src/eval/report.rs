@@ -62,7 +62,7 @@ pub fn write_report(run: &RunLayout, opts: &ReportOptions) -> Result<PathBuf> {
          table{{border-collapse:collapse}}td,th{{padding:3px 9px;border-bottom:1px solid #ddd;\
          text-align:right}}th:first-child,td:first-child{{text-align:left}}\
          figure{{display:inline-block;margin:0 1em 1em 0;vertical-align:top}}\
-         figcaption{{font-size:85%;color:#444}}img{{border:1px solid #ccc}}</style>\
+         figcaption{{font-size:85%;color:#444;overflow-wrap:anywhere}}img{{border:1px solid #ccc}}</style>\
          <h1>{t}</h1>",
         t = esc(&title)
     );
@@ -145,8 +145,9 @@ pub fn write_report(run: &RunLayout, opts: &ReportOptions) -> Result<PathBuf> {
             crate::io::save_png(&assets.join(&file), &small)?;
             let _ = write!(
                 s,
-                "<figure><img src=\"report/{file}\" width={} height={} alt=\"{what}\">\
-                 <figcaption>{}{}</figcaption></figure>",
+                "<figure style=\"width:{}px\"><img src=\"report/{file}\" width={} height={} \
+                 alt=\"{what}\"><figcaption>{}{}</figcaption></figure>",
+                small.width(),
                 small.width(),
                 small.height(),
                 esc(&format!("{what}: {}/{}", defect, e.stem)),
@@ -174,9 +175,10 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
             }
         }
         Value::String(x) => out.push((prefix.to_string(), x.clone())),
-        Value::Number(n) if prefix.starts_with("timings.") => {
-            out.push((prefix.to_string(), format!("{:.1} s", n.as_f64().unwrap_or(f64::NAN))))
-        }
+        Value::Number(n) if prefix.starts_with("timings.") => out.push((
+            prefix.to_string(),
+            format!("{:.1} s", n.as_f64().unwrap_or(f64::NAN)),
+        )),
         other => out.push((prefix.to_string(), other.to_string())),
     }
 }
