@@ -70,6 +70,7 @@ fn short_pretrain_lowers_loss_and_writes_a_loadable_model() {
         resume: None,
         samples: 2,
         sample_steps: 2,
+        pixel_norm: true,
     };
     let t = std::time::Instant::now();
     let r = pretrain(&o, |_| {}).unwrap();

@@ -68,6 +68,7 @@ pub fn run(a: Args) -> Result<()> {
         resume: None,
         samples: a.samples,
         sample_steps: a.sample_steps,
+        pixel_norm: true,
     };
     let pb = bar(o.steps as u64, "demo: pretraining");
     let pb2 = pb.clone();

@@ -42,6 +42,10 @@ pub struct Args {
     /// DDIM steps per sample.
     #[arg(long, default_value_t = 50)]
     pub sample_steps: usize,
+    /// Denoise plain [-1, 1] pixels instead of pixels standardised with the training set's
+    /// per-channel mean and std (stored in model_index.json as `anodiff_pixel_norm`).
+    #[arg(long)]
+    pub no_pixel_norm: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -58,6 +62,7 @@ pub fn run(a: Args) -> Result<()> {
         resume: a.resume,
         samples: a.samples,
         sample_steps: a.sample_steps,
+        pixel_norm: !a.no_pixel_norm,
     };
     let pb = bar(o.steps as u64, "pretrain");
     let pb2 = pb.clone();

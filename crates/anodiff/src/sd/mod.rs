@@ -8,6 +8,7 @@ pub mod image;
 pub mod lora;
 pub mod noise;
 pub mod pipeline;
+pub mod pixel_norm;
 pub mod presets;
 pub mod resnet;
 pub mod scheduler;

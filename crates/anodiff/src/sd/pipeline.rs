@@ -12,7 +12,8 @@ use super::scheduler::{make_scheduler, Scheduler, SchedulerConfig, SchedulerKind
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
-use super::weights::ModelDir;
+use super::pixel_norm::PixelNorm;
+use super::weights::{read_json, ModelDir};
 use crate::error::{Error, Result};
 use crate::nn::Params;
 use candle_core::{DType, Device, Tensor};
@@ -24,6 +25,9 @@ pub struct StableDiffusion {
     /// The image <-> UNet-sample codec: `Some` for latent-space models (SD), `None` for
     /// pixel-space models, whose UNet denoises 3-channel images in [-1, 1] directly.
     pub vae: Option<AutoencoderKL>,
+    /// Pixel-space models only: the UNet denoises standardised pixels (see `pixel_norm.rs`);
+    /// `None` = plain [-1, 1].
+    pub pixel_norm: Option<PixelNorm>,
     pub unet: UNet2DConditionModel,
     pub scheduler_config: SchedulerConfig,
     /// The scheduler class named in `scheduler_config.json`, used when the caller names none.
@@ -75,6 +79,7 @@ impl StableDiffusion {
             } else {
                 Some(AutoencoderKL::new(&p.vae, &fresh(2))?)
             },
+            pixel_norm: None,
             unet: UNet2DConditionModel::new(&p.unet, &fresh(3))?,
             scheduler_config: p.scheduler.clone(),
             default_scheduler: SchedulerKind::Pndm,
@@ -92,6 +97,16 @@ impl StableDiffusion {
             None
         } else {
             Some(AutoencoderKL::load(&m.component("vae")?, device)?)
+        };
+        // Written by `anodiff pretrain` into model_index.json next to `anodiff_pixel_space`.
+        let pixel_norm = match (&vae, read_json::<serde_json::Value>(&m.root.join("model_index.json"))) {
+            (None, Ok(index)) => match index.get("anodiff_pixel_norm") {
+                Some(v) => Some(serde_json::from_value::<PixelNorm>(v.clone()).map_err(|e| {
+                    Error::config(m.root.join("model_index.json"), format!("anodiff_pixel_norm: {e}"))
+                })?),
+                None => None,
+            },
+            _ => None,
         };
         let sched = m.component("scheduler")?;
         let scheduler_config: SchedulerConfig = sched.json("scheduler_config.json")?;
@@ -116,6 +131,7 @@ impl StableDiffusion {
             tokenizer,
             text_encoder,
             vae,
+            pixel_norm,
             unet,
             scheduler_config,
             default_scheduler,
@@ -155,7 +171,7 @@ impl StableDiffusion {
     pub fn encode_mean(&self, images: &Tensor) -> Result<Tensor> {
         match &self.vae {
             Some(v) => Ok(v.scale_latent(&v.encode(images)?.mean)?),
-            None => Ok(images.clone()),
+            None => self.normalise_pixels(images),
         }
     }
 
@@ -168,7 +184,7 @@ impl StableDiffusion {
                 let eps = noise.draw(post.mean.dims(), &self.device)?;
                 Ok(v.scale_latent(&post.sample(&eps)?)?)
             }
-            None => Ok(images.clone()),
+            None => self.normalise_pixels(images),
         }
     }
 
@@ -371,7 +387,21 @@ impl StableDiffusion {
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         match &self.vae {
             Some(v) => Ok(v.decode(&v.unscale_latent(latents)?)?),
-            None => Ok(latents.clamp(-1f32, 1f32)?),
+            None => {
+                let x = match &self.pixel_norm {
+                    Some(n) => n.denormalise(latents)?,
+                    None => latents.clone(),
+                };
+                Ok(x.clamp(-1f32, 1f32)?)
+            }
+        }
+    }
+
+    /// Pixel space: images in [-1, 1] → the UNet's sample space.
+    fn normalise_pixels(&self, images: &Tensor) -> Result<Tensor> {
+        match &self.pixel_norm {
+            Some(n) => n.normalise(images),
+            None => Ok(images.clone()),
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::sd::clip::{ClipActivation, ClipTextConfig, ClipTextModel};
 use crate::sd::image::{rgb_to_tensor, tensor_to_rgb};
 use crate::sd::noise::SeededNoise;
 use crate::sd::pipeline::{SampleOptions, StableDiffusion};
+use crate::sd::pixel_norm::PixelNorm;
 use crate::sd::presets::Preset;
 use crate::sd::scheduler::{SchedulerConfig, SchedulerKind};
 use crate::sd::tokenizer::ClipTokenizer;
@@ -50,6 +51,8 @@ pub struct PretrainOptions {
     pub samples: usize,
     /// DDIM steps per sample.
     pub sample_steps: usize,
+    /// Standardise pixels per channel with the training set's statistics (see `PixelNorm`).
+    pub pixel_norm: bool,
 }
 
 impl Default for PretrainOptions {
@@ -67,6 +70,7 @@ impl Default for PretrainOptions {
             resume: None,
             samples: 8,
             sample_steps: 50,
+            pixel_norm: true,
         }
     }
 }
@@ -123,6 +127,7 @@ pub fn fresh_pixel_model(
         tokenizer: ClipTokenizer::embedded()?,
         text_encoder: ClipTextModel::new(&preset.text, &te_p)?,
         vae: None,
+        pixel_norm: None,
         unet: UNet2DConditionModel::new(&preset.unet, &unet_p)?,
         scheduler_config: preset.scheduler.clone(),
         default_scheduler: SchedulerKind::Ddim,
@@ -172,12 +177,17 @@ pub fn pretrain(
     // Resized once to 1/8 above the training side; each step takes a random crop and flips.
     let margin = (size + size / 8) as u32;
     let train = load_images(&ds.train_good, margin)?;
+    let (mut sd, te_p, unet_p) = fresh_pixel_model(&preset, o.seed, &dev)?;
+    if o.pixel_norm {
+        let norm = PixelNorm::from_images(&train)?;
+        sd.scheduler_config.clip_sample_range = norm.range_bound();
+        sd.pixel_norm = Some(norm);
+    }
+    // Held-out images in the space the UNet denoises.
     let test: Vec<Tensor> = load_images(&ds.test_good, size as u32)?
         .iter()
-        .map(|i| rgb_to_tensor(i, &dev))
+        .map(|i| sd.encode_mean(&rgb_to_tensor(i, &dev)?))
         .collect::<Result<_>>()?;
-
-    let (sd, te_p, unet_p) = fresh_pixel_model(&preset, o.seed, &dev)?;
     let mut vars: Vec<_> = te_p
         .vars()
         .into_iter()
@@ -235,7 +245,7 @@ pub fn pretrain(
             let (img, _) = a.apply(&train[i], None)?;
             xs.push(rgb_to_tensor(&img, &dev)?);
         }
-        let x0 = Tensor::cat(&xs, 0)?;
+        let x0 = sd.encode_mean(&Tensor::cat(&xs, 0)?)?;
         let (noise, t) = loss.draw(&x0, &mut batch.rng())?;
         // The text encoder is trained too, so its output is recomputed every step.
         let txt = sd.encode_text(&[&prompt])?.repeat((x0.dim(0)?, 1, 1))?;
@@ -244,7 +254,7 @@ pub fn pretrain(
     let train_secs = t0.elapsed().as_secs_f64();
 
     let model_dir = o.out.join("model");
-    save_pixel_model(&model_dir, &preset, &te_p, &unet_p)?;
+    save_pixel_model(&model_dir, &sd, &preset, &te_p, &unet_p)?;
     let held_out = held_out_loss(&sd, &loss, &test, &prompt, o.seed)?;
     let t1 = Instant::now();
     let grid = if o.samples > 0 {
@@ -449,7 +459,13 @@ fn mkdir(p: &Path) -> Result<()> {
 /// Writes a pixel-space model as a diffusers-style folder: `model_index.json` (with
 /// `"anodiff_pixel_space": true` and no `vae` entry), `unet/`, `text_encoder/`, `tokenizer/`
 /// (the built-in CLIP vocabulary) and `scheduler/`.
-pub fn save_pixel_model(dir: &Path, preset: &Preset, text: &Params, unet: &Params) -> Result<()> {
+pub fn save_pixel_model(
+    dir: &Path,
+    sd: &StableDiffusion,
+    preset: &Preset,
+    text: &Params,
+    unet: &Params,
+) -> Result<()> {
     for sub in ["unet", "text_encoder", "tokenizer", "scheduler"] {
         mkdir(&dir.join(sub))?;
     }
@@ -459,6 +475,7 @@ pub fn save_pixel_model(dir: &Path, preset: &Preset, text: &Params, unet: &Param
             "_class_name": "StableDiffusionPipeline",
             "anodiff_pixel_space": true,
             "anodiff_preset": preset.name,
+            "anodiff_pixel_norm": sd.pixel_norm,
             "text_encoder": ["transformers", "CLIPTextModel"],
             "tokenizer": ["transformers", "CLIPTokenizer"],
             "unet": ["diffusers", "UNet2DConditionModel"],
@@ -495,7 +512,7 @@ pub fn save_pixel_model(dir: &Path, preset: &Preset, text: &Params, unet: &Param
     )?;
     write_json(
         &dir.join("scheduler/scheduler_config.json"),
-        &scheduler_config_json(&preset.scheduler),
+        &scheduler_config_json(&sd.scheduler_config),
     )?;
     Ok(())
 }
