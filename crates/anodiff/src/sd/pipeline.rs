@@ -7,12 +7,12 @@ use super::attention::ForwardCtx;
 use super::clip::{ClipTextConfig, ClipTextModel};
 use super::guidance::{apply_cfg, uses_cfg};
 use super::noise::NoiseSource;
+use super::pixel_norm::PixelNorm;
 use super::presets::Preset;
 use super::scheduler::{make_scheduler, Scheduler, SchedulerConfig, SchedulerKind};
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
-use super::pixel_norm::PixelNorm;
 use super::weights::{read_json, ModelDir};
 use crate::error::{Error, Result};
 use crate::nn::Params;
@@ -99,10 +99,16 @@ impl StableDiffusion {
             Some(AutoencoderKL::load(&m.component("vae")?, device)?)
         };
         // Written by `anodiff pretrain` into model_index.json next to `anodiff_pixel_space`.
-        let pixel_norm = match (&vae, read_json::<serde_json::Value>(&m.root.join("model_index.json"))) {
+        let pixel_norm = match (
+            &vae,
+            read_json::<serde_json::Value>(&m.root.join("model_index.json")),
+        ) {
             (None, Ok(index)) => match index.get("anodiff_pixel_norm") {
                 Some(v) => Some(serde_json::from_value::<PixelNorm>(v.clone()).map_err(|e| {
-                    Error::config(m.root.join("model_index.json"), format!("anodiff_pixel_norm: {e}"))
+                    Error::config(
+                        m.root.join("model_index.json"),
+                        format!("anodiff_pixel_norm: {e}"),
+                    )
                 })?),
                 None => None,
             },

@@ -1,8 +1,9 @@
 //! Per-channel standardisation for pixel-space models: the UNet denoises (x − mean) / std rather
-//! than x ∈ [-1, 1] — the pixel-space counterpart of a VAE's scaling and shift factors. Dark,
-//! low-contrast categories (MTD: mean −0.43, std ≈ 0.2) otherwise make the UNet learn a large
-//! global offset from pure noise at high t, which GroupNorm makes slow: after 1000 updates it
-//! predicted −0.10, and the samples came out too bright.
+//! than x ∈ [-1, 1] — the pixel-space counterpart of a VAE's scaling and shift factors. Industrial
+//! images are often low-contrast (the demo's metal texture has std 0.076), so in [-1, 1] the
+//! texture is small next to the noise the UNet must remove; standardised, it has unit variance.
+//! Measured (1000 updates, 32 px): BSData samples kept the real palette and thread structure
+//! (grid mean grey 144 vs 151 for the real images).
 
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};

@@ -177,9 +177,7 @@ fn tiny() -> Preset {
 /// DDPM's linear betas (1e-4..0.02: almost no signal left at t = 999, which pixel-space models
 /// need) with x0 clipping to the image range, as pixel-space DDPM/DDIM use. v-prediction: with
 /// ε-prediction the x0 estimate at high t divides the ε error by √ᾱ_t (≈ 0.006 at t = 999); v
-/// keeps it bounded. On the demo the samples' tints then followed the data; MTD samples are still
-/// too bright after 1000 updates (x0 predicted from pure noise has mean −0.10 where the data has
-/// −0.43; GroupNorm makes a t-dependent global offset hard to learn; see issue #5).
+/// keeps it bounded. On the demo the samples' tints then followed the data.
 fn pixel_schedule() -> SchedulerConfig {
     SchedulerConfig {
         beta_start: 1e-4,

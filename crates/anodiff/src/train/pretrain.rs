@@ -259,10 +259,12 @@ pub fn pretrain(
     let t1 = Instant::now();
     let grid = if o.samples > 0 {
         let samples = sample_images(&sd, &prompt, o.samples, size, o.sample_steps, o.seed)?;
-        let real: Vec<image::RgbImage> = load_images(&ds.train_good, size as u32)?
-            .into_iter()
-            .take(o.samples)
-            .collect();
+        // Evenly spaced over the sorted list: the first files are often one capture run (MTD's
+        // first 126 are its darkest), which made good samples look wrongly bright beside them.
+        let n = ds.train_good.len();
+        let k = o.samples.min(n);
+        let picks: Vec<_> = (0..k).map(|i| ds.train_good[i * n / k].clone()).collect();
+        let real = load_images(&picks, size as u32)?;
         let path = o.out.join("samples.png");
         crate::io::save_png_grid(&[&samples, &real], 8, &path)?;
         Some(path)
@@ -325,7 +327,9 @@ pub fn held_out_loss(
                 let x = x0.narrow(0, start, len)?;
                 let e = noise.narrow(0, start, len)?;
                 let c = txt.repeat((len, 1, 1))?;
-                let l = loss.loss(&sd.unet, &x, &c, &e, &vec![t; len], &ctx)?.detach();
+                let l = loss
+                    .loss(&sd.unet, &x, &c, &e, &vec![t; len], &ctx)?
+                    .detach();
                 // The loss is a mean over the chunk; weight it by the chunk's share.
                 sum += l.to_scalar::<f32>()? as f64 * len as f64;
             }
