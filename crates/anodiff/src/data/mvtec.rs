@@ -111,6 +111,16 @@ impl ValidationReport {
     }
 }
 
+/// The category's name: the dataset folder's name (resolving `.` and `..`), if it has one.
+pub fn category_name(root: &Path) -> Option<String> {
+    root.canonicalize()
+        .ok()
+        .as_deref()
+        .unwrap_or(root)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+}
+
 /// One image of the dataset (not decoded).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {

@@ -13,6 +13,7 @@ use super::sources::{from_spec, SourceContext};
 use crate::data::mvtec::{MvtecDataset, OnBadFile};
 use crate::data::split::SplitManifest;
 use crate::error::{Error, Result};
+use crate::sd::weights::read_json;
 use crate::train::StepStats;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -87,14 +88,7 @@ pub fn slug(s: &str) -> String {
 }
 
 pub fn dataset_name(dataset: &Path) -> String {
-    dataset
-        .canonicalize()
-        .ok()
-        .as_deref()
-        .unwrap_or(dataset)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "dataset".into())
+    crate::data::mvtec::category_name(dataset).unwrap_or_else(|| "dataset".into())
 }
 
 /// The folder of one seed's run.
@@ -183,8 +177,7 @@ fn finished(o: &BenchOptions, seed: u64, dir: &Path) -> Result<Option<SeedRun>> 
     if info.get("settings") != Some(&settings(o, seed)) {
         return Ok(None);
     }
-    let metrics: EvalReport = serde_json::from_value(read_json(&run.metrics())?)
-        .map_err(|e| Error::config(run.metrics(), e))?;
+    let metrics: EvalReport = read_json(&run.metrics())?;
     let timings: Timings = serde_json::from_value(info["timings"].clone())
         .map_err(|e| Error::config(run.info(), e))?;
     Ok(Some(SeedRun {
@@ -194,11 +187,6 @@ fn finished(o: &BenchOptions, seed: u64, dir: &Path) -> Result<Option<SeedRun>> 
         timings,
         reused: true,
     }))
-}
-
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::config(path, e))
 }
 
 fn run_seed(

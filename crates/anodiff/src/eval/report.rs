@@ -2,15 +2,17 @@
 //! table per defect type, the training loss, and for a few test images of every type the input,
 //! its ground truth and the anomaly map over the input, side by side (PNGs next to the page).
 
-use super::npy::{self, Map2};
+use super::npy::Map2;
+use super::predictions::Predictions;
 use super::run::RunLayout;
 use crate::data::split::{SplitEntry, SplitManifest};
 use crate::error::{Error, Result};
+use crate::sd::weights::read_json;
 use crate::train::pretrain_report::{esc, loss_svg, read_loss_log};
 use image::{imageops, GrayImage, Rgb, RgbImage};
 use serde_json::Value;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Debug, Clone)]
 pub struct ReportOptions {
@@ -42,9 +44,9 @@ const COLUMNS: &[(&str, &str)] = &[
 
 /// Writes `report.html` and its PNGs into the run folder; returns the page's path.
 pub fn write_report(run: &RunLayout, opts: &ReportOptions) -> Result<PathBuf> {
-    let metrics = read_json(&run.metrics())?;
+    let metrics: Value = read_json(&run.metrics())?;
     let info = if run.info().exists() {
-        read_json(&run.info())?
+        read_json::<Value>(&run.info())?
     } else {
         Value::Null
     };
@@ -87,16 +89,14 @@ pub fn write_report(run: &RunLayout, opts: &ReportOptions) -> Result<PathBuf> {
         );
     }
 
-    let pred = run.predictions();
+    let pred = Predictions::open(&run.predictions())?;
     let shown = pick_examples(&split, opts.per_type);
     // One colour scale for every shown map, so panels can be compared.
-    let mut maps = Vec::with_capacity(shown.len());
-    for (defect, e) in &shown {
-        let path = pred.join(defect).join(format!("{}.npy", e.stem));
-        maps.push(npy::read(&path)?);
-    }
+    let maps = shown
+        .iter()
+        .map(|(defect, e)| pred.map(defect, &e.stem))
+        .collect::<Result<Vec<_>>>()?;
     let (lo, hi) = value_range(&maps);
-    let scores = read_scores(&pred.join("scores.csv"));
     let _ = write!(
         s,
         "<h2>Test images</h2><p>Each row: input, ground truth (white = defect), anomaly map over \
@@ -117,7 +117,7 @@ pub fn write_report(run: &RunLayout, opts: &ReportOptions) -> Result<PathBuf> {
         if (map.width as u32, map.height as u32) != img.dimensions() {
             return Err(Error::invalid(format!(
                 "{}: map is {}x{} but the image is {}x{}",
-                pred.join(defect).join(format!("{}.npy", e.stem)).display(),
+                pred.map_path(defect, &e.stem).display(),
                 map.width,
                 map.height,
                 img.width(),
@@ -129,10 +129,9 @@ pub fn write_report(run: &RunLayout, opts: &ReportOptions) -> Result<PathBuf> {
             gray_to_rgb(&mask),
             overlay(&img, &heat(map, lo, hi), 0.5),
         ];
-        let score = scores
-            .iter()
-            .find(|(d, st, _)| d == defect && st == &e.stem)
-            .map(|(_, _, v)| format!(", score {v:.4}"))
+        let score = pred
+            .score(defect, &e.stem)
+            .map(|v| format!(", score {v:.4}"))
             .unwrap_or_default();
         s.push_str("<div>");
         for (k, (panel, what)) in panels
@@ -181,27 +180,6 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
         )),
         other => out.push((prefix.to_string(), other.to_string())),
     }
-}
-
-fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::config(path, e))
-}
-
-/// `(defect, stem, score)` rows of `scores.csv`; an unreadable file shows no scores.
-fn read_scores(path: &Path) -> Vec<(String, String, f64)> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut it = l.rsplitn(2, ',');
-            let score = it.next()?.trim().parse().ok()?;
-            let (d, st) = it.next()?.split_once(',')?;
-            Some((d.to_string(), st.to_string(), score))
-        })
-        .collect()
 }
 
 fn fmt_metric(v: Option<&Value>) -> String {

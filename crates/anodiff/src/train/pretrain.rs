@@ -167,12 +167,7 @@ pub fn pretrain(
             o.dataset.display()
         )));
     }
-    let category = o
-        .dataset
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "object".into());
+    let category = crate::data::mvtec::category_name(&o.dataset).unwrap_or_else(|| "object".into());
     let prompt = category_prompt(&category);
     // Resized once to 1/8 above the training side; each step takes a random crop and flips.
     let margin = (size + size / 8) as u32;
