@@ -16,6 +16,7 @@ use super::protocol::Protocol;
 use crate::error::{Error, Result};
 use crate::eval::sources::{AnomalySource, SourceContext};
 use crate::nn::Params;
+use crate::sd::image::mask_to_tensor;
 use crate::train::{checkpoint, AdamWConfig, LrSchedule, StepStats, TrainConfig, Trainer};
 use candle_core::{Device, Tensor};
 use image::{GrayImage, RgbImage};
@@ -38,17 +39,6 @@ pub fn rgb_to_unit_tensor(img: &RgbImage, dev: &Device) -> Result<Tensor> {
         }
     }
     Ok(Tensor::from_vec(data, (3, h, w), dev)?)
-}
-
-/// `[1, H, W]` f32 in {0, 1} (mask values ≥ 128 are defect).
-pub fn mask_to_tensor(mask: &GrayImage, dev: &Device) -> Result<Tensor> {
-    let (w, h) = (mask.width() as usize, mask.height() as usize);
-    let data: Vec<f32> = mask
-        .as_raw()
-        .iter()
-        .map(|&v| if v >= 128 { 1.0 } else { 0.0 })
-        .collect();
-    Ok(Tensor::from_vec(data, (1, h, w), dev)?)
 }
 
 /// One training example drawn from `rng`: (image, mask), both `size`×`size`.
@@ -173,7 +163,7 @@ pub fn train(
             ms.push(mask_to_tensor(&mask, &dev)?);
         }
         let x = Tensor::stack(&xs, 0)?;
-        let m = Tensor::stack(&ms, 0)?;
+        let m = Tensor::cat(&ms, 0)?;
         let logits = net.forward(&x)?;
         Ok(focal_loss(&logits, &m, 2.0)?)
     };
