@@ -1,8 +1,10 @@
 //! The `anodiff` binary on the tiny diffusers fixture model: same seed → same bytes, and bad
 //! input gives a clear error and a non-zero exit, never a panic or a half-written file.
 
+mod common;
+use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/pipeline");
 const VOCAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../anodiff/assets/clip");
@@ -27,13 +29,6 @@ fn model(tag: &str, unet: &str) -> PathBuf {
     copy_dir(&fix.join("scheduler_pndm"), &dir.join("scheduler"));
     std::fs::write(dir.join("model_index.json"), b"{}").unwrap();
     dir
-}
-
-fn anodiff(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anodiff"))
-        .args(args)
-        .output()
-        .expect("run anodiff")
 }
 
 fn stderr(o: &Output) -> String {

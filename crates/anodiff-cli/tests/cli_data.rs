@@ -1,21 +1,7 @@
 //! The data commands end to end: synth-dataset → dataset-check → split, and clear failures.
 
-use std::process::{Command, Output};
-
-fn anodiff(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anodiff"))
-        .args(args)
-        .output()
-        .expect("run anodiff")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+mod common;
+use common::*;
 
 #[test]
 fn synth_check_split() {

@@ -1,25 +1,11 @@
 //! `anodiff eval` end to end on a tiny synthetic MVTec-layout dataset: a perfect predictor scores
 //! 100 everywhere; a missing or mis-sized map fails with exit code 1 and names the file.
 
+mod common;
 use anodiff::data::split::SplitManifest;
 use anodiff::eval::npy::Map2;
 use anodiff::eval::predictions::PredictionWriter;
-use std::process::{Command, Output};
-
-fn anodiff(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_anodiff"))
-        .args(args)
-        .output()
-        .expect("run anodiff")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::*;
 
 #[test]
 fn eval_perfect_missing_and_missized() {
