@@ -57,11 +57,11 @@ pub fn run(a: Args) -> Result<()> {
         },
         report: !a.no_report,
     };
-    let mut pb = None;
+    let mut pb: Option<indicatif::ProgressBar> = None;
     let runs = benchmark::run(&o, |p| match p {
         Progress::Seed { seed, index, of } => {
             if let Some(b) = pb.take() {
-                indicatif::ProgressBar::finish_and_clear(&b);
+                b.finish_and_clear();
             }
             eprintln!("seed {seed} ({}/{of})", index + 1);
         }
@@ -104,9 +104,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     let table = benchmark::summary_markdown(&o, &runs);
     println!("{table}");
-    let dir = benchmark::seed_dir(&o, 0);
-    let summary_dir = dir.parent().unwrap_or(&a.out);
-    anodiff::io::write_atomic(&summary_dir.join("summary.md"), table.as_bytes())?;
+    anodiff::io::write_atomic(
+        &benchmark::source_dir(&o).join("summary.md"),
+        table.as_bytes(),
+    )?;
     if let Some(p) = &a.append {
         let mut f = std::fs::OpenOptions::new()
             .create(true)

@@ -91,12 +91,16 @@ pub fn dataset_name(dataset: &Path) -> String {
     crate::data::mvtec::category_name(dataset).unwrap_or_else(|| "dataset".into())
 }
 
-/// The folder of one seed's run.
-pub fn seed_dir(o: &BenchOptions, seed: u64) -> PathBuf {
+/// The folder of this (dataset, source): one `seed<k>/` per seed, and `summary.md`.
+pub fn source_dir(o: &BenchOptions) -> PathBuf {
     o.out
         .join(slug(&dataset_name(&o.dataset)))
         .join(slug(&o.source))
-        .join(format!("seed{seed}"))
+}
+
+/// The folder of one seed's run.
+pub fn seed_dir(o: &BenchOptions, seed: u64) -> PathBuf {
+    source_dir(o).join(format!("seed{seed}"))
 }
 
 /// Runs every seed (reusing finished ones) and returns them in order.
