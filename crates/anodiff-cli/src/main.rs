@@ -51,6 +51,7 @@ enum Command {
 }
 
 fn main() {
+    anodiff::runtime::tune_allocator();
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
         // Must happen before the first parallel op creates the global thread pool.

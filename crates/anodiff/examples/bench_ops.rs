@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
         }
         None => Vec::new(),
     };
-    let rows = anodiff::bench::ops::run(iters, &[])?;
+    let rows = anodiff::bench::ops::run(iters, &[], true)?;
     print!("{}", anodiff::bench::ops::table(&rows, &torch));
     Ok(())
 }

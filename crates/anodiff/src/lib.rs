@@ -8,6 +8,7 @@ pub mod eval;
 pub mod io;
 pub mod kernels;
 pub mod nn;
+pub mod runtime;
 pub mod sd;
 pub mod train;
 

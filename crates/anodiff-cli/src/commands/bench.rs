@@ -33,6 +33,12 @@ pub struct OpsArgs {
     /// Print one JSON object of our median milliseconds.
     #[arg(long)]
     pub json: bool,
+    /// Time only these ops (repeatable), e.g. `--only conv_fwd_bwd`.
+    #[arg(long, value_name = "KEY")]
+    pub only: Vec<String>,
+    /// Skip candle's own path (slow; not needed for the PyTorch comparison).
+    #[arg(long)]
+    pub skip_candle: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,7 +65,8 @@ pub struct UnetArgs {
 pub fn run(a: Args) -> Result<()> {
     match a.what {
         What::Ops(o) => {
-            let rows = anodiff::bench::ops::run(o.iters, &[])?;
+            let only: Vec<&str> = o.only.iter().map(String::as_str).collect();
+            let rows = anodiff::bench::ops::run(o.iters, &only, !(o.skip_candle || o.json))?;
             if o.json {
                 let m: serde_json::Map<String, serde_json::Value> = rows
                     .iter()

@@ -44,8 +44,21 @@ fn conv(ours: bool, x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<T
     y.broadcast_add(&b.reshape((1, (), 1, 1))?)
 }
 
-/// Runs every op `iters` times per variant. `keys` filters (empty = all).
-pub fn run(iters: usize, keys: &[&str]) -> candle_core::Result<Vec<OpTiming>> {
+/// The op keys [`run`] knows, in its order.
+pub const KEYS: [&str; 5] = [
+    "conv_fwd",
+    "conv_fwd_bwd",
+    "groupnorm_silu_fwd_bwd",
+    "attention_fwd",
+    "attention_fwd_bwd",
+];
+
+/// Runs every op `iters` times with our kernels and, when `candle`, with candle's own path
+/// (`candle_ms` is NaN otherwise). `keys` filters (empty = all); an unknown key is an error.
+pub fn run(iters: usize, keys: &[&str], candle: bool) -> candle_core::Result<Vec<OpTiming>> {
+    if let Some(k) = keys.iter().find(|k| !KEYS.contains(k)) {
+        candle_core::bail!("unknown op `{k}` (known: {})", KEYS.join(", "))
+    }
     let want = |k: &str| keys.is_empty() || keys.contains(&k);
     let mut out = Vec::new();
     let x = Var::from_tensor(&randn(&[2, 320, 64, 64])?)?;
@@ -55,7 +68,10 @@ pub fn run(iters: usize, keys: &[&str]) -> candle_core::Result<Vec<OpTiming>> {
     let mut time = |key: &'static str, f: &dyn Fn(bool) -> candle_core::Result<()>| {
         if want(key) {
             let ours_ms = median_ms(iters, || f(true))?;
-            let candle_ms = median_ms(iters, || f(false))?;
+            let candle_ms = match candle {
+                true => median_ms(iters, || f(false))?,
+                false => f64::NAN,
+            };
             out.push(OpTiming {
                 key,
                 ours_ms,

@@ -3,6 +3,7 @@
 //! col2im; weight grad = dY·colᵀ accumulated over tiles) built from the same pieces.
 
 use super::gemm::{matmul, Mat};
+use super::winograd;
 use super::{slice, supported};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -17,11 +18,11 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
     if !supported(x) || x.dtype() != w.dtype() || x.rank() != 4 || w.rank() != 4 {
         return x.conv2d(w, padding, stride, 1, 1);
     }
-    conv2d_tiled(x, w, stride, padding, COL_BUDGET)
+    conv2d_with(x, w, stride, padding, COL_BUDGET, winograd::enabled())
 }
 
-/// [`conv2d`] with an explicit im2col budget (elements per tile); small budgets force many tiles
-/// (used by tests to exercise tiling on small images).
+/// [`conv2d`] on the im2col path with an explicit budget (elements per tile); small budgets force
+/// many tiles (used by tests to exercise tiling on small images).
 pub fn conv2d_tiled(
     x: &Tensor,
     w: &Tensor,
@@ -29,17 +30,37 @@ pub fn conv2d_tiled(
     padding: usize,
     budget: usize,
 ) -> Result<Tensor> {
+    conv2d_with(x, w, stride, padding, budget, false)
+}
+
+/// [`conv2d`] with the algorithm chosen by the caller: `winograd` allows Winograd for f32 stride-1
+/// 3×3 convolutions (F(4,3) when no gradient can flow through, F(2,3) when one can, see
+/// `winograd`); otherwise im2col tiles of `budget` elements.
+pub fn conv2d_with(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    budget: usize,
+    winograd: bool,
+) -> Result<Tensor> {
     if !supported(x) || x.dtype() != w.dtype() || x.rank() != 4 || w.rank() != 4 {
         return x.conv2d(w, padding, stride, 1, 1);
     }
     let x = x.contiguous()?;
     let w = w.contiguous()?;
+    let winograd = match (winograd, x.track_op() || w.track_op()) {
+        (false, _) => None,
+        (true, false) => Some(winograd::Tile::F4),
+        (true, true) => Some(winograd::Tile::F2),
+    };
     x.apply_op2(
         &w,
         Conv2dOp {
             stride,
             padding,
             budget,
+            winograd,
         },
     )
 }
@@ -97,6 +118,23 @@ impl Geo {
     /// 1×1, stride 1, no padding: the input image already is the column matrix.
     fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.s == 1 && self.p == 0
+    }
+    /// The Winograd variant to use given the preferred one: stride-1 3×3 with padding ≤ 2 (the
+    /// input gradient then has padding 2 − p), and enough tiles for wide GEMMs. Below
+    /// `MIN_TILES` the transformed weights ((m+2)²/9 × the weights) dominate the traffic and
+    /// im2col's single GEMM is faster (SD-1.5's 8×8 and 4×4 levels), so F(4,3) falls back to
+    /// F(2,3), and F(2,3) to im2col.
+    fn winograd(&self, want: Option<winograd::Tile>) -> Option<winograd::Tile> {
+        const MIN_TILES: usize = 64;
+        if !(self.kh == 3 && self.kw == 3 && self.s == 1 && self.p <= 2) {
+            return None;
+        }
+        let tiles = |m: usize| self.n * self.ho.div_ceil(m) * self.wo.div_ceil(m);
+        match want? {
+            winograd::Tile::F4 if tiles(4) >= MIN_TILES => Some(winograd::Tile::F4),
+            _ if tiles(2) >= MIN_TILES => Some(winograd::Tile::F2),
+            _ => None,
+        }
     }
     /// Output rows per im2col tile.
     fn tile_rows(&self) -> usize {
@@ -371,6 +409,8 @@ struct Conv2dOp {
     stride: usize,
     padding: usize,
     budget: usize,
+    /// Winograd variant where it applies (f32, stride-1 3×3); `None` = always im2col.
+    winograd: Option<winograd::Tile>,
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -386,6 +426,25 @@ impl CustomOp2 for Conv2dOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geo::new(l1.dims(), l2.dims(), self.stride, self.padding, self.budget)?;
+        if let (Some(tile), CpuStorage::F32(_), CpuStorage::F32(_)) =
+            (g.winograd(self.winograd), s1, s2)
+        {
+            let (x, w) = (
+                slice::<f32>(s1, l1, self.name())?,
+                slice::<f32>(s2, l2, self.name())?,
+            );
+            let plan = winograd::Plan {
+                n: g.n,
+                c: g.c,
+                h: g.h,
+                w: g.w,
+                o: g.o,
+                pad: g.p,
+            };
+            let u = winograd::transform_weights(w, g.o, g.c, false, tile);
+            let out = winograd::conv(&plan, x, &u, tile);
+            return Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.ho, g.wo))));
+        }
         let out = dispatch!(s1, l1, s2, l2, self.name(), |x, w| fwd(&g, x, w));
         Ok((out, Shape::from((g.n, g.o, g.ho, g.wo))))
     }
@@ -404,6 +463,7 @@ impl CustomOp2 for Conv2dOp {
             stride: self.stride,
             padding: self.padding,
             budget: self.budget,
+            winograd: self.winograd,
             x_dims: dims.0,
             w_dims: dims.1,
         };
@@ -424,6 +484,7 @@ struct BwdOp {
     stride: usize,
     padding: usize,
     budget: usize,
+    winograd: Option<winograd::Tile>,
     x_dims: Vec<usize>,
     w_dims: Vec<usize>,
 }
@@ -464,6 +525,26 @@ impl CustomOp2 for BwdData<'_> {
                 l1.dims()
             )
         }
+        if let (Some(tile), CpuStorage::F32(_), CpuStorage::F32(_)) =
+            (g.winograd(self.0.winograd), s1, s2)
+        {
+            // dX = dY ⋆ rot180(Wᵀ) with padding 2 − p: the forward transform on the gradient.
+            let (gy, w) = (
+                slice::<f32>(s1, l1, self.name())?,
+                slice::<f32>(s2, l2, self.name())?,
+            );
+            let plan = winograd::Plan {
+                n: g.n,
+                c: g.o,
+                h: g.ho,
+                w: g.wo,
+                o: g.c,
+                pad: 2 - g.p,
+            };
+            let u = winograd::transform_weights(w, g.o, g.c, true, tile);
+            let dx = winograd::conv(&plan, gy, &u, tile);
+            return Ok((CpuStorage::F32(dx), Shape::from(self.0.x_dims.clone())));
+        }
         let dx = dispatch!(s1, l1, s2, l2, self.name(), |gy, w| bwd_data(&g, gy, w));
         Ok((dx, Shape::from(self.0.x_dims.clone())))
     }
@@ -487,6 +568,24 @@ impl CustomOp2 for BwdWeight<'_> {
                 self.name(),
                 l2.dims()
             )
+        }
+        if let (Some(tile), CpuStorage::F32(_), CpuStorage::F32(_)) =
+            (g.winograd(self.0.winograd), s1, s2)
+        {
+            let (x, gy) = (
+                slice::<f32>(s1, l1, self.name())?,
+                slice::<f32>(s2, l2, self.name())?,
+            );
+            let plan = winograd::Plan {
+                n: g.n,
+                c: g.c,
+                h: g.h,
+                w: g.w,
+                o: g.o,
+                pad: g.p,
+            };
+            let dw = winograd::weight_grad(&plan, x, gy, tile);
+            return Ok((CpuStorage::F32(dw), Shape::from(self.0.w_dims.clone())));
         }
         let dw = dispatch!(s1, l1, s2, l2, self.name(), |x, gy| bwd_weight(&g, x, gy));
         Ok((dw, Shape::from(self.0.w_dims.clone())))

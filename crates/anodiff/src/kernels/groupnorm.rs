@@ -117,6 +117,14 @@ fn fwd_group<T: Elem>(
 ) {
     let (mean, rstd) = stats(x, eps);
     let (mean_t, rstd_t) = (T::from_f64(mean), T::from_f64(rstd));
+    if s == 1 {
+        // LayerNorm layout (one position per channel): one flat loop over channels.
+        for (((o, &v), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+            let z = (v - mean_t) * (rstd_t * g) + b;
+            *o = if silu { z * z.sigmoid() } else { z };
+        }
+        return;
+    }
     for (c, (xc, yc)) in x.chunks_exact(s).zip(y.chunks_exact_mut(s)).enumerate() {
         let (a, b) = (rstd_t * gamma[c], beta[c]);
         if silu {
@@ -149,39 +157,60 @@ fn bwd_group<T: Elem>(
     let (mean, rstd) = stats(x, eps);
     let (mean_t, rstd_t) = (T::from_f64(mean), T::from_f64(rstd));
     let (mut sum_a, mut sum_b) = (0f64, 0f64);
-    for (c, ((xc, dyc), dxc)) in x
-        .chunks_exact(s)
-        .zip(dy.chunks_exact(s))
-        .zip(dx.chunks_exact_mut(s))
-        .enumerate()
-    {
-        let (g, b) = (gamma[c], beta[c]);
-        let (mut sdz, mut sdzx) = ([T::zero(); 8], [T::zero(); 8]);
-        let (mut sdz64, mut sdzx64) = (0f64, 0f64);
-        // Accumulate in T lanes over short blocks, then in f64, to stay fast and accurate.
-        for ((xb, dyb), dxb) in xc.chunks(256).zip(dyc.chunks(256)).zip(dxc.chunks_mut(256)) {
-            for (i, ((&v, &d), o)) in xb.iter().zip(dyb).zip(dxb.iter_mut()).enumerate() {
-                let xh = (v - mean_t) * rstd_t;
-                let dz = if silu {
-                    let z = xh * g + b;
-                    let sg = z.sigmoid();
-                    d * sg * (T::one() + z * (T::one() - sg))
-                } else {
-                    d
-                };
-                *o = dz * g;
-                sdz[i % 8] += dz;
-                sdzx[i % 8] += dz * xh;
-            }
-            sdz64 += sdz.iter().map(|v| v.to_f64()).sum::<f64>();
-            sdzx64 += sdzx.iter().map(|v| v.to_f64()).sum::<f64>();
-            sdz = [T::zero(); 8];
-            sdzx = [T::zero(); 8];
+    if s == 1 {
+        // LayerNorm layout: per-channel sums are single terms, kept in f64 for the reduction.
+        for (c, ((&v, &d), o)) in x.iter().zip(dy).zip(dx.iter_mut()).enumerate() {
+            let (g, b) = (gamma[c], beta[c]);
+            let xh = (v - mean_t) * rstd_t;
+            let dz = if silu {
+                let z = xh * g + b;
+                let sg = z.sigmoid();
+                d * sg * (T::one() + z * (T::one() - sg))
+            } else {
+                d
+            };
+            *o = dz * g;
+            let (dz64, dzx64) = (dz.to_f64(), (dz * xh).to_f64());
+            part[2 * c] = dzx64;
+            part[2 * c + 1] = dz64;
+            sum_a += g.to_f64() * dz64;
+            sum_b += g.to_f64() * dzx64;
         }
-        part[2 * c] = sdzx64;
-        part[2 * c + 1] = sdz64;
-        sum_a += g.to_f64() * sdz64;
-        sum_b += g.to_f64() * sdzx64;
+    } else {
+        for (c, ((xc, dyc), dxc)) in x
+            .chunks_exact(s)
+            .zip(dy.chunks_exact(s))
+            .zip(dx.chunks_exact_mut(s))
+            .enumerate()
+        {
+            let (g, b) = (gamma[c], beta[c]);
+            let (mut sdz, mut sdzx) = ([T::zero(); 8], [T::zero(); 8]);
+            let (mut sdz64, mut sdzx64) = (0f64, 0f64);
+            // Accumulate in T lanes over short blocks, then in f64, to stay fast and accurate.
+            for ((xb, dyb), dxb) in xc.chunks(256).zip(dyc.chunks(256)).zip(dxc.chunks_mut(256)) {
+                for (i, ((&v, &d), o)) in xb.iter().zip(dyb).zip(dxb.iter_mut()).enumerate() {
+                    let xh = (v - mean_t) * rstd_t;
+                    let dz = if silu {
+                        let z = xh * g + b;
+                        let sg = z.sigmoid();
+                        d * sg * (T::one() + z * (T::one() - sg))
+                    } else {
+                        d
+                    };
+                    *o = dz * g;
+                    sdz[i % 8] += dz;
+                    sdzx[i % 8] += dz * xh;
+                }
+                sdz64 += sdz.iter().map(|v| v.to_f64()).sum::<f64>();
+                sdzx64 += sdzx.iter().map(|v| v.to_f64()).sum::<f64>();
+                sdz = [T::zero(); 8];
+                sdzx = [T::zero(); 8];
+            }
+            part[2 * c] = sdzx64;
+            part[2 * c + 1] = sdz64;
+            sum_a += g.to_f64() * sdz64;
+            sum_b += g.to_f64() * sdzx64;
+        }
     }
     let m = x.len().max(1) as f64;
     let (ca, cb) = (T::from_f64(sum_a / m), T::from_f64(sum_b / m));

@@ -8,6 +8,7 @@ pub mod conv2d;
 mod gemm;
 pub mod groupnorm;
 mod simd;
+pub mod winograd;
 
 use candle_core::{CpuStorage, DType, Layout, Tensor, WithDType};
 

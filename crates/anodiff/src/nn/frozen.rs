@@ -6,46 +6,39 @@
 //! an already computed output `y = f(x)` to the graph through a custom op whose backward returns
 //! only `∂L/∂x`, given by the caller.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
 
 type InputGrad = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
 
+/// A one-input op on `x` whose forward hands out the precomputed `y` and whose backward is `dx`.
+/// Holding `y` as data moved into the op (instead of as a second graph input) keeps the graph from
+/// retaining a second copy of every frozen layer's output until the backward pass ends.
 struct InputGradOnly {
+    y: Mutex<Option<CpuStorage>>,
+    shape: Shape,
     dx: InputGrad,
 }
 
-impl CustomOp2 for InputGradOnly {
+impl CustomOp1 for InputGradOnly {
     fn name(&self) -> &'static str {
         "input-grad-only"
     }
 
-    /// Returns `y` (the second argument) unchanged.
-    fn cpu_fwd(
-        &self,
-        _x: &CpuStorage,
-        _lx: &Layout,
-        y: &CpuStorage,
-        ly: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (start, end) = ly.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("input_grad_only: y must be contiguous".into())
-        })?;
-        let out = match y {
-            CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
-            CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
-            _ => candle_core::bail!("input_grad_only: only f32 and f64 are supported"),
-        };
-        Ok((out, ly.shape().clone()))
+    /// Returns `y`; runs exactly once, when the op is applied.
+    fn cpu_fwd(&self, _x: &CpuStorage, _lx: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = self
+            .y
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("input_grad_only: poisoned".into()))?
+            .take();
+        let y =
+            y.ok_or_else(|| candle_core::Error::Msg("input_grad_only: forward ran twice".into()))?;
+        Ok((y, self.shape.clone()))
     }
 
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _y: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some((self.dx)(grad)?), None))
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some((self.dx)(grad)?))
     }
 }
 
@@ -59,7 +52,19 @@ pub fn input_grad_only(
     if !x.track_op() || !x.device().is_cpu() {
         return Ok(y);
     }
-    x.apply_op2(&y.contiguous()?, InputGradOnly { dx: Box::new(dx) })
+    let shape = y.shape().clone();
+    let flat = y.flatten_all()?;
+    let data = match y.dtype() {
+        DType::F32 => CpuStorage::F32(flat.to_vec1::<f32>()?),
+        DType::F64 => CpuStorage::F64(flat.to_vec1::<f64>()?),
+        dt => candle_core::bail!("input_grad_only: only f32 and f64 are supported, got {dt:?}"),
+    };
+    drop((y, flat));
+    x.apply_op1(InputGradOnly {
+        y: Mutex::new(Some(data)),
+        shape,
+        dx: Box::new(dx),
+    })
 }
 
 /// Whether an op with these parameters can skip their gradients: none of them is trainable.

@@ -106,6 +106,25 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // LayerNorm over the last dim is GroupNorm with one group on `[rows, dim]`: the fused
+        // kernel keeps one output in the graph instead of five intermediates, and one backward pass.
+        if crate::kernels::enabled() && crate::kernels::supported(x) && x.rank() >= 1 {
+            let dim = x.dim(D::Minus1)?;
+            let ones = || Tensor::ones(dim, x.dtype(), x.device());
+            let zeros = || Tensor::zeros(dim, x.dtype(), x.device());
+            let w = self.weight.clone().map_or_else(ones, Ok)?;
+            let b = self.bias.clone().map_or_else(zeros, Ok)?;
+            let rows = x.elem_count() / dim.max(1);
+            let y = crate::kernels::groupnorm::group_norm(
+                &x.reshape((rows, dim))?,
+                &w,
+                &b,
+                1,
+                self.eps,
+                false,
+            )?;
+            return y.reshape(x.shape());
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let xc = x.broadcast_sub(&mean)?;
         let var = xc.sqr()?.mean_keepdim(D::Minus1)?;

@@ -1,0 +1,20 @@
+//! Process-wide settings for heavy numeric work, applied once by the binary at start-up.
+
+/// Keeps freed tensor memory in the heap for reuse instead of handing it back to the kernel.
+///
+/// Why: glibc serves blocks above a *dynamic* threshold with fresh `mmap`s and trims the heap top
+/// eagerly, so a training step that frees and re-allocates the same 10–30 MB activations pays a
+/// page fault plus a page clear for every 4 KiB of every tensor, every step. Measured on
+/// `anodiff bench ops`: GroupNorm+SiLU forward+backward 87 → 30 ms, conv forward+backward
+/// 344 → 202 ms. Fixing the mmap threshold at its maximum (32 MiB) and never trimming removes
+/// that; peak RSS is unchanged because it is set by the step's peak working set.
+///
+/// A no-op outside glibc. Library users embedding anodiff decide for their own process.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
