@@ -78,6 +78,42 @@ fn conv2d_matches_candle_fwd_and_grads() {
     }
 }
 
+#[test]
+fn conv2d_winograd_matches_candle() {
+    // Stride-1 3×3 shapes with enough tiles for Winograd: with gradients tracked (F(2,3) forward,
+    // input and weight gradient) and without (inference forward: F(4,3) on the last two shapes,
+    // which have ≥ 64 4×4 tiles); padding 0, 1, 2.
+    let cases = [
+        (2, 5, 16, 18, 6, 1),
+        (1, 9, 34, 38, 7, 0),
+        (2, 4, 31, 29, 3, 2),
+    ];
+    for &(n, c, h, w, o, p) in &cases {
+        let x = Var::from_tensor(&randn(&[n, c, h, w], DType::F32)).unwrap();
+        let wt = Var::from_tensor(&randn(&[o, c, 3, 3], DType::F32)).unwrap();
+        let ours = conv2d::conv2d_with(&x, &wt, 1, p, 1 << 20, true).unwrap();
+        let refr = x.conv2d(&wt, p, 1, 1, 1).unwrap();
+        let r = randn(refr.dims(), DType::F32);
+        let (g1, g2) = (
+            (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap(),
+            (&refr * &r).unwrap().sum_all().unwrap().backward().unwrap(),
+        );
+        let ef = rel(&ours, &refr);
+        let ex = rel(g1.get(&x).unwrap(), g2.get(&x).unwrap());
+        let ew = rel(g1.get(&wt).unwrap(), g2.get(&wt).unwrap());
+        let (xd, wd) = (x.as_tensor().detach(), wt.as_tensor().detach());
+        let inf = conv2d::conv2d_with(&xd, &wd, 1, p, 1 << 20, true).unwrap();
+        let ei = rel(&inf, &refr);
+        println!(
+            "winograd {:?}: train fwd {ef:.2e} dx {ex:.2e} dw {ew:.2e}, inference fwd {ei:.2e}",
+            (n, c, h, w, o, p)
+        );
+        // F(2,3) stays within the f32 tolerance of the other kernels; F(4,3) within 5e-6 relative.
+        assert!(ef < 2e-6 && ex < 2e-6 && ew < 2e-6, "F(2,3) beyond 2e-6");
+        assert!(ei < 5e-6, "F(4,3) beyond 5e-6");
+    }
+}
+
 /// Stride 2 where the last input column is never read: candle's own backward fails on this shape
 /// (its transposed conv cannot recover the input width), so check against finite differences.
 #[test]
@@ -149,12 +185,15 @@ fn kernels_reject_bad_shapes() {
 #[test]
 fn groupnorm_matches_candle_fwd_and_grads() {
     // (shape, groups)
-    let cases: [(&[usize], usize); 5] = [
+    // The rank-2, one-group cases are LayerNorm over the last dim (how `nn::LayerNorm` calls it).
+    let cases: [(&[usize], usize); 7] = [
         (&[2, 6, 5, 7], 3),
         (&[1, 10, 4, 4], 5),
         (&[2, 12, 3], 4),
         (&[2, 32, 8, 8], 32),
         (&[1, 64, 9, 9], 32),
+        (&[6, 40], 1),
+        (&[5, 23], 1),
     ];
     for dt in [DType::F32, DType::F64] {
         for (shape, groups) in cases {
