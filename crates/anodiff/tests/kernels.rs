@@ -108,9 +108,10 @@ fn conv2d_winograd_matches_candle() {
             "winograd {:?}: train fwd {ef:.2e} dx {ex:.2e} dw {ew:.2e}, inference fwd {ei:.2e}",
             (n, c, h, w, o, p)
         );
-        // F(2,3) stays within the f32 tolerance of the other kernels; F(4,3) within 5e-6 relative.
-        assert!(ef < 2e-6 && ex < 2e-6 && ew < 2e-6, "F(2,3) beyond 2e-6");
-        assert!(ei < 5e-6, "F(4,3) beyond 5e-6");
+        // F(2,3) (training forward and dx) stays near im2col's rounding; F(4,3) (inference
+        // forward, and dW where it has ≥ 64 4×4 tiles) within 1e-5 relative.
+        assert!(ef < 2e-6 && ex < 2e-6, "F(2,3) beyond 2e-6");
+        assert!(ei < 1e-5 && ew < 1e-5, "F(4,3) beyond 1e-5");
     }
 }
 

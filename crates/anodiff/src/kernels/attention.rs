@@ -73,10 +73,12 @@ impl<T> SendPtr<T> {
     }
 }
 
-/// In-place row softmax of `p: [rows, s]`, written in 8-lane chunks so it vectorises.
+/// In-place row softmax of `p: [rows, s]`, written in 8-lane chunks so it vectorises. With
+/// `inv_out`, rows are left unnormalised (`exp(x − max)`) and `1/Σ` goes to `inv_out[row]`: the
+/// forward applies it to the `rows × dv` output instead of the `rows × s` probabilities.
 #[inline(always)]
-fn softmax_rows_impl<T: Elem>(p: &mut [T], s: usize) {
-    for row in p.chunks_exact_mut(s) {
+fn softmax_rows_impl<T: Elem>(p: &mut [T], s: usize, mut inv_out: Option<&mut [T]>) {
+    for (r, row) in p.chunks_exact_mut(s).enumerate() {
         let mut mx = [row[0]; 8];
         let mut it = row.chunks_exact(8);
         for ch in &mut it {
@@ -104,31 +106,38 @@ fn softmax_rows_impl<T: Elem>(p: &mut [T], s: usize) {
             sum += *x;
         }
         let inv = T::one() / sum;
-        for x in row.iter_mut() {
-            *x *= inv;
+        match inv_out.as_deref_mut() {
+            Some(out) => out[r] = inv,
+            None => {
+                for x in row.iter_mut() {
+                    *x *= inv;
+                }
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2<T: Elem>(p: &mut [T], s: usize) {
-    softmax_rows_impl(p, s)
+unsafe fn softmax_rows_avx2<T: Elem>(p: &mut [T], s: usize, inv: Option<&mut [T]>) {
+    softmax_rows_impl(p, s, inv)
 }
 
-fn softmax_rows<T: Elem>(p: &mut [T], s: usize) {
+fn softmax_rows<T: Elem>(p: &mut [T], s: usize, inv: Option<&mut [T]>) {
     #[cfg(target_arch = "x86_64")]
     if super::simd::has_avx2() {
         // SAFETY: the CPU supports AVX2 and FMA.
-        return unsafe { softmax_rows_avx2(p, s) };
+        return unsafe { softmax_rows_avx2(p, s, inv) };
     }
-    softmax_rows_impl(p, s)
+    softmax_rows_impl(p, s, inv)
 }
 
-/// `p[rows, S] = softmax(scale · q_blk · kᵀ)` (k rows have stride `ldk`).
+/// `p[rows, S] = softmax(scale · q_blk · kᵀ)` (k rows have stride `ldk`); unnormalised with the
+/// row factors in `inv` when given (see [`softmax_rows_impl`]).
 ///
 /// # Safety
 /// `q`, `k` valid for the given sizes; `p` holds `rows · s`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn probs<T: Elem>(
     p: &mut [T],
     q: *const T,
@@ -137,6 +146,7 @@ unsafe fn probs<T: Elem>(
     ldk: usize,
     g: &Dims,
     scale: T,
+    inv: Option<&mut [T]>,
 ) {
     matmul_ex(
         rows,
@@ -150,7 +160,7 @@ unsafe fn probs<T: Elem>(
         scale,
         false,
     );
-    softmax_rows(p, g.s);
+    softmax_rows(p, g.s, inv);
 }
 
 fn fwd<T: Elem>(g: Dims, q: &[T], k: &[T], v: &[T], scale: T) -> Vec<T> {
@@ -158,8 +168,8 @@ fn fwd<T: Elem>(g: Dims, q: &[T], k: &[T], v: &[T], scale: T) -> Vec<T> {
     let nblk = g.t.div_ceil(ROWS);
     let op = SendPtr(out.as_mut_ptr());
     (0..g.bh * nblk).into_par_iter().for_each_init(
-        || vec![T::zero(); ROWS * g.s],
-        |p, task| {
+        || (vec![T::zero(); ROWS * g.s], vec![T::zero(); ROWS]),
+        |(p, inv), task| {
             let (h, r0) = (task / nblk, (task % nblk) * ROWS);
             let rows = ROWS.min(g.t - r0);
             // SAFETY: head h / rows r0.. are in bounds; each task writes its own output rows.
@@ -169,7 +179,16 @@ fn fwd<T: Elem>(g: Dims, q: &[T], k: &[T], v: &[T], scale: T) -> Vec<T> {
                     k.as_ptr().add(h * g.s * g.d),
                     v.as_ptr().add(h * g.s * g.dv),
                 );
-                probs(&mut p[..rows * g.s], qh, rows, kh, g.d, &g, scale);
+                probs(
+                    &mut p[..rows * g.s],
+                    qh,
+                    rows,
+                    kh,
+                    g.d,
+                    &g,
+                    scale,
+                    Some(inv),
+                );
                 let dst = op.get().add((h * g.t + r0) * g.dv);
                 matmul_ex(
                     rows,
@@ -183,6 +202,11 @@ fn fwd<T: Elem>(g: Dims, q: &[T], k: &[T], v: &[T], scale: T) -> Vec<T> {
                     T::one(),
                     false,
                 );
+                // The softmax normalisation, applied to the small output block.
+                let o = std::slice::from_raw_parts_mut(dst, rows * g.dv);
+                for (orow, &f) in o.chunks_exact_mut(g.dv).zip(inv.iter()) {
+                    orow.iter_mut().for_each(|v| *v *= f);
+                }
             }
         },
     );
@@ -214,7 +238,7 @@ fn bwd_head<T: Elem>(
         let acc = r0 > 0;
         // SAFETY: all views lie inside this head's slices with the strides given.
         unsafe {
-            probs(p, qb, rows, kv.as_ptr(), ldkv, g, scale);
+            probs(p, qb, rows, kv.as_ptr(), ldkv, g, scale, None);
             // dV += Pᵀ · dO
             matmul_ex(
                 g.s,

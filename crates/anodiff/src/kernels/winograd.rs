@@ -215,6 +215,29 @@ fn scratch(n: usize) -> Vec<std::mem::MaybeUninit<f32>> {
     v
 }
 
+/// Writes the first `n` lanes of `v` to `dst`: a fixed-size store for full groups (a
+/// variable-length `copy_from_slice` here compiles to a `memmove` call per 8 floats).
+///
+/// # Safety
+/// `dst` must be valid for `n ≤ L` writes.
+#[inline(always)]
+unsafe fn store(dst: *mut f32, v: &Lanes, n: usize) {
+    if n == L {
+        std::ptr::write_unaligned(dst.cast::<Lanes>(), *v);
+    } else {
+        std::ptr::copy_nonoverlapping(v.as_ptr(), dst, n);
+    }
+}
+
+/// Reads `n` lanes from `src` (the rest stay zero); the fixed-size counterpart of [`store`].
+#[inline(always)]
+fn load(src: &[f32], n: usize) -> Lanes {
+    match src.get(..L) {
+        Some(full) if n == L => full.try_into().unwrap_or([0f32; L]),
+        _ => std::array::from_fn(|l| if l < n { src[l] } else { 0.0 }),
+    }
+}
+
 /// Raw pointer that may cross into rayon tasks writing disjoint elements.
 #[derive(Clone, Copy)]
 struct Ptr(*mut f32);
@@ -313,10 +336,7 @@ fn weight_row<const M: usize, const A: usize, T: Transforms<M, A>>(
         let t = two_sided(&g, T::gt);
         for (xi, v) in t.iter().flatten().enumerate() {
             // SAFETY: (xi, r, q0..q0+n) belongs to this task and lies inside `u`.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(up.get().add((xi * rows + r) * cols + q0), n)
-            };
-            dst.copy_from_slice(&v[..n]);
+            unsafe { store(up.get().add((xi * rows + r) * cols + q0), v, n) };
         }
     }
 }
@@ -370,15 +390,25 @@ fn input_channel<const M: usize, const A: usize, T: Transforms<M, A>>(
             let xc = &x[(b * p.c + ci) * hw..(b * p.c + ci + 1) * hw];
             let (y0, x0) = ((ty * M) as isize - pad, (tx * M) as isize - pad);
             let inside = y0 >= 0 && x0 >= 0 && y0 as usize + A <= p.h && x0 as usize + A <= p.w;
+            if inside {
+                let at = y0 as usize * p.w + x0 as usize;
+                for (i, di) in d.iter_mut().enumerate() {
+                    let row = &xc[at + i * p.w..][..A];
+                    for (dj, &v) in di.iter_mut().zip(row) {
+                        dj[l] = v;
+                    }
+                }
+                continue;
+            }
             for (i, di) in d.iter_mut().enumerate() {
                 let yy = y0 + i as isize;
-                if !inside && (yy < 0 || yy >= p.h as isize) {
+                if yy < 0 || yy >= p.h as isize {
                     continue;
                 }
                 let row = &xc[yy as usize * p.w..(yy as usize + 1) * p.w];
                 for (j, dj) in di.iter_mut().enumerate() {
                     let xx = x0 + j as isize;
-                    if inside || (xx >= 0 && xx < p.w as isize) {
+                    if xx >= 0 && xx < p.w as isize {
                         dj[l] = row[xx as usize];
                     }
                 }
@@ -387,10 +417,7 @@ fn input_channel<const M: usize, const A: usize, T: Transforms<M, A>>(
         let v = two_sided(&d, T::bt);
         for (xi, vv) in v.iter().flatten().enumerate() {
             // SAFETY: (xi, ci, q0..q0+n) belongs to this task and lies inside the V chunk.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(vp.get().add((xi * p.c + ci) * tc + q0), n)
-            };
-            dst.copy_from_slice(&vv[..n]);
+            unsafe { store(vp.get().add((xi * p.c + ci) * tc + q0), vv, n) };
         }
     }
 }
@@ -410,8 +437,7 @@ fn output_channel<const M: usize, const A: usize, T: Transforms<M, A>>(
         let n = L.min(tc - q0);
         let mut s = [[[0f32; L]; A]; A];
         for (xi, sv) in s.iter_mut().flatten().enumerate() {
-            let src = &m[(xi * p.o + oi) * tc + q0..][..n];
-            sv[..n].copy_from_slice(src);
+            *sv = load(&m[(xi * p.o + oi) * tc + q0..], n);
         }
         let y = two_sided(&s, T::at);
         for l in 0..n {
@@ -456,10 +482,7 @@ fn grad_channel<const M: usize, const A: usize, T: Transforms<M, A>>(
         let v = two_sided(&d, T::a);
         for (xi, vv) in v.iter().flatten().enumerate() {
             // SAFETY: (xi, oi, q0..q0+n) belongs to this task and lies inside the Ŷ chunk.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(gp.get().add((xi * p.o + oi) * tc + q0), n)
-            };
-            dst.copy_from_slice(&vv[..n]);
+            unsafe { store(gp.get().add((xi * p.o + oi) * tc + q0), vv, n) };
         }
     }
 }
@@ -541,7 +564,7 @@ fn weight_grad_row<const M: usize, const A: usize, T: Transforms<M, A>>(
         let n = L.min(c - c0);
         let mut u = [[[0f32; L]; A]; A];
         for (xi, uv) in u.iter_mut().flatten().enumerate() {
-            uv[..n].copy_from_slice(&du[(xi * o + oi) * c + c0..][..n]);
+            *uv = load(&du[(xi * o + oi) * c + c0..], n);
         }
         let gw = two_sided(&u, T::g);
         for l in 0..n {
