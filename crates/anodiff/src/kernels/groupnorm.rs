@@ -188,7 +188,7 @@ fn bwd_group<T: Elem>(
             let (mut sdz64, mut sdzx64) = (0f64, 0f64);
             // Accumulate in T lanes over short blocks, then in f64, to stay fast and accurate.
             for ((xb, dyb), dxb) in xc.chunks(256).zip(dyc.chunks(256)).zip(dxc.chunks_mut(256)) {
-                for (i, ((&v, &d), o)) in xb.iter().zip(dyb).zip(dxb.iter_mut()).enumerate() {
+                let dz_of = |v: T, d: T| {
                     let xh = (v - mean_t) * rstd_t;
                     let dz = if silu {
                         let z = xh * g + b;
@@ -197,9 +197,29 @@ fn bwd_group<T: Elem>(
                     } else {
                         d
                     };
+                    (xh, dz)
+                };
+                // Whole 8-element groups with one accumulator per lane, so the loop vectorises.
+                let (x8, d8, o8) = (
+                    xb.chunks_exact(8),
+                    dyb.chunks_exact(8),
+                    dxb.chunks_exact_mut(8),
+                );
+                let (xr, dr) = (x8.remainder(), d8.remainder());
+                let n8 = xb.len() - xr.len();
+                for ((xs, ds), os) in x8.zip(d8).zip(o8) {
+                    for l in 0..8 {
+                        let (xh, dz) = dz_of(xs[l], ds[l]);
+                        os[l] = dz * g;
+                        sdz[l] += dz;
+                        sdzx[l] += dz * xh;
+                    }
+                }
+                for ((&v, &d), o) in xr.iter().zip(dr).zip(dxb[n8..].iter_mut()) {
+                    let (xh, dz) = dz_of(v, d);
                     *o = dz * g;
-                    sdz[i % 8] += dz;
-                    sdzx[i % 8] += dz * xh;
+                    sdz[0] += dz;
+                    sdzx[0] += dz * xh;
                 }
                 sdz64 += sdz.iter().map(|v| v.to_f64()).sum::<f64>();
                 sdzx64 += sdzx.iter().map(|v| v.to_f64()).sum::<f64>();
