@@ -136,6 +136,17 @@ impl Geo {
             _ => None,
         }
     }
+    /// The same convolution as a Winograd plan (forward and weight gradient).
+    fn plan(&self) -> winograd::Plan {
+        winograd::Plan {
+            n: self.n,
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            o: self.o,
+            pad: self.p,
+        }
+    }
     /// Output rows per im2col tile.
     fn tile_rows(&self) -> usize {
         (self.budget / (self.k() * self.wo).max(1)).clamp(1, self.ho)
@@ -433,14 +444,7 @@ impl CustomOp2 for Conv2dOp {
                 slice::<f32>(s1, l1, self.name())?,
                 slice::<f32>(s2, l2, self.name())?,
             );
-            let plan = winograd::Plan {
-                n: g.n,
-                c: g.c,
-                h: g.h,
-                w: g.w,
-                o: g.o,
-                pad: g.p,
-            };
+            let plan = g.plan();
             let u = winograd::transform_weights(w, g.o, g.c, false, tile);
             let out = winograd::conv(&plan, x, &u, tile);
             return Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.ho, g.wo))));
@@ -582,14 +586,7 @@ impl CustomOp2 for BwdWeight<'_> {
                 slice::<f32>(s1, l1, self.name())?,
                 slice::<f32>(s2, l2, self.name())?,
             );
-            let plan = winograd::Plan {
-                n: g.n,
-                c: g.c,
-                h: g.h,
-                w: g.w,
-                o: g.o,
-                pad: g.p,
-            };
+            let plan = g.plan();
             let dw = winograd::weight_grad(&plan, x, gy, tile);
             return Ok((CpuStorage::F32(dw), Shape::from(self.0.w_dims.clone())));
         }
