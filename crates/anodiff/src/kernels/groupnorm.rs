@@ -140,6 +140,21 @@ fn fwd_group<T: Elem>(
     }
 }
 
+/// `(x̂, ∂L/∂z)` for one element: the normalised input and the gradient at the affine output `z`
+/// (through SiLU when `silu`), given `d = ∂L/∂y`.
+#[inline(always)]
+fn norm_grad<T: Elem>(v: T, d: T, mean: T, rstd: T, g: T, b: T, silu: bool) -> (T, T) {
+    let xh = (v - mean) * rstd;
+    let dz = if silu {
+        let z = xh * g + b;
+        let sg = z.sigmoid();
+        d * sg * (T::one() + z * (T::one() - sg))
+    } else {
+        d
+    };
+    (xh, dz)
+}
+
 /// One (batch, group): writes dx and the per-channel partial sums (Σdz·x̂, Σdz) into `part`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -161,14 +176,7 @@ fn bwd_group<T: Elem>(
         // LayerNorm layout: per-channel sums are single terms, kept in f64 for the reduction.
         for (c, ((&v, &d), o)) in x.iter().zip(dy).zip(dx.iter_mut()).enumerate() {
             let (g, b) = (gamma[c], beta[c]);
-            let xh = (v - mean_t) * rstd_t;
-            let dz = if silu {
-                let z = xh * g + b;
-                let sg = z.sigmoid();
-                d * sg * (T::one() + z * (T::one() - sg))
-            } else {
-                d
-            };
+            let (xh, dz) = norm_grad(v, d, mean_t, rstd_t, g, b, silu);
             *o = dz * g;
             let (dz64, dzx64) = (dz.to_f64(), (dz * xh).to_f64());
             part[2 * c] = dzx64;
@@ -188,17 +196,7 @@ fn bwd_group<T: Elem>(
             let (mut sdz64, mut sdzx64) = (0f64, 0f64);
             // Accumulate in T lanes over short blocks, then in f64, to stay fast and accurate.
             for ((xb, dyb), dxb) in xc.chunks(256).zip(dyc.chunks(256)).zip(dxc.chunks_mut(256)) {
-                let dz_of = |v: T, d: T| {
-                    let xh = (v - mean_t) * rstd_t;
-                    let dz = if silu {
-                        let z = xh * g + b;
-                        let sg = z.sigmoid();
-                        d * sg * (T::one() + z * (T::one() - sg))
-                    } else {
-                        d
-                    };
-                    (xh, dz)
-                };
+                let dz_of = |v: T, d: T| norm_grad(v, d, mean_t, rstd_t, g, b, silu);
                 // Whole 8-element groups with one accumulator per lane, so the loop vectorises.
                 let (x8, d8, o8) = (
                     xb.chunks_exact(8),
