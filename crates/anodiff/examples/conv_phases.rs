@@ -39,13 +39,15 @@ fn main() -> candle_core::Result<()> {
         }
     }
     for wino in [false, true] {
-        let fwd = median_ms(7, || conv2d_with(&x, &w, 1, 1, 2 << 20, wino).map(drop))?;
+        let fwd = median_ms(7, || {
+            conv2d_with(&x, &w, None, 1, 1, 2 << 20, wino).map(drop)
+        })?;
         let dx = median_ms(7, || {
-            let y = conv2d_with(&xv, &w, 1, 1, 2 << 20, wino)?;
+            let y = conv2d_with(&xv, &w, None, 1, 1, 2 << 20, wino)?;
             (y * &r)?.sum_all()?.backward().map(drop)
         })?;
         let dw = median_ms(7, || {
-            let y = conv2d_with(&x, &wv, 1, 1, 2 << 20, wino)?;
+            let y = conv2d_with(&x, &wv, None, 1, 1, 2 << 20, wino)?;
             (y * &r)?.sum_all()?.backward().map(drop)
         })?;
         let loss = median_ms(7, || {

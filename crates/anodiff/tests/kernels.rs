@@ -91,7 +91,7 @@ fn conv2d_winograd_matches_candle() {
     for &(n, c, h, w, o, p) in &cases {
         let x = Var::from_tensor(&randn(&[n, c, h, w], DType::F32)).unwrap();
         let wt = Var::from_tensor(&randn(&[o, c, 3, 3], DType::F32)).unwrap();
-        let ours = conv2d::conv2d_with(&x, &wt, 1, p, 1 << 20, true).unwrap();
+        let ours = conv2d::conv2d_with(&x, &wt, None, 1, p, 1 << 20, true).unwrap();
         let refr = x.conv2d(&wt, p, 1, 1, 1).unwrap();
         let r = randn(refr.dims(), DType::F32);
         let (g1, g2) = (
@@ -102,7 +102,7 @@ fn conv2d_winograd_matches_candle() {
         let ex = rel(g1.get(&x).unwrap(), g2.get(&x).unwrap());
         let ew = rel(g1.get(&wt).unwrap(), g2.get(&wt).unwrap());
         let (xd, wd) = (x.as_tensor().detach(), wt.as_tensor().detach());
-        let inf = conv2d::conv2d_with(&xd, &wd, 1, p, 1 << 20, true).unwrap();
+        let inf = conv2d::conv2d_with(&xd, &wd, None, 1, p, 1 << 20, true).unwrap();
         let ei = rel(&inf, &refr);
         println!(
             "winograd {:?}: train fwd {ef:.2e} dx {ex:.2e} dw {ew:.2e}, inference fwd {ei:.2e}",
@@ -113,6 +113,57 @@ fn conv2d_winograd_matches_candle() {
         assert!(ef < 2e-6 && ex < 2e-6, "F(2,3) beyond 2e-6");
         assert!(ei < 1e-5 && ew < 1e-5, "F(4,3) beyond 1e-5");
     }
+}
+
+#[test]
+fn conv2d_fused_bias_matches_candle() {
+    // The bias added inside the op (im2col and Winograd paths, f32 and f64) against candle's conv
+    // followed by a broadcast add: forward and the gradients of input, weight and bias.
+    let cases = [
+        (2, 5, 9, 7, 6, 3, 1, 1, false),
+        (1, 4, 7, 5, 3, 1, 2, 0, false),
+        (2, 5, 16, 18, 6, 3, 1, 1, true),
+    ];
+    for dt in [DType::F32, DType::F64] {
+        for &(n, c, h, w, o, k, s, p, wino) in &cases {
+            let x = Var::from_tensor(&randn(&[n, c, h, w], dt)).unwrap();
+            let wt = Var::from_tensor(&randn(&[o, c, k, k], dt)).unwrap();
+            let b = Var::from_tensor(&randn(&[o], dt)).unwrap();
+            let ours = conv2d::conv2d_with(&x, &wt, Some(&b), s, p, 1 << 20, wino).unwrap();
+            let refr = x
+                .conv2d(&wt, p, s, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, o, 1, 1)).unwrap())
+                .unwrap();
+            let r = randn(refr.dims(), dt);
+            let (g1, g2) = (
+                (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap(),
+                (&refr * &r).unwrap().sum_all().unwrap().backward().unwrap(),
+            );
+            let e = [
+                rel(&ours, &refr),
+                rel(g1.get(&x).unwrap(), g2.get(&x).unwrap()),
+                rel(g1.get(&wt).unwrap(), g2.get(&wt).unwrap()),
+                rel(g1.get(&b).unwrap(), g2.get(&b).unwrap()),
+            ];
+            println!(
+                "conv+bias {dt:?} {:?}: fwd/dx/dw/db {e:?}",
+                (n, c, h, w, o, k, s, p, wino)
+            );
+            assert!(
+                e.iter().all(|&v| v < 2e-6),
+                "fused bias conv beyond 2e-6: {e:?}"
+            );
+        }
+    }
+    // A frozen bias gets no gradient, and a bias of the wrong length is an error, not a panic.
+    let x = Var::from_tensor(&randn(&[1, 2, 5, 5], DType::F32)).unwrap();
+    let wt = randn(&[3, 2, 3, 3], DType::F32);
+    let bias = randn(&[3], DType::F32);
+    let y = conv2d::conv2d_bias(&x, &wt, Some(&bias), 1, 1).unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&x).is_some() && g.get(&bias).is_none() && g.get(&wt).is_none());
+    assert!(conv2d::conv2d_bias(&x, &wt, Some(&randn(&[4], DType::F32)), 1, 1).is_err());
 }
 
 /// Stride 2 where the last input column is never read: candle's own backward fails on this shape

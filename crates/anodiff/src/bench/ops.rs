@@ -36,12 +36,11 @@ fn randn(shape: &[usize]) -> candle_core::Result<Tensor> {
 
 /// conv 3×3 320→320 pad 1 with bias on `[2, 320, 64, 64]`.
 fn conv(ours: bool, x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    let y = if ours {
-        conv2d::conv2d(x, w, 1, 1)?
-    } else {
-        x.conv2d(w, 1, 1, 1, 1)?
-    };
-    y.broadcast_add(&b.reshape((1, (), 1, 1))?)
+    if ours {
+        return conv2d::conv2d_bias(x, w, Some(b), 1, 1);
+    }
+    x.conv2d(w, 1, 1, 1, 1)?
+        .broadcast_add(&b.reshape((1, (), 1, 1))?)
 }
 
 /// The op keys [`run`] knows, in its order.

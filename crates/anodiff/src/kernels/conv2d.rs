@@ -5,7 +5,7 @@
 use super::gemm::{matmul, Mat};
 use super::winograd;
 use super::{slice, supported};
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// Upper bound on im2col buffer elements per tile (8 MiB of f32): bounds memory on big images and
@@ -15,10 +15,20 @@ const COL_BUDGET: usize = 2 << 20;
 /// `x: [N, C, H, W]`, `w: [O, C, kh, kw]` → `[N, O, Ho, Wo]` (no bias). Falls back to candle on
 /// non-CPU devices or dtypes other than f32/f64.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if !supported(x) || x.dtype() != w.dtype() || x.rank() != 4 || w.rank() != 4 {
-        return x.conv2d(w, padding, stride, 1, 1);
-    }
-    conv2d_with(x, w, stride, padding, COL_BUDGET, winograd::enabled())
+    conv2d_bias(x, w, None, stride, padding)
+}
+
+/// [`conv2d`] plus a per-output-channel `bias: [O]`, added inside the op. Fusing it (rather than a
+/// `broadcast_add` after the op) saves a pass over the output and, when training, the retained
+/// pre-bias activation of every convolution.
+pub fn conv2d_bias(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    conv2d_with(x, w, bias, stride, padding, COL_BUDGET, winograd::enabled())
 }
 
 /// [`conv2d`] on the im2col path with an explicit budget (elements per tile); small budgets force
@@ -30,22 +40,28 @@ pub fn conv2d_tiled(
     padding: usize,
     budget: usize,
 ) -> Result<Tensor> {
-    conv2d_with(x, w, stride, padding, budget, false)
+    conv2d_with(x, w, None, stride, padding, budget, false)
 }
 
-/// [`conv2d`] with the algorithm chosen by the caller: `winograd` allows Winograd for f32 stride-1
-/// 3×3 convolutions (F(4,3) when no gradient can flow through, F(2,3) when one can, see
+/// [`conv2d_bias`] with the algorithm chosen by the caller: `winograd` allows Winograd for f32
+/// stride-1 3×3 convolutions (F(4,3) when no gradient can flow through, F(2,3) when one can, see
 /// `winograd`); otherwise im2col tiles of `budget` elements.
 pub fn conv2d_with(
     x: &Tensor,
     w: &Tensor,
+    bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
     budget: usize,
     winograd: bool,
 ) -> Result<Tensor> {
-    if !supported(x) || x.dtype() != w.dtype() || x.rank() != 4 || w.rank() != 4 {
-        return x.conv2d(w, padding, stride, 1, 1);
+    let candle_bias = |y: Tensor| match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+        None => Ok(y),
+    };
+    let same = |t: &Tensor| t.dtype() == x.dtype() && t.device().same_device(x.device());
+    if !supported(x) || !same(w) || !bias.is_none_or(same) || x.rank() != 4 || w.rank() != 4 {
+        return candle_bias(x.conv2d(w, padding, stride, 1, 1)?);
     }
     let x = x.contiguous()?;
     let w = w.contiguous()?;
@@ -54,15 +70,25 @@ pub fn conv2d_with(
         (true, false) => Some(winograd::Tile::F4),
         (true, true) => Some(winograd::Tile::F2),
     };
-    x.apply_op2(
-        &w,
-        Conv2dOp {
-            stride,
-            padding,
-            budget,
-            winograd,
-        },
-    )
+    let op = Conv2dOp {
+        stride,
+        padding,
+        budget,
+        winograd,
+    };
+    match bias {
+        None => x.apply_op2(&w, op),
+        Some(b) => {
+            if b.dims() != [w.dim(0)?] {
+                candle_core::bail!(
+                    "conv2d: bias {:?} does not match {} output channels",
+                    b.dims(),
+                    w.dim(0)?
+                )
+            }
+            x.apply_op3(&w, &b.contiguous()?, Conv2dBiasOp(op))
+        }
+    }
 }
 
 /// Shapes of one convolution, shared by forward and both backward ops.
@@ -424,40 +450,36 @@ struct Conv2dOp {
     winograd: Option<winograd::Tile>,
 }
 
-impl CustomOp2 for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "anodiff-conv2d"
-    }
-
-    fn cpu_fwd(
+impl Conv2dOp {
+    fn forward(
         &self,
         s1: &CpuStorage,
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let name = "anodiff-conv2d";
         let g = Geo::new(l1.dims(), l2.dims(), self.stride, self.padding, self.budget)?;
+        let shape = Shape::from((g.n, g.o, g.ho, g.wo));
         if let (Some(tile), CpuStorage::F32(_), CpuStorage::F32(_)) =
             (g.winograd(self.winograd), s1, s2)
         {
-            let (x, w) = (
-                slice::<f32>(s1, l1, self.name())?,
-                slice::<f32>(s2, l2, self.name())?,
-            );
+            let (x, w) = (slice::<f32>(s1, l1, name)?, slice::<f32>(s2, l2, name)?);
             let plan = g.plan();
             let u = winograd::transform_weights(w, g.o, g.c, false, tile);
             let out = winograd::conv(&plan, x, &u, tile);
-            return Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.ho, g.wo))));
+            return Ok((CpuStorage::F32(out), shape));
         }
-        let out = dispatch!(s1, l1, s2, l2, self.name(), |x, w| fwd(&g, x, w));
-        Ok((out, Shape::from((g.n, g.o, g.ho, g.wo))))
+        let out = dispatch!(s1, l1, s2, l2, name, |x, w| fwd(&g, x, w));
+        Ok((out, shape))
     }
 
-    fn bwd(
+    /// (dX, dW), each only when its operand is tracked (e.g. no input grad for the first conv on
+    /// data, no weight grad for a frozen UNet).
+    fn grads(
         &self,
         x: &Tensor,
         w: &Tensor,
-        _res: &Tensor,
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let gy = gy.contiguous()?;
@@ -471,7 +493,6 @@ impl CustomOp2 for Conv2dOp {
             x_dims: dims.0,
             w_dims: dims.1,
         };
-        // Skip a gradient nobody will read (e.g. input grad of the first conv on data).
         let dx = match x.track_op() {
             true => Some(gy.apply_op2_no_bwd(&w, &BwdData(&op))?),
             false => None,
@@ -481,6 +502,139 @@ impl CustomOp2 for Conv2dOp {
             false => None,
         };
         Ok((dx, dw))
+    }
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "anodiff-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward(s1, l1, s2, l2)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        self.grads(x, w, gy)
+    }
+}
+
+/// The convolution with its bias added in place on the output.
+struct Conv2dBiasOp(Conv2dOp);
+
+impl CustomOp3 for Conv2dBiasOp {
+    fn name(&self) -> &'static str {
+        "anodiff-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (mut out, shape) = self.0.forward(s1, l1, s2, l2)?;
+        let pout = shape.dims()[2] * shape.dims()[3];
+        match &mut out {
+            CpuStorage::F32(y) => add_bias(y, slice::<f32>(s3, l3, self.name())?, pout),
+            CpuStorage::F64(y) => add_bias(y, slice::<f64>(s3, l3, self.name())?, pout),
+            _ => candle_core::bail!("{}: only f32/f64", self.name()),
+        }
+        Ok((out, shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = self.0.grads(x, w, gy)?;
+        let db = match b.track_op() {
+            true => Some(bias_grad(gy)?),
+            false => None,
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// `y[n, o, ·] += b[o]` on a contiguous `[N, O, P]` output.
+fn add_bias<T: WithDType>(y: &mut [T], b: &[T], pout: usize) {
+    y.par_chunks_mut(pout.max(1))
+        .enumerate()
+        .for_each(|(i, plane)| {
+            let bo = b[i % b.len()];
+            plane.iter_mut().for_each(|v| *v += bo);
+        });
+}
+
+/// `db[o] = Σ_{n,p} dY[n, o, p]` for `dY: [N, O, Ho, Wo]`.
+fn bias_grad(gy: &Tensor) -> Result<Tensor> {
+    gy.contiguous()?.apply_op1_no_bwd(&BiasGrad)
+}
+
+struct BiasGrad;
+
+impl candle_core::CustomOp1 for BiasGrad {
+    fn name(&self) -> &'static str {
+        "anodiff-conv2d-bias-grad"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let &[n, o, h, w] = l.dims() else {
+            candle_core::bail!(
+                "{}: expected a 4-D gradient, got {:?}",
+                self.name(),
+                l.dims()
+            )
+        };
+        fn sums<T: WithDType>(gy: &[T], n: usize, o: usize, pout: usize) -> Vec<T> {
+            (0..o)
+                .into_par_iter()
+                .map(|c| {
+                    // 8 partial sums so the inner loop vectorises.
+                    let mut acc = [T::zero(); 8];
+                    let mut tail = T::zero();
+                    for b in 0..n {
+                        let plane = &gy[(b * o + c) * pout..(b * o + c + 1) * pout];
+                        let mut it = plane.chunks_exact(8);
+                        for ch in &mut it {
+                            for (a, &v) in acc.iter_mut().zip(ch) {
+                                *a += v;
+                            }
+                        }
+                        tail = it.remainder().iter().fold(tail, |a, &v| a + v);
+                    }
+                    acc.iter().fold(tail, |a, &v| a + v)
+                })
+                .collect()
+        }
+        let out = match s {
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(sums(slice::<f32>(s, l, self.name())?, n, o, h * w))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(sums(slice::<f64>(s, l, self.name())?, n, o, h * w))
+            }
+            _ => candle_core::bail!("{}: only f32/f64", self.name()),
+        };
+        Ok((out, Shape::from(o)))
     }
 }
 
