@@ -302,7 +302,9 @@ fn sets_are_routed_per_row() {
     let en = rel_err(&none, &only0);
     let sep = rel_err(&row(&only0, 1), &row(&only1, 1));
     println!("routing: row0 vs set0 {e0:.1e}, row1 vs set1 {e1:.1e}, None vs set0 {en:.1e}, sets differ by {sep:.2}");
-    assert!(e0 <= 1e-6 && e1 <= 1e-6 && en == 0.0 && sep > 1e-2);
+    // A single-set batch takes the fused LoRA op, a mixed one the masked composition: the two
+    // round differently (f32, ~1e-6 through the whole UNet); misrouting would differ by `sep`.
+    assert!(e0 <= 1e-5 && e1 <= 1e-5 && en == 0.0 && sep > 1e-2);
 
     // Changing set 1 leaves rows of set 0 unchanged.
     randomise_up(&l, 1);

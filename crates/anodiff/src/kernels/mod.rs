@@ -5,8 +5,9 @@
 
 pub mod attention;
 pub mod conv2d;
-mod gemm;
+pub(crate) mod gemm;
 pub mod groupnorm;
+pub mod lowrank;
 mod simd;
 pub mod winograd;
 

@@ -6,10 +6,11 @@ use crate::error::Result;
 use candle_core::{Module, Tensor};
 use std::sync::{Arc, RwLock};
 
-/// Something that modifies a linear layer's output given its input (LoRA, merged deltas, probes).
+/// Something that computes a linear layer's output in place of the plain layer (LoRA, merged
+/// deltas, probes). It gets the layer itself, not just its output, so it can fuse its change with
+/// the base computation (`Linear::forward_base` is the unadapted layer).
 pub trait LinearAdapter: Send + Sync {
-    /// `input` is the layer input, `output` the base layer's output; returns the adapted output.
-    fn adapt(&self, layer: &str, input: &Tensor, output: Tensor) -> candle_core::Result<Tensor>;
+    fn forward(&self, base: &Linear, input: &Tensor) -> candle_core::Result<Tensor>;
 }
 
 pub struct Linear {
@@ -66,10 +67,9 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.forward_base(x)?;
         match self.adapter() {
-            Some(a) => a.adapt(&self.name, x, y),
-            None => Ok(y),
+            Some(a) => a.forward(self, x),
+            None => self.forward_base(x),
         }
     }
 }

@@ -66,6 +66,18 @@ pub trait AttnProcessor: Send + Sync {
     fn kv_source(&self, _call: &AttnCall, _hidden: &Tensor, kv: Tensor) -> Result<Tensor> {
         Ok(kv)
     }
+    /// Computes a projection in place of the layer's own `forward` (LoRA fuses its change with the
+    /// frozen base layer here); `None` leaves it to the next processor / the layer. `project` still
+    /// runs on the result.
+    fn linear(
+        &self,
+        _call: &AttnCall,
+        _proj: Proj,
+        _layer: &Linear,
+        _input: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
     /// Post-processes a projection: `input` went into the layer's linear map, `output` came out.
     fn project(
         &self,
@@ -119,6 +131,20 @@ impl AttnProcessor for ProcessorStack {
             output = p.project(call, proj, input, output)?;
         }
         Ok(output)
+    }
+    fn linear(
+        &self,
+        call: &AttnCall,
+        proj: Proj,
+        layer: &Linear,
+        input: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        for p in &self.0 {
+            if let Some(y) = p.linear(call, proj, layer, input)? {
+                return Ok(Some(y));
+            }
+        }
+        Ok(None)
     }
     fn attend(
         &self,
@@ -189,9 +215,16 @@ impl Attention {
             hw,
         };
         let kv_in = proc.kv_source(&call, hidden, context.unwrap_or(hidden).clone())?;
-        let q = proc.project(&call, Proj::Q, hidden, self.to_q.forward(hidden)?)?;
-        let k = proc.project(&call, Proj::K, &kv_in, self.to_k.forward(&kv_in)?)?;
-        let v = proc.project(&call, Proj::V, &kv_in, self.to_v.forward(&kv_in)?)?;
+        let project = |proj: Proj, layer: &Linear, input: &Tensor| -> Result<Tensor> {
+            let y = match proc.linear(&call, proj, layer, input)? {
+                Some(y) => y,
+                None => layer.forward(input)?,
+            };
+            proc.project(&call, proj, input, y)
+        };
+        let q = project(Proj::Q, &self.to_q, hidden)?;
+        let k = project(Proj::K, &self.to_k, &kv_in)?;
+        let v = project(Proj::V, &self.to_v, &kv_in)?;
         let (q, k, v) = (self.heads(&q)?, self.heads(&k)?, self.heads(&v)?);
         let scale = 1.0 / (self.info.head_dim as f64).sqrt();
         let o = match proc.attend(&call, &q, &k, &v, scale)? {
@@ -199,7 +232,7 @@ impl Attention {
             None => ops::sdpa(&q, &k, &v, scale)?,
         };
         let o = self.merge_heads(&o)?;
-        let out = proc.project(&call, Proj::Out, &o, self.to_out.forward(&o)?)?;
+        let out = project(Proj::Out, &self.to_out, &o)?;
         proc.output(&call, hidden, out)
     }
 

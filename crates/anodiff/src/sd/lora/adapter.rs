@@ -2,7 +2,7 @@
 //! A `Linear` sees no `ForwardCtx`, so every row uses one set: the adapter's active set.
 
 use super::layer::LoraLayer;
-use crate::nn::LinearAdapter;
+use crate::nn::{Linear, LinearAdapter};
 use candle_core::Tensor;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,7 +27,7 @@ impl LoraLinearAdapter {
 }
 
 impl LinearAdapter for LoraLinearAdapter {
-    fn adapt(&self, _layer: &str, input: &Tensor, output: Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, base: &Linear, input: &Tensor) -> candle_core::Result<Tensor> {
         let set = self.active.load(Ordering::Relaxed);
         if set >= self.layer.sets.len() {
             candle_core::bail!(
@@ -38,6 +38,6 @@ impl LinearAdapter for LoraLinearAdapter {
         }
         let b = input.dims().first().copied().unwrap_or(0);
         let branch = vec![set; b];
-        self.layer.apply(input, output, Some(&branch))
+        self.layer.forward_linear(base, input, Some(&branch))
     }
 }

@@ -2,7 +2,9 @@
 //! `scale · up(down(dropout(x)))` with `down: [r, in]`, `up: [out, r]`, routed per batch row.
 
 use crate::error::{Error, Result};
+use crate::kernels::lowrank;
 use crate::nn::params::gaussian;
+use crate::nn::Linear;
 use candle_core::{DType, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use std::hash::{Hash, Hasher};
@@ -213,6 +215,47 @@ impl LoraLayer {
             });
         }
         Ok(total.expect("branch is non-empty"))
+    }
+
+    /// The adapted layer `base(x) + delta(x)`. Where every row uses one set and dropout is off, this
+    /// is one fused op over the frozen base weights (see `kernels::lowrank`: no retained base
+    /// output or low-rank product, no base-weight gradient); otherwise the base output plus
+    /// [`Self::delta`].
+    pub fn forward_linear(
+        &self,
+        base: &Linear,
+        x: &Tensor,
+        branch: Option<&[usize]>,
+    ) -> candle_core::Result<Tensor> {
+        if let Some(set) = self.single_set(x, branch) {
+            let (down, up) = (set.down.as_tensor(), set.up.as_tensor());
+            let fused = lowrank::linear_lowrank(
+                x,
+                &base.weight,
+                base.bias.as_ref(),
+                down,
+                up,
+                set.scale(),
+            )?;
+            if let Some(y) = fused {
+                return Ok(y);
+            }
+        }
+        self.apply(x, base.forward_base(x)?, branch)
+    }
+
+    /// The one set every row of `x` uses, when the LoRA term needs no row masks or dropout.
+    fn single_set(&self, x: &Tensor, branch: Option<&[usize]>) -> Option<&LoraSet> {
+        let dropout = self.dropout > 0.0 && self.training.load(Ordering::Relaxed);
+        if dropout || x.dims().first().is_none_or(|&b| b == 0) {
+            return None;
+        }
+        let set = match branch {
+            None => 0,
+            Some(br) if br.len() == x.dims()[0] && br.iter().all(|&s| s == br[0]) => br[0],
+            Some(_) => return None,
+        };
+        self.sets.get(set)
     }
 
     /// Adds the routed LoRA change to a base output.

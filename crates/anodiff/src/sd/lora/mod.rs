@@ -3,7 +3,7 @@
 //!
 //! - [`layer`]: the weights of one target linear (`down [r, in]`, `up [out, r]`, scale, dropout)
 //!   and the per-row routing of sets by `ForwardCtx::branch`.
-//! - [`processor`]: UNet attention layers, through the `project` stage of the processor hook.
+//! - [`processor`]: UNet attention layers, through the `linear` stage of the processor hook.
 //! - [`adapter`]: any named `Linear` (CLIP `q_proj|k_proj|v_proj|out_proj`), through its adapter slot.
 //! - [`install`]: [`Lora`], which targets layers by regex, installs, saves/loads and lists `Var`s.
 //! - [`io`]: diffusers/peft and kohya-ss safetensors files.

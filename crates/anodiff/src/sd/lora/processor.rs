@@ -1,8 +1,10 @@
-//! LoRA on a UNet attention layer through the `project` stage of the attention-processor hook:
-//! each targeted projection (Q, K, V, Out) gets `+ scale·up(down(input))` of its row's set.
+//! LoRA on a UNet attention layer through the `linear` stage of the attention-processor hook:
+//! each targeted projection (Q, K, V, Out) becomes `base(input) + scale·up(down(input))` of its
+//! row's set, fused into one op where possible.
 
 use super::layer::LoraLayer;
 use crate::error::Result;
+use crate::nn::Linear;
 use crate::sd::attention::{AttnCall, AttnProcessor, Proj};
 use candle_core::Tensor;
 use std::sync::Arc;
@@ -41,16 +43,20 @@ impl LoraAttnProcessor {
 }
 
 impl AttnProcessor for LoraAttnProcessor {
-    fn project(
+    fn linear(
         &self,
         call: &AttnCall,
         proj: Proj,
+        layer: &Linear,
         input: &Tensor,
-        output: Tensor,
-    ) -> Result<Tensor> {
-        match self.get(proj) {
-            Some(l) => Ok(l.apply(input, output, call.ctx.branch.as_deref())?),
-            None => Ok(output),
-        }
+    ) -> Result<Option<Tensor>> {
+        let Some(l) = self.get(proj) else {
+            return Ok(None);
+        };
+        Ok(Some(l.forward_linear(
+            layer,
+            input,
+            call.ctx.branch.as_deref(),
+        )?))
     }
 }
