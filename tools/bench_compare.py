@@ -2,17 +2,26 @@
 """Runs `anodiff bench <what> --json` and `tools/bench_reference.py <what> --json` back to back with the
 same arguments and prints one markdown table with the ratio ours/PyTorch (the BENCHMARKS.md tables).
 
+With `--rounds N` (default 1) the pair runs N times, alternating ours and PyTorch, and the table gives
+the median of each side, the median of the N per-round ratios, the best-of-N ratio (fastest round of
+ours / fastest round of PyTorch: interference from other tenants only ever adds time) and every
+per-round ratio. On a machine whose speed drifts by tens of percent within minutes, single ratios
+are not trustworthy.
+
 Usage (from the repository root, after `cargo build --release`):
-    /work/venv/bin/python tools/bench_compare.py ops
-    /work/venv/bin/python tools/bench_compare.py unet --preset sd15 --size 256 --batch 2
+    /work/venv/bin/python tools/bench_compare.py ops [--rounds 5]
+    /work/venv/bin/python tools/bench_compare.py unet --preset sd15 --size 256 --batch 2 [--rounds 3]
     /work/venv/bin/python tools/bench_compare.py unet --preset sd15 --size 256 --batch 2 --train-lora
 """
 import json
 import os
+import statistics
 import subprocess
 import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+# Keys that describe the run rather than measure it.
+META = ("size", "batch", "repeats", "threads", "parameters", "lora_params")
 
 
 def run(cmd):
@@ -21,22 +30,38 @@ def run(cmd):
 
 
 def main():
-    if len(sys.argv) < 2 or sys.argv[1] not in ("ops", "unet"):
+    args = sys.argv[1:]
+    rounds = 1
+    if "--rounds" in args:
+        i = args.index("--rounds")
+        rounds = int(args[i + 1])
+        del args[i:i + 2]
+    if not args or args[0] not in ("ops", "unet") or rounds < 1:
         sys.exit(__doc__)
-    what, rest = sys.argv[1], sys.argv[2:]
-    ours = run([os.path.join(ROOT, "target", "release", "anodiff"), "bench", what, *rest, "--json"])
-    torch = run([sys.executable, os.path.join(ROOT, "tools", "bench_reference.py"), what, *rest, "--json"])
-    print(f"`anodiff bench {what} {' '.join(rest)}` vs `tools/bench_reference.py {what} {' '.join(rest)}`\n")
-    print("| key | anodiff | PyTorch | ratio ours/PyTorch |")
-    print("|---|---|---|---|")
-    for k, v in ours.items():
-        if isinstance(v, (int, float)) and k in torch and isinstance(torch[k], (int, float)) and k not in (
-                "size", "batch", "repeats", "threads"):
-            unit = " MiB" if k.endswith("_mb") else (" ms" if k not in ("parameters", "lora_params") else "")
-            ratio = v / torch[k] if torch[k] else float("nan")
-            print(f"| {k} | {v:.1f}{unit} | {torch[k]:.1f}{unit} | {ratio:.2f} |")
+    what, rest = args[0], args[1:]
+    rows = []  # one (ours, torch) pair of JSON objects per round
+    for r in range(rounds):
+        ours = run([os.path.join(ROOT, "target", "release", "anodiff"), "bench", what, *rest, "--json"])
+        torch = run([sys.executable, os.path.join(ROOT, "tools", "bench_reference.py"), what, *rest, "--json"])
+        rows.append((ours, torch))
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+    keys = [k for k, v in rows[0][0].items() if isinstance(v, (int, float)) and k not in META
+            and isinstance(rows[0][1].get(k), (int, float))]
+    cmd = f"`anodiff bench {what} {' '.join(rest)}` vs `tools/bench_reference.py {what} {' '.join(rest)}`"
+    print(f"{cmd}, {rounds} round(s) alternating\n")
+    print("| key | anodiff | PyTorch | ratio ours/PyTorch (median of rounds) | best-of-N ratio | per-round ratios |")
+    print("|---|---|---|---|---|---|")
+    for k in keys:
+        o = [a[k] for a, _ in rows]
+        t = [b[k] for _, b in rows]
+        ratios = [x / y if y else float("nan") for x, y in zip(o, t)]
+        unit = " MiB" if k.endswith("_mb") else " ms"
+        per = ", ".join(f"{x:.2f}" for x in ratios)
+        best = min(o) / min(t) if min(t) else float("nan")
+        print(f"| {k} | {statistics.median(o):.1f}{unit} | {statistics.median(t):.1f}{unit} | "
+              f"{statistics.median(ratios):.2f} | {best:.2f} | {per} |")
     print()
-    print("raw:", json.dumps({"anodiff": ours, "pytorch": torch}))
+    print("raw:", json.dumps([{"anodiff": a, "pytorch": b} for a, b in rows]))
 
 
 if __name__ == "__main__":
