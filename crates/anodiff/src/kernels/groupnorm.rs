@@ -239,6 +239,8 @@ fn bwd_group<T: Elem>(
 }
 
 // AVX2+FMA copies of the per-group loops, chosen at run time (the default build targets SSE2).
+// Named wrappers, not `simd_dispatch!`: through the macro's closure the backward loop compiled to
+// scalar code (measured: GroupNorm+SiLU fwd+bwd 21 -> 33 ms).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fwd_group_avx2<T: Elem>(

@@ -8,7 +8,7 @@ pub mod conv2d;
 pub(crate) mod gemm;
 pub mod groupnorm;
 pub mod lowrank;
-mod simd;
+pub(crate) mod simd;
 pub mod winograd;
 
 use candle_core::{CpuStorage, DType, Layout, Tensor, WithDType};

@@ -17,6 +17,39 @@ pub fn exp_f32(x: f32) -> f32 {
     p * f32::from_bits(((ki + 127) as u32) << 23)
 }
 
+/// Eight `exp_f32` at once with AVX2+FMA: the same reduction and polynomial as [`exp_f32`], with
+/// fused multiply-adds (so the bits may differ from the scalar form by an ulp). Inputs must be
+/// ≤ 88 (callers pass `x − max ≤ 0`); below −87 they are clamped like the scalar form.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn exp8_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    const MAGIC: f32 = 12_582_912.0;
+    let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+    let kf = _mm256_fmadd_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+        _mm256_set1_ps(MAGIC),
+    );
+    let ki = _mm256_sub_epi32(
+        _mm256_castps_si256(kf),
+        _mm256_castps_si256(_mm256_set1_ps(MAGIC)),
+    );
+    let k = _mm256_sub_ps(kf, _mm256_set1_ps(MAGIC));
+    let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693_145_75), x);
+    let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.428_606_8e-6), r);
+    let mut p = _mm256_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(ki, _mm256_set1_epi32(127)));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
+}
+
 /// Whether the AVX2+FMA copies of the element-wise loops can run (checked once, cached by std).
 pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -28,6 +61,36 @@ pub fn has_avx2() -> bool {
         false
     }
 }
+
+/// Runs `$body` compiled with AVX2+FMA when the CPU has them, else as plain code: one source for
+/// both (no FMA contraction happens in Rust, so both give the same bits).
+macro_rules! simd_dispatch {
+    ($body:expr) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn fast<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            if $crate::kernels::simd::has_avx2() {
+                // SAFETY: the CPU supports the enabled features (checked just above).
+                unsafe {
+                    fast(
+                        #[inline(always)]
+                        || $body,
+                    )
+                }
+            } else {
+                $body
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $body
+        }
+    }};
+}
+pub(crate) use simd_dispatch;
 
 /// Logistic sigmoid in the working precision; f32 uses the fast exp above.
 pub trait Sigmoid: Copy {
@@ -78,5 +141,28 @@ mod tests {
             worst = worst.max(rel);
         }
         assert!(worst < 1e-6, "exp_f32 rel err {worst}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn exp8_avx2_matches_std() {
+        if !super::has_avx2() {
+            return;
+        }
+        let mut worst = 0f32;
+        for i in (-8700..100).step_by(8) {
+            let x: [f32; 8] = std::array::from_fn(|l| (i + l as i32) as f32 * 0.01);
+            let mut y = [0f32; 8];
+            // SAFETY: AVX2+FMA checked above; the arrays hold 8 floats.
+            unsafe {
+                use std::arch::x86_64::*;
+                let v = super::exp8_avx2(_mm256_loadu_ps(x.as_ptr()));
+                _mm256_storeu_ps(y.as_mut_ptr(), v);
+            }
+            for (a, b) in x.iter().zip(y) {
+                worst = worst.max(((b - a.exp()) / a.exp()).abs());
+            }
+        }
+        assert!(worst < 1e-6, "exp8_avx2 rel err {worst}");
     }
 }

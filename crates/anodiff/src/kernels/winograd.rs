@@ -19,6 +19,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::gemm::{matmul_ex, Mat};
+use super::simd::simd_dispatch;
 use rayon::prelude::*;
 
 /// Floats per transformed buffer (V and M each): bounds memory on big images while keeping every
@@ -251,35 +252,6 @@ impl Ptr {
     }
 }
 
-/// Runs `$body` compiled with AVX2+FMA when the CPU has them, else as plain code: one source for
-/// both (no FMA contraction happens in Rust, so both give the same bits).
-macro_rules! simd_dispatch {
-    ($body:expr) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn fast<R>(f: impl FnOnce() -> R) -> R {
-                f()
-            }
-            if super::simd::has_avx2() {
-                // SAFETY: the CPU supports the enabled features (checked just above).
-                unsafe {
-                    fast(
-                        #[inline(always)]
-                        || $body,
-                    )
-                }
-            } else {
-                $body
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            $body
-        }
-    }};
-}
-
 /// Transformed weights `U[ξ][o][c]` of `w: [O, C, 3, 3]`. With `flip`, the weights of the input
 /// gradient instead: `U[ξ][c][o]` of `w[o][c]` rotated by 180°.
 pub fn transform_weights(w: &[f32], o: usize, c: usize, flip: bool, tile: Tile) -> Vec<f32> {
@@ -487,6 +459,28 @@ fn grad_channel<const M: usize, const A: usize, T: Transforms<M, A>>(
     }
 }
 
+/// The tiles of all images, and how many go in one chunk so the transformed data of a chunk stay
+/// within `BUDGET` floats (shared by the forward and the weight gradient).
+fn chunking(p: &Plan, m: usize, a: usize) -> (usize, usize) {
+    let (th, tw) = p.tiles(m);
+    let tiles = p.n * th * tw;
+    (tiles, (BUDGET / (a * a * p.c.max(p.o))).clamp(1, tiles))
+}
+
+/// Input transform of tiles `t0..t0 + tc` into `v` (`V[ξ][c][t]`), one task per channel.
+fn input_transform<const M: usize, const A: usize, T: Transforms<M, A>>(
+    p: &Plan,
+    x: &[f32],
+    t0: usize,
+    tc: usize,
+    v: &mut [std::mem::MaybeUninit<f32>],
+) {
+    let vp = Ptr(v.as_mut_ptr().cast());
+    (0..p.c)
+        .into_par_iter()
+        .for_each(|ci| simd_dispatch!(input_channel::<M, A, T>(p, x, ci, t0, tc, vp)));
+}
+
 /// Weight gradient of [`conv`]: `dW[o][c] = Gᵀ (Σ_t Ŷ_t[o] ⊙ V_t[c]) G`, the exact adjoint of the
 /// forward's transforms, so F(4,3) also cuts the backward GEMM flops by 4×. Returns `[O, C, 3, 3]`.
 pub fn weight_grad(p: &Plan, x: &[f32], dy: &[f32], tile: Tile) -> Vec<f32> {
@@ -502,18 +496,13 @@ fn weight_grad_t<const M: usize, const A: usize, T: Transforms<M, A>>(
     dy: &[f32],
 ) -> Vec<f32> {
     let aa = A * A;
-    let (th, tw) = p.tiles(M);
-    let tiles = p.n * th * tw;
-    let chunk = (BUDGET / (aa * p.c.max(p.o))).clamp(1, tiles);
+    let (tiles, chunk) = chunking(p, M, A);
     let mut v = scratch(aa * p.c * chunk);
     let mut gy = scratch(aa * p.o * chunk);
     let mut du = vec![0f32; aa * p.o * p.c];
     for (k, t0) in (0..tiles).step_by(chunk).enumerate() {
         let tc = chunk.min(tiles - t0);
-        let vp = Ptr(v.as_mut_ptr().cast());
-        (0..p.c)
-            .into_par_iter()
-            .for_each(|ci| simd_dispatch!(input_channel::<M, A, T>(p, x, ci, t0, tc, vp)));
+        input_transform::<M, A, T>(p, x, t0, tc, &mut v);
         let gp = Ptr(gy.as_mut_ptr().cast());
         (0..p.o)
             .into_par_iter()
@@ -592,19 +581,14 @@ fn conv_t<const M: usize, const A: usize, T: Transforms<M, A>>(
     u: &[f32],
 ) -> Vec<f32> {
     let aa = A * A;
-    let (th, tw) = p.tiles(M);
-    let tiles = p.n * th * tw;
-    let chunk = (BUDGET / (aa * p.c.max(p.o))).clamp(1, tiles);
+    let (tiles, chunk) = chunking(p, M, A);
     let mut out = vec![0f32; p.n * p.o * p.ho() * p.wo()];
     let mut v = scratch(aa * p.c * chunk);
     let mut m = scratch(aa * p.o * chunk);
     for t0 in (0..tiles).step_by(chunk) {
         let tc = chunk.min(tiles - t0);
-        // 1. Input transform, one task per channel.
-        let vp = Ptr(v.as_mut_ptr().cast());
-        (0..p.c)
-            .into_par_iter()
-            .for_each(|ci| simd_dispatch!(input_channel::<M, A, T>(p, x, ci, t0, tc, vp)));
+        // 1. Input transform.
+        input_transform::<M, A, T>(p, x, t0, tc, &mut v);
         // 2. One GEMM per position ξ; the positions are the parallel axis.
         let (vp, mp) = (Ptr(v.as_mut_ptr().cast()), Ptr(m.as_mut_ptr().cast()));
         (0..aa).into_par_iter().for_each(|xi| {
