@@ -1,6 +1,7 @@
 //! Fused GroupNorm (+ optional SiLU) as a candle `CustomOp3` (x, gamma, beta) on CPU, with an
-//! analytic backward giving dx, dgamma, dbeta in one pass over the data. Statistics are two-pass
-//! in f64 per (batch, group); work is parallel over (batch, group).
+//! analytic backward giving dx, dgamma, dbeta in one pass over the data. Statistics are one
+//! shifted pass in f64 per (batch, group), kept from the forward for the backward; work is
+//! parallel over (batch, group).
 
 use super::simd::{has_avx2, Sigmoid};
 use super::{slice, supported};
@@ -21,7 +22,13 @@ pub fn group_norm(
         return reference(x, gamma, beta, groups, eps, silu);
     }
     let (x, gamma, beta) = (x.contiguous()?, gamma.contiguous()?, beta.contiguous()?);
-    x.apply_op3(&gamma, &beta, GroupNormOp { groups, eps, silu })
+    let op = GroupNormOp {
+        groups,
+        eps,
+        silu,
+        stats: Default::default(),
+    };
+    x.apply_op3(&gamma, &beta, op)
 }
 
 /// The same computation from candle's basic differentiable ops (fallback and test reference).
@@ -82,29 +89,36 @@ impl Dims {
     }
 }
 
-/// f64 sum of `f(v)` with 8 independent accumulators so the loop vectorises.
-#[inline(always)]
-fn sum64<T: Elem>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0f64; 8];
-    let chunks = xs.chunks_exact(8);
-    let rem: f64 = chunks.remainder().iter().map(|v| f(v.to_f64())).sum();
-    for ch in chunks {
-        for (a, v) in acc.iter_mut().zip(ch) {
-            *a += f(v.to_f64());
-        }
-    }
-    acc.iter().sum::<f64>() + rem
-}
-
-/// Mean and 1/√(var + eps) of one group, two-pass in f64.
+/// Mean and 1/√(var + eps) of one group in one pass: sums of `x − x₀` and its square in f64 (the
+/// shift by the first element keeps the subtraction `E[d²] − E[d]²` well conditioned).
 #[inline(always)]
 fn stats<T: Elem>(xs: &[T], eps: f64) -> (f64, f64) {
     let m = xs.len().max(1) as f64;
-    let mean = sum64(xs, |v| v) / m;
-    let var = sum64(xs, |v| (v - mean) * (v - mean)) / m;
-    (mean, 1.0 / (var + eps).sqrt())
+    let x0 = xs.first().map_or(0.0, |v| v.to_f64());
+    let (mut s1, mut s2) = ([0f64; 8], [0f64; 8]);
+    let chunks = xs.chunks_exact(8);
+    let (mut r1, mut r2) = (0f64, 0f64);
+    for v in chunks.remainder() {
+        let d = v.to_f64() - x0;
+        r1 += d;
+        r2 += d * d;
+    }
+    for ch in chunks {
+        for l in 0..8 {
+            let d = ch[l].to_f64() - x0;
+            s1[l] += d;
+            s2[l] += d * d;
+        }
+    }
+    let (d1, d2) = (
+        (s1.iter().sum::<f64>() + r1) / m,
+        (s2.iter().sum::<f64>() + r2) / m,
+    );
+    let var = (d2 - d1 * d1).max(0.0);
+    (x0 + d1, 1.0 / (var + eps).sqrt())
 }
 
+/// One (batch, group); returns its (mean, 1/σ) for the backward.
 #[inline(always)]
 fn fwd_group<T: Elem>(
     x: &[T],
@@ -114,7 +128,7 @@ fn fwd_group<T: Elem>(
     s: usize,
     eps: f64,
     silu: bool,
-) {
+) -> (f64, f64) {
     let (mean, rstd) = stats(x, eps);
     let (mean_t, rstd_t) = (T::from_f64(mean), T::from_f64(rstd));
     if s == 1 {
@@ -123,7 +137,7 @@ fn fwd_group<T: Elem>(
             let z = (v - mean_t) * (rstd_t * g) + b;
             *o = if silu { z * z.sigmoid() } else { z };
         }
-        return;
+        return (mean, rstd);
     }
     for (c, (xc, yc)) in x.chunks_exact(s).zip(y.chunks_exact_mut(s)).enumerate() {
         let (a, b) = (rstd_t * gamma[c], beta[c]);
@@ -138,6 +152,7 @@ fn fwd_group<T: Elem>(
             }
         }
     }
+    (mean, rstd)
 }
 
 /// `(x̂, ∂L/∂z)` for one element: the normalised input and the gradient at the affine output `z`
@@ -155,7 +170,8 @@ fn norm_grad<T: Elem>(v: T, d: T, mean: T, rstd: T, g: T, b: T, silu: bool) -> (
     (xh, dz)
 }
 
-/// One (batch, group): writes dx and the per-channel partial sums (Σdz·x̂, Σdz) into `part`.
+/// One (batch, group) with the forward's (mean, 1/σ): writes dx and the per-channel partial sums
+/// (Σdz·x̂, Σdz) into `part`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn bwd_group<T: Elem>(
@@ -166,10 +182,9 @@ fn bwd_group<T: Elem>(
     gamma: &[T],
     beta: &[T],
     s: usize,
-    eps: f64,
+    (mean, rstd): (f64, f64),
     silu: bool,
 ) {
-    let (mean, rstd) = stats(x, eps);
     let (mean_t, rstd_t) = (T::from_f64(mean), T::from_f64(rstd));
     let (mut sum_a, mut sum_b) = (0f64, 0f64);
     if s == 1 {
@@ -251,7 +266,7 @@ unsafe fn fwd_group_avx2<T: Elem>(
     s: usize,
     eps: f64,
     silu: bool,
-) {
+) -> (f64, f64) {
     fwd_group(x, y, g, b, s, eps, silu)
 }
 
@@ -266,32 +281,45 @@ unsafe fn bwd_group_avx2<T: Elem>(
     g: &[T],
     b: &[T],
     s: usize,
-    eps: f64,
+    stats: (f64, f64),
     silu: bool,
 ) {
-    bwd_group(x, dy, dx, part, g, b, s, eps, silu)
+    bwd_group(x, dy, dx, part, g, b, s, stats, silu)
 }
 
-fn fwd<T: Elem>(d: Dims, x: &[T], gamma: &[T], beta: &[T], eps: f64, silu: bool) -> Vec<T> {
+/// Returns y and the (mean, 1/σ) of every (batch, group), which the backward reuses.
+fn fwd<T: Elem>(
+    d: Dims,
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    eps: f64,
+    silu: bool,
+) -> (Vec<T>, Vec<(f64, f64)>) {
     let mut y = vec![T::zero(); x.len()];
     let (gs, groups, avx) = (d.cg * d.s, d.c / d.cg, has_avx2());
-    y.par_chunks_mut(gs.max(1)).enumerate().for_each(|(i, yg)| {
-        let c0 = (i % groups) * d.cg;
-        let (gm, bt) = (&gamma[c0..c0 + d.cg], &beta[c0..c0 + d.cg]);
-        let xg = &x[i * gs..(i + 1) * gs];
-        #[cfg(target_arch = "x86_64")]
-        if avx {
-            // SAFETY: the CPU supports AVX2 and FMA (checked above).
-            return unsafe { fwd_group_avx2(xg, yg, gm, bt, d.s, eps, silu) };
-        }
-        let _ = avx;
-        fwd_group(xg, yg, gm, bt, d.s, eps, silu)
-    });
-    y
+    let mut stats = vec![(0f64, 0f64); d.n * groups];
+    y.par_chunks_mut(gs.max(1))
+        .zip(stats.par_iter_mut())
+        .enumerate()
+        .for_each(|(i, (yg, st))| {
+            let c0 = (i % groups) * d.cg;
+            let (gm, bt) = (&gamma[c0..c0 + d.cg], &beta[c0..c0 + d.cg]);
+            let xg = &x[i * gs..(i + 1) * gs];
+            #[cfg(target_arch = "x86_64")]
+            if avx {
+                // SAFETY: the CPU supports AVX2 and FMA (checked above).
+                *st = unsafe { fwd_group_avx2(xg, yg, gm, bt, d.s, eps, silu) };
+                return;
+            }
+            let _ = avx;
+            *st = fwd_group(xg, yg, gm, bt, d.s, eps, silu);
+        });
+    (y, stats)
 }
 
-/// Returns `[dx (numel), dgamma (C), dbeta (C)]` packed in one buffer.
-fn bwd<T: Elem>(d: Dims, x: &[T], dy: &[T], gb: &[T], eps: f64, silu: bool) -> Vec<T> {
+/// Returns `[dx (numel), dgamma (C), dbeta (C)]` packed in one buffer; `stats` from [`fwd`].
+fn bwd<T: Elem>(d: Dims, x: &[T], dy: &[T], gb: &[T], stats: &[(f64, f64)], silu: bool) -> Vec<T> {
     let (gamma, beta) = gb.split_at(d.c);
     let mut out = vec![T::zero(); x.len() + 2 * d.c];
     let mut part = vec![0f64; d.n * d.c * 2];
@@ -307,10 +335,10 @@ fn bwd<T: Elem>(d: Dims, x: &[T], dy: &[T], gb: &[T], eps: f64, silu: bool) -> V
             #[cfg(target_arch = "x86_64")]
             if avx {
                 // SAFETY: the CPU supports AVX2 and FMA (checked above).
-                return unsafe { bwd_group_avx2(xg, dyg, dxg, pg, gm, bt, d.s, eps, silu) };
+                return unsafe { bwd_group_avx2(xg, dyg, dxg, pg, gm, bt, d.s, stats[i], silu) };
             }
             let _ = avx;
-            bwd_group(xg, dyg, dxg, pg, gm, bt, d.s, eps, silu)
+            bwd_group(xg, dyg, dxg, pg, gm, bt, d.s, stats[i], silu)
         });
     for c in 0..d.c {
         let (mut dg, mut db) = (0f64, 0f64);
@@ -328,6 +356,9 @@ struct GroupNormOp {
     groups: usize,
     eps: f64,
     silu: bool,
+    /// (mean, 1/σ) per (batch, group), set by the forward and reused by the backward (saves the
+    /// backward two passes over x).
+    stats: std::sync::Mutex<Vec<(f64, f64)>>,
 }
 
 impl CustomOp3 for GroupNormOp {
@@ -355,25 +386,23 @@ impl CustomOp3 for GroupNormOp {
             )
         }
         let (eps, silu, n) = (self.eps, self.silu, self.name());
-        let y = match (s1, s2, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(fwd(
-                d,
-                slice(s1, l1, n)?,
-                slice(s2, l2, n)?,
-                slice(s3, l3, n)?,
-                eps,
-                silu,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(fwd(
-                d,
-                slice(s1, l1, n)?,
-                slice(s2, l2, n)?,
-                slice(s3, l3, n)?,
-                eps,
-                silu,
-            )),
+        let (y, stats) = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                let (x, g, b) = (slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?);
+                let (y, st) = fwd::<f32>(d, x, g, b, eps, silu);
+                (CpuStorage::F32(y), st)
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                let (x, g, b) = (slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?);
+                let (y, st) = fwd::<f64>(d, x, g, b, eps, silu);
+                (CpuStorage::F64(y), st)
+            }
             _ => candle_core::bail!("{n}: only f32/f64 with matching dtypes"),
         };
+        *self
+            .stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg(format!("{n}: poisoned")))? = stats;
         Ok((y, l1.shape().clone()))
     }
 
@@ -387,9 +416,14 @@ impl CustomOp3 for GroupNormOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let c = gamma.dim(0)?;
         let gb = Tensor::cat(&[gamma, beta], 0)?;
+        let stats = self
+            .stats
+            .lock()
+            .map_err(|_| candle_core::Error::Msg(format!("{}: poisoned", self.name())))?
+            .clone();
         let op = GroupNormBwd {
             groups: self.groups,
-            eps: self.eps,
+            stats,
             silu: self.silu,
         };
         let packed = x
@@ -406,7 +440,8 @@ impl CustomOp3 for GroupNormOp {
 /// (x, dy, [gamma; beta]) → packed [dx, dgamma, dbeta].
 struct GroupNormBwd {
     groups: usize,
-    eps: f64,
+    /// The forward's (mean, 1/σ) per (batch, group).
+    stats: Vec<(f64, f64)>,
     silu: bool,
 }
 
@@ -425,7 +460,8 @@ impl CustomOp3 for GroupNormBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = Dims::new(l1.dims(), self.groups, self.name())?;
-        if l2.dims() != l1.dims() || l3.dims() != [2 * d.c] {
+        if l2.dims() != l1.dims() || l3.dims() != [2 * d.c] || self.stats.len() != d.n * self.groups
+        {
             candle_core::bail!(
                 "{}: bad shapes {:?} {:?} {:?}",
                 self.name(),
@@ -434,14 +470,14 @@ impl CustomOp3 for GroupNormBwd {
                 l3.dims()
             )
         }
-        let (eps, silu, n) = (self.eps, self.silu, self.name());
+        let (stats, silu, n) = (&self.stats, self.silu, self.name());
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(bwd(
                 d,
                 slice(s1, l1, n)?,
                 slice(s2, l2, n)?,
                 slice(s3, l3, n)?,
-                eps,
+                stats,
                 silu,
             )),
             (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(bwd(
@@ -449,11 +485,34 @@ impl CustomOp3 for GroupNormBwd {
                 slice(s1, l1, n)?,
                 slice(s2, l2, n)?,
                 slice(s3, l3, n)?,
-                eps,
+                stats,
                 silu,
             )),
             _ => candle_core::bail!("{n}: only f32/f64 with matching dtypes"),
         };
         Ok((out, Shape::from(l1.shape().elem_count() + 2 * d.c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The one-pass shifted statistics against the textbook two-pass ones, on data far from zero
+    /// (where an unshifted one-pass variance would cancel catastrophically) and of odd length.
+    #[test]
+    fn one_pass_stats_match_two_pass() {
+        for (offset, n) in [(0.0f64, 37usize), (1e4, 4099), (-3e6, 1000)] {
+            let xs: Vec<f64> = (0..n)
+                .map(|i| offset + ((i * 7919) % 113) as f64 / 17.0 - 3.0)
+                .collect();
+            let mean = xs.iter().sum::<f64>() / n as f64;
+            let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n as f64;
+            let (m1, r1) = super::stats(&xs, 1e-5);
+            let r2 = 1.0 / (var + 1e-5).sqrt();
+            assert!(
+                (m1 - mean).abs() <= 1e-12 * mean.abs().max(1.0),
+                "{offset}: mean {m1} vs {mean}"
+            );
+            assert!((r1 - r2).abs() <= 1e-9 * r2, "{offset}: rstd {r1} vs {r2}");
+        }
     }
 }
