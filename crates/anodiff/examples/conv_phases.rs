@@ -2,6 +2,7 @@
 //! gradient only, for im2col and Winograd. `cargo run --release --example conv_phases`.
 use anodiff::bench::ops::median_ms;
 use anodiff::kernels::conv2d::conv2d_with;
+use anodiff::kernels::winograd::Tile;
 use candle_core::{Device, Tensor, Var};
 
 fn main() -> candle_core::Result<()> {
@@ -12,7 +13,7 @@ fn main() -> candle_core::Result<()> {
     let r = Tensor::randn(0f32, 1.0, (2, 320, 64, 64), &dev)?;
     let (xv, wv) = (Var::from_tensor(&x)?, Var::from_tensor(&w)?);
     {
-        use anodiff::kernels::winograd::{conv, transform_weights, Plan, Tile};
+        use anodiff::kernels::winograd::{conv, transform_weights, Plan};
         let (xs, ws) = (
             x.flatten_all()?.to_vec1::<f32>()?,
             w.flatten_all()?.to_vec1::<f32>()?,
@@ -38,7 +39,7 @@ fn main() -> candle_core::Result<()> {
             println!("raw winograd {tile:?}: weights {tw:.1} ms, conv {c:.1} ms");
         }
     }
-    for wino in [false, true] {
+    for wino in [None, Some(Tile::F2), Some(Tile::F4)] {
         let fwd = median_ms(7, || {
             conv2d_with(&x, &w, None, 1, 1, 2 << 20, wino).map(drop)
         })?;
@@ -54,7 +55,7 @@ fn main() -> candle_core::Result<()> {
             let y = xv.affine(1.0, 0.0)?;
             (y * &r)?.sum_all()?.backward().map(drop)
         })?;
-        println!("winograd={wino}: fwd {fwd:.1} ms, fwd+dx {dx:.1} ms, fwd+dw {dw:.1} ms, autograd overhead (affine fwd+bwd) {loss:.1} ms");
+        println!("winograd={wino:?}: fwd {fwd:.1} ms, fwd+dx {dx:.1} ms, fwd+dw {dw:.1} ms, autograd overhead (affine fwd+bwd) {loss:.1} ms");
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Our CPU kernels (conv2d, fused GroupNorm+SiLU) against candle's reference composition, forward
 //! and gradients, plus a finite-difference check of the GroupNorm+SiLU backward in f64.
 
-use anodiff::kernels::{attention, conv2d, groupnorm, lowrank};
+use anodiff::kernels::{attention, conv2d, groupnorm, lowrank, winograd};
 use anodiff::nn::ops::sdpa_basic;
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -80,38 +80,35 @@ fn conv2d_matches_candle_fwd_and_grads() {
 
 #[test]
 fn conv2d_winograd_matches_candle() {
-    // Stride-1 3×3 shapes with enough tiles for Winograd: with gradients tracked (F(2,3) forward,
-    // input and weight gradient) and without (inference forward: F(4,3) on the last two shapes,
-    // which have ≥ 64 4×4 tiles); padding 0, 1, 2.
+    // Stride-1 3×3 shapes with enough tiles for Winograd, each variant as the cap: forward, input
+    // gradient and weight gradient against candle's conv and backward; padding 0, 1, 2. The first
+    // shape has < 64 4×4 tiles, so its F(4,3) run steps down to F(2,3).
     let cases = [
         (2, 5, 16, 18, 6, 1),
         (1, 9, 34, 38, 7, 0),
         (2, 4, 31, 29, 3, 2),
     ];
-    for &(n, c, h, w, o, p) in &cases {
-        let x = Var::from_tensor(&randn(&[n, c, h, w], DType::F32)).unwrap();
-        let wt = Var::from_tensor(&randn(&[o, c, 3, 3], DType::F32)).unwrap();
-        let ours = conv2d::conv2d_with(&x, &wt, None, 1, p, 1 << 20, true).unwrap();
-        let refr = x.conv2d(&wt, p, 1, 1, 1).unwrap();
-        let r = randn(refr.dims(), DType::F32);
-        let (g1, g2) = (
-            (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap(),
-            (&refr * &r).unwrap().sum_all().unwrap().backward().unwrap(),
-        );
-        let ef = rel(&ours, &refr);
-        let ex = rel(g1.get(&x).unwrap(), g2.get(&x).unwrap());
-        let ew = rel(g1.get(&wt).unwrap(), g2.get(&wt).unwrap());
-        let (xd, wd) = (x.as_tensor().detach(), wt.as_tensor().detach());
-        let inf = conv2d::conv2d_with(&xd, &wd, None, 1, p, 1 << 20, true).unwrap();
-        let ei = rel(&inf, &refr);
-        println!(
-            "winograd {:?}: train fwd {ef:.2e} dx {ex:.2e} dw {ew:.2e}, inference fwd {ei:.2e}",
-            (n, c, h, w, o, p)
-        );
-        // F(2,3) (training forward and dx) stays near im2col's rounding; F(4,3) (inference
-        // forward, and dW where it has ≥ 64 4×4 tiles) within 1e-5 relative.
-        assert!(ef < 2e-6 && ex < 2e-6, "F(2,3) beyond 2e-6");
-        assert!(ei < 1e-5 && ew < 1e-5, "F(4,3) beyond 1e-5");
+    for (tile, tol) in [(winograd::Tile::F2, 2e-6), (winograd::Tile::F4, 1e-5)] {
+        for &(n, c, h, w, o, p) in &cases {
+            let x = Var::from_tensor(&randn(&[n, c, h, w], DType::F32)).unwrap();
+            let wt = Var::from_tensor(&randn(&[o, c, 3, 3], DType::F32)).unwrap();
+            let ours = conv2d::conv2d_with(&x, &wt, None, 1, p, 1 << 20, Some(tile)).unwrap();
+            let refr = x.conv2d(&wt, p, 1, 1, 1).unwrap();
+            let r = randn(refr.dims(), DType::F32);
+            let (g1, g2) = (
+                (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap(),
+                (&refr * &r).unwrap().sum_all().unwrap().backward().unwrap(),
+            );
+            let ef = rel(&ours, &refr);
+            let ex = rel(g1.get(&x).unwrap(), g2.get(&x).unwrap());
+            let ew = rel(g1.get(&wt).unwrap(), g2.get(&wt).unwrap());
+            println!(
+                "winograd {tile:?} {:?}: fwd {ef:.2e} dx {ex:.2e} dw {ew:.2e}",
+                (n, c, h, w, o, p)
+            );
+            // F(2,3) stays near im2col's rounding; F(4,3) within 1e-5 relative.
+            assert!(ef < tol && ex < tol && ew < tol, "{tile:?} beyond {tol}");
+        }
     }
 }
 
@@ -129,7 +126,16 @@ fn conv2d_fused_bias_matches_candle() {
             let x = Var::from_tensor(&randn(&[n, c, h, w], dt)).unwrap();
             let wt = Var::from_tensor(&randn(&[o, c, k, k], dt)).unwrap();
             let b = Var::from_tensor(&randn(&[o], dt)).unwrap();
-            let ours = conv2d::conv2d_with(&x, &wt, Some(&b), s, p, 1 << 20, wino).unwrap();
+            let ours = conv2d::conv2d_with(
+                &x,
+                &wt,
+                Some(&b),
+                s,
+                p,
+                1 << 20,
+                wino.then_some(winograd::Tile::F2),
+            )
+            .unwrap();
             let refr = x
                 .conv2d(&wt, p, s, 1, 1)
                 .unwrap()

@@ -28,7 +28,7 @@ pub fn conv2d_bias(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    conv2d_with(x, w, bias, stride, padding, COL_BUDGET, winograd::enabled())
+    conv2d_with(x, w, bias, stride, padding, COL_BUDGET, winograd::mode())
 }
 
 /// [`conv2d`] on the im2col path with an explicit budget (elements per tile); small budgets force
@@ -40,12 +40,13 @@ pub fn conv2d_tiled(
     padding: usize,
     budget: usize,
 ) -> Result<Tensor> {
-    conv2d_with(x, w, None, stride, padding, budget, false)
+    conv2d_with(x, w, None, stride, padding, budget, None)
 }
 
-/// [`conv2d_bias`] with the algorithm chosen by the caller: `winograd` allows Winograd for f32
-/// stride-1 3×3 convolutions (F(4,3) when no gradient can flow through, F(2,3) when one can, see
-/// `winograd`); otherwise im2col tiles of `budget` elements.
+/// [`conv2d_bias`] with the algorithm chosen by the caller: `winograd` is the largest Winograd
+/// variant allowed for f32 stride-1 3×3 convolutions (forward, input and weight gradient; a layer
+/// with too few tiles steps down, see `Geo::winograd`); `None` means im2col tiles of `budget`
+/// elements everywhere.
 pub fn conv2d_with(
     x: &Tensor,
     w: &Tensor,
@@ -53,7 +54,7 @@ pub fn conv2d_with(
     stride: usize,
     padding: usize,
     budget: usize,
-    winograd: bool,
+    winograd: Option<winograd::Tile>,
 ) -> Result<Tensor> {
     let candle_bias = |y: Tensor| match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
@@ -65,11 +66,6 @@ pub fn conv2d_with(
     }
     let x = x.contiguous()?;
     let w = w.contiguous()?;
-    let winograd = match (winograd, x.track_op() || w.track_op()) {
-        (false, _) => None,
-        (true, false) => Some(winograd::Tile::F4),
-        (true, true) => Some(winograd::Tile::F2),
-    };
     let op = Conv2dOp {
         stride,
         padding,
@@ -728,13 +724,7 @@ impl CustomOp2 for BwdWeight<'_> {
             )
         }
         if let (Some(tile), CpuStorage::F32(_), CpuStorage::F32(_)) =
-            // The weight gradient is a leaf: F(4,3)'s extra rounding (≤ 1e-5 relative, see the
-            // tests) stays in dW instead of compounding through later layers, so use it here.
-            (
-                g.winograd(self.0.winograd.map(|_| winograd::Tile::F4)),
-                s1,
-                s2,
-            )
+            (g.winograd(self.0.winograd), s1, s2)
         {
             let (x, gy) = (
                 slice::<f32>(s1, l1, self.name())?,

@@ -6,8 +6,11 @@
 //! computes each m×m output tile from an (m+2)×(m+2) input tile with (m+2)² multiplies per channel
 //! pair instead of 9·m²: F(2×2, 3×3) needs 2.25× and F(4×4, 3×3) 4× fewer GEMM flops. The price is
 //! rounding: F(2,3) stays close to direct convolution, F(4,3) is ~10× less accurate (its transforms
-//! carry coefficients up to 8). `conv2d` therefore uses F(4,3) only for forward passes that no
-//! gradient will flow through (inference) and F(2,3) in training; `tests/kernels.rs` measures both.
+//! carry coefficients up to 8; ≤ 1e-5 relative per conv in `tests/kernels.rs`). Over a whole SD-1.5
+//! LoRA step (`examples/winograd_training_error.rs`) F(4,3) moves the LoRA gradients by 1.1e-5
+//! (median tensor) to 2.6e-5 (worst) relative to im2col, F(2,3) by 4e-6 / 9e-6: far below the noise
+//! of stochastic training, so `conv2d` uses F(4,3) for training too (forward, dX and dW), where a
+//! layer has enough tiles. `ANODIFF_WINOGRAD=2` caps it at F(2,3), `=0` turns Winograd off.
 //!
 //! Data flow per chunk of tiles (tiles of all images are numbered together so small feature maps
 //! still make wide GEMMs):
@@ -40,9 +43,14 @@ pub enum Tile {
     F4,
 }
 
-/// Whether `ANODIFF_WINOGRAD=0` asks for the plain im2col path (A/B tests and benchmarks).
-pub fn enabled() -> bool {
-    std::env::var("ANODIFF_WINOGRAD").map_or(true, |v| v != "0")
+/// The largest Winograd variant convolutions may use, from `ANODIFF_WINOGRAD`: `0` none (im2col
+/// everywhere), `2` F(2,3) only, unset or anything else F(4,3) where a layer has enough tiles.
+pub fn mode() -> Option<Tile> {
+    match std::env::var("ANODIFF_WINOGRAD").as_deref() {
+        Ok("0") => None,
+        Ok("2") => Some(Tile::F2),
+        _ => Some(Tile::F4),
+    }
 }
 
 /// The five 1-D maps of one variant, each on a column of lane vectors: `Bᵀ d`, `G g`, `Aᵀ m` and
