@@ -53,10 +53,8 @@ enum Command {
 fn main() {
     anodiff::runtime::tune_allocator();
     let cli = Cli::parse();
-    if let Some(n) = cli.threads {
-        // Must happen before the first parallel op creates the global thread pool.
-        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
-    }
+    // Must happen before the first parallel op creates the global thread pool.
+    anodiff::runtime::set_thread_count(cli.threads);
     let result = match cli.command {
         Command::Demo(a) => commands::demo::run(a),
         Command::Presets(a) => commands::presets::run(a),

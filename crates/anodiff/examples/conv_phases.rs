@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor, Var};
 
 fn main() -> candle_core::Result<()> {
     anodiff::runtime::tune_allocator();
+    anodiff::runtime::set_thread_count(None);
     let dev = Device::Cpu;
     let x = Tensor::randn(0f32, 1.0, (2, 320, 64, 64), &dev)?;
     let w = (Tensor::randn(0f32, 1.0, (320, 320, 3, 3), &dev)? * 0.02)?;

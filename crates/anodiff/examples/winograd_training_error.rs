@@ -10,6 +10,7 @@ use candle_core::{Device, Tensor};
 
 fn main() -> anyhow::Result<()> {
     anodiff::runtime::tune_allocator();
+    anodiff::runtime::set_thread_count(None);
     let dev = Device::Cpu;
     let preset = Preset::by_name("sd15")?;
     let p = Params::fresh(0, &dev).with_trainable(|_| false);

@@ -18,3 +18,24 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
+
+/// Fixes the worker-thread count for the whole process through `RAYON_NUM_THREADS`: `threads`
+/// when given, else the variable as the user set it, else the available parallelism (rayon's own
+/// default). Call before the first parallel op.
+///
+/// Why: besides sizing rayon's pool, candle looks the count up on every matmul, and without the
+/// variable it re-reads and parses `/proc/cpuinfo` each time: about 6,500 reads per SD-1.5 LoRA
+/// training step (`strace -e openat`), ~3 % of the step's CPU time in `perf`.
+pub fn set_thread_count(threads: Option<usize>) {
+    let n = match threads {
+        Some(n) => n.max(1),
+        None => match std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            Some(n) if n > 0 => return,
+            _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        },
+    };
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+}

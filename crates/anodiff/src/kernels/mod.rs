@@ -11,6 +11,8 @@ pub mod lowrank;
 pub(crate) mod simd;
 pub mod winograd;
 
+pub use simd::force_scalar;
+
 use candle_core::{CpuStorage, DType, Layout, Tensor, WithDType};
 
 /// True unless `ANODIFF_KERNELS=candle` is set.

@@ -50,8 +50,20 @@ pub unsafe fn exp8_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m2
     _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
 }
 
-/// Whether the AVX2+FMA copies of the element-wise loops can run (checked once, cached by std).
+/// Set by [`force_scalar`]: every kernel then takes its plain path.
+static FORCE_SCALAR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the kernels take their plain (non-AVX2) paths from now on, process-wide: for tests that
+/// compare both paths (run them in their own test binary) and for A/B measurements.
+pub fn force_scalar(on: bool) {
+    FORCE_SCALAR.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the AVX2+FMA copies of the element-wise loops can run (the CPU check is cached by std).
 pub fn has_avx2() -> bool {
+    if FORCE_SCALAR.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
