@@ -1,7 +1,7 @@
 //! Our CPU kernels (conv2d, fused GroupNorm+SiLU) against candle's reference composition, forward
 //! and gradients, plus a finite-difference check of the GroupNorm+SiLU backward in f64.
 
-use anodiff::kernels::{attention, conv2d, groupnorm, lowrank, winograd};
+use anodiff::kernels::{attention, conv2d, geglu, groupnorm, lowrank, winograd};
 use anodiff::nn::ops::sdpa_basic;
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -519,5 +519,66 @@ fn lowrank_linear_backward_finite_differences_f64() {
         }
     }
     println!("lowrank linear f64 finite differences: worst rel err {worst:.2e} (tol 1e-8)");
+    assert!(worst < 1e-8);
+}
+
+#[test]
+fn geglu_matches_composition_and_finite_differences() {
+    // Against candle's narrow + exact GELU + product, f32 and f64, 3-D input with an odd half.
+    // candle's GELU backward truncates 1/√(2π) to 0.398942 (~1.5e-7 relative), so dh is compared
+    // at 1e-6 in both dtypes; the finite differences below check ours to 1e-8.
+    for (dt, tol_fwd) in [(DType::F32, 1e-6), (DType::F64, 1e-14)] {
+        let h = Var::from_tensor(&(randn(&[2, 5, 14], dt) * 2.0).unwrap()).unwrap();
+        let (ours, refr) = (geglu::geglu(&h).unwrap(), geglu::reference(&h).unwrap());
+        let r = randn(refr.dims(), dt);
+        let (g1, g2) = (
+            (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap(),
+            (&refr * &r).unwrap().sum_all().unwrap().backward().unwrap(),
+        );
+        let (ef, eg) = (
+            rel(&ours, &refr),
+            rel(g1.get(&h).unwrap(), g2.get(&h).unwrap()),
+        );
+        println!("geglu {dt:?}: fwd {ef:.2e} dh {eg:.2e}");
+        assert!(ef < tol_fwd && eg < 1e-6, "geglu beyond tolerance");
+    }
+    // Central differences of the f64 op itself.
+    let h = (randn(&[3, 8], DType::F64) * 2.0).unwrap();
+    let r = randn(&[3, 4], DType::F64);
+    let loss = |t: &Tensor| -> f64 {
+        (geglu::geglu(t).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let hv = Var::from_tensor(&h).unwrap();
+    let g = (geglu::geglu(&hv).unwrap() * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let analytic = g
+        .get(&hv)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let base = h.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let eps = 1e-6;
+    let mut worst = 0f64;
+    for i in 0..base.len() {
+        let bump = |d: f64| {
+            let mut v = base.clone();
+            v[i] += d;
+            loss(&Tensor::from_vec(v, h.shape(), &Device::Cpu).unwrap())
+        };
+        let num = (bump(eps) - bump(-eps)) / (2.0 * eps);
+        worst = worst.max((num - analytic[i]).abs() / (1.0 + num.abs()));
+    }
+    println!("geglu f64 finite differences: worst rel err {worst:.2e} (tol 1e-8)");
     assert!(worst < 1e-8);
 }

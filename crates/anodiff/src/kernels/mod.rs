@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod conv2d;
+pub mod geglu;
 pub(crate) mod gemm;
 pub mod groupnorm;
 pub mod lowrank;

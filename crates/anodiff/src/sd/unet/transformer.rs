@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear, Params};
 use crate::sd::attention::{Attention, AttnKind, AttnLayerInfo, ForwardCtx};
-use candle_core::{Module, Tensor, D};
+use candle_core::{Module, Tensor};
 
 /// Feed-forward with a GEGLU gate: `ff.net.0.proj` (C → 2·4C), `a · gelu(b)`, `ff.net.2` (4C → C).
 pub struct FeedForward {
@@ -26,11 +26,7 @@ impl FeedForward {
 impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.proj_in.forward(x)?;
-        let inner = h.dim(D::Minus1)? / 2;
-        let value = h.narrow(D::Minus1, 0, inner)?;
-        let gate = h.narrow(D::Minus1, inner, inner)?;
-        self.proj_out
-            .forward(&(value * crate::nn::ops::gelu(&gate)?)?)
+        self.proj_out.forward(&crate::kernels::geglu::geglu(&h)?)
     }
 }
 
