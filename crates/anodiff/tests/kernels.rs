@@ -34,6 +34,36 @@ fn randn(shape: &[usize], dt: DType) -> Tensor {
 
 const TOL: f32 = 1e-4;
 
+/// Worst `|numeric − analytic| / (1 + |numeric|)` over every element of every input: `loss`
+/// builds a scalar from the inputs; the analytic gradients come from one backward pass through
+/// `Var` copies of them, the numeric ones from central differences with step 1e-6 (use f64).
+fn fd_worst(inputs: &[&Tensor], loss: impl Fn(&[Tensor]) -> Tensor) -> f64 {
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let tracked: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let grads = loss(&tracked).backward().unwrap();
+    let mut worst = 0f64;
+    for (k, var) in vars.iter().enumerate() {
+        let analytic = grads.get(var).unwrap().flatten_all().unwrap();
+        let analytic = analytic.to_vec1::<f64>().unwrap();
+        let base = inputs[k].flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for i in 0..base.len() {
+            let bump = |d: f64| {
+                let mut v = base.clone();
+                v[i] += d;
+                let mut ts: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
+                ts[k] = Tensor::from_vec(v, inputs[k].shape(), &Device::Cpu).unwrap();
+                loss(&ts).to_scalar::<f64>().unwrap()
+            };
+            let num = (bump(1e-6) - bump(-1e-6)) / 2e-6;
+            worst = worst.max((num - analytic[i]).abs() / (1.0 + num.abs()));
+        }
+    }
+    worst
+}
+
 #[test]
 fn conv2d_matches_candle_fwd_and_grads() {
     // (n, c, h, w, o, k, stride, pad): odd sizes, stride 2, 1×1 (both fast and strided path),
@@ -183,40 +213,10 @@ fn conv2d_grads_finite_differences_f64() {
     let y = conv2d::conv2d(&xv, &wv, s, p).unwrap();
     let r = randn(y.dims(), DType::F64);
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let loss = |x: &Tensor, w: &Tensor| -> f64 {
-        let y = conv2d::conv2d(x, w, s, p).unwrap();
-        (y * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    let mut worst = 0f64;
-    for (which, t) in [(0, &x), (1, &w)] {
-        let analytic = grads
-            .get([&xv, &wv][which])
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let base = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        for i in 0..base.len() {
-            let bump = |d: f64| {
-                let mut v = base.clone();
-                v[i] += d;
-                let t2 = Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap();
-                if which == 0 {
-                    loss(&t2, &w)
-                } else {
-                    loss(&x, &t2)
-                }
-            };
-            let num = (bump(1e-6) - bump(-1e-6)) / 2e-6;
-            worst = worst.max((num - analytic[i]).abs() / (1.0 + num.abs()));
-        }
-    }
+    let worst = fd_worst(&[&x, &w], |t| {
+        let y = conv2d::conv2d(&t[0], &t[1], s, p).unwrap();
+        (y * &r).unwrap().sum_all().unwrap()
+    });
     // A plain (untracked) input still gives the weight gradient.
     let y2 = conv2d::conv2d(&x, &wv, s, p).unwrap();
     let g2 = (&y2 * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -291,48 +291,10 @@ fn groupnorm_silu_backward_finite_differences_f64() {
     let g = randn(&[4], DType::F64);
     let b = randn(&[4], DType::F64);
     let r = randn(&shape, DType::F64);
-    let loss = |x: &Tensor, g: &Tensor, b: &Tensor| -> f64 {
-        let y = groupnorm::group_norm(x, g, b, groups, eps, true).unwrap();
-        (y * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    let (xv, gv, bv) = (
-        Var::from_tensor(&x).unwrap(),
-        Var::from_tensor(&g).unwrap(),
-        Var::from_tensor(&b).unwrap(),
-    );
-    let y = groupnorm::group_norm(&xv, &gv, &bv, groups, eps, true).unwrap();
-    let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let h = 1e-6;
-    let mut worst = 0f64;
-    for (which, t) in [(0, &x), (1, &g), (2, &b)] {
-        let analytic = grads
-            .get([&xv, &gv, &bv][which])
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let base = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        for i in 0..base.len() {
-            let bump = |d: f64| {
-                let mut v = base.clone();
-                v[i] += d;
-                let t2 = Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap();
-                match which {
-                    0 => loss(&t2, &g, &b),
-                    1 => loss(&x, &t2, &b),
-                    _ => loss(&x, &g, &t2),
-                }
-            };
-            let num = (bump(h) - bump(-h)) / (2.0 * h);
-            worst = worst.max((num - analytic[i]).abs() / (1.0 + num.abs()));
-        }
-    }
+    let worst = fd_worst(&[&x, &g, &b], |t| {
+        let y = groupnorm::group_norm(&t[0], &t[1], &t[2], groups, eps, true).unwrap();
+        (y * &r).unwrap().sum_all().unwrap()
+    });
     println!("groupnorm+silu f64 finite differences: worst rel err {worst:.2e} (tol 1e-6)");
     assert!(worst < 1e-6);
 }
@@ -476,48 +438,10 @@ fn lowrank_linear_backward_finite_differences_f64() {
         randn(&[4, 2], DType::F64),
         randn(&[2, 3, 4], DType::F64),
     );
-    let loss = |x: &Tensor, a: &Tensor, bm: &Tensor| -> f64 {
-        let y = lowrank::linear_lowrank(x, &w, Some(&b), a, bm, 0.5)
-            .unwrap()
-            .unwrap();
-        (y * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    let vars = [&x, &a, &bm].map(|t| Var::from_tensor(t).unwrap());
-    let y = lowrank::linear_lowrank(&vars[0], &w, Some(&b), &vars[1], &vars[2], 0.5)
-        .unwrap()
-        .unwrap();
-    let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-    let h = 1e-6;
-    let mut worst = 0f64;
-    for (which, t) in [&x, &a, &bm].into_iter().enumerate() {
-        let analytic = grads
-            .get(&vars[which])
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let base = t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        for i in 0..base.len() {
-            let bump = |d: f64| {
-                let mut v = base.clone();
-                v[i] += d;
-                let t2 = Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap();
-                match which {
-                    0 => loss(&t2, &a, &bm),
-                    1 => loss(&x, &t2, &bm),
-                    _ => loss(&x, &a, &t2),
-                }
-            };
-            let num = (bump(h) - bump(-h)) / (2.0 * h);
-            worst = worst.max((num - analytic[i]).abs() / (1.0 + num.abs()));
-        }
-    }
+    let worst = fd_worst(&[&x, &a, &bm], |t| {
+        let y = lowrank::linear_lowrank(&t[0], &w, Some(&b), &t[1], &t[2], 0.5).unwrap();
+        (y.unwrap() * &r).unwrap().sum_all().unwrap()
+    });
     println!("lowrank linear f64 finite differences: worst rel err {worst:.2e} (tol 1e-8)");
     assert!(worst < 1e-8);
 }
@@ -545,40 +469,12 @@ fn geglu_matches_composition_and_finite_differences() {
     // Central differences of the f64 op itself.
     let h = (randn(&[3, 8], DType::F64) * 2.0).unwrap();
     let r = randn(&[3, 4], DType::F64);
-    let loss = |t: &Tensor| -> f64 {
-        (geglu::geglu(t).unwrap() * &r)
+    let worst = fd_worst(&[&h], |t| {
+        (geglu::geglu(&t[0]).unwrap() * &r)
             .unwrap()
             .sum_all()
             .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    };
-    let hv = Var::from_tensor(&h).unwrap();
-    let g = (geglu::geglu(&hv).unwrap() * &r)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    let analytic = g
-        .get(&hv)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    let base = h.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let eps = 1e-6;
-    let mut worst = 0f64;
-    for i in 0..base.len() {
-        let bump = |d: f64| {
-            let mut v = base.clone();
-            v[i] += d;
-            loss(&Tensor::from_vec(v, h.shape(), &Device::Cpu).unwrap())
-        };
-        let num = (bump(eps) - bump(-eps)) / (2.0 * eps);
-        worst = worst.max((num - analytic[i]).abs() / (1.0 + num.abs()));
-    }
+    });
     println!("geglu f64 finite differences: worst rel err {worst:.2e} (tol 1e-8)");
     assert!(worst < 1e-8);
 }
