@@ -413,6 +413,37 @@ fn lowrank_linear_matches_composition() {
             assert!(g1.get(&w).is_none());
         }
     }
+    // The frozen layer alone (rank-0 pair): forward and dx against x·Wᵀ + b, no weight gradient.
+    for dt in [DType::F32, DType::F64] {
+        let x = Var::from_tensor(&randn(&[2, 7, 9], dt)).unwrap();
+        let (w, b) = (randn(&[5, 9], dt), randn(&[5], dt));
+        for bias in [Some(&b), None] {
+            let ours = lowrank::linear_frozen(&x, &w, bias).unwrap().unwrap();
+            let refr = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+            let refr = bias.map_or(refr.clone(), |b| refr.broadcast_add(b).unwrap());
+            let rr = randn(refr.dims(), dt);
+            let (g1, g2) = (
+                (&ours * &rr)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap(),
+                (&refr * &rr)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap(),
+            );
+            let e = [
+                rel(&ours, &refr),
+                rel(g1.get(&x).unwrap(), g2.get(&x).unwrap()),
+            ];
+            println!("frozen linear {dt:?} bias {}: fwd/dx {e:?}", bias.is_some());
+            assert!(e.iter().all(|&v| v < 2e-6) && g1.get(&w).is_none());
+        }
+    }
     // A trainable base weight or a mismatched low-rank pair is left to the composition.
     let x = randn(&[2, 4], DType::F32);
     let (a, bm) = (randn(&[2, 4], DType::F32), randn(&[3, 2], DType::F32));

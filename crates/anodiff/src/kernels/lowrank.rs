@@ -32,7 +32,7 @@ pub fn linear_lowrank(
         .flatten()
         .all(|t| supported(t) && t.dtype() == x.dtype());
     let frozen = !weight.track_op() && !bias.is_some_and(|b| b.track_op());
-    if !super::enabled() || !same || !frozen || x.rank() == 0 {
+    if !super::enabled() || !same || !frozen || x.rank() == 0 || x.elem_count() == 0 {
         return Ok(None);
     }
     let (out, inp) = weight.dims2()?;
@@ -51,6 +51,16 @@ pub fn linear_lowrank(
     };
     let (x, down, up) = (x.contiguous()?, down.contiguous()?, up.contiguous()?);
     x.apply_op3(&down, &up, op).map(Some)
+}
+
+/// The frozen layer alone, `x·Wᵀ + b`, as the same op with a rank-0 low-rank pair: the bias is
+/// preloaded into the GEMM's output, the graph keeps no copy of the output, and the backward forms
+/// only `dx = g·W`. `None` where [`linear_lowrank`] would not apply.
+pub fn linear_frozen(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
+    let (out, inp) = weight.dims2()?;
+    let down = Tensor::zeros((0, inp), weight.dtype(), weight.device())?;
+    let up = Tensor::zeros((out, 0), weight.dtype(), weight.device())?;
+    linear_lowrank(x, weight, bias, &down, &up, 0.0)
 }
 
 struct LowRankOp {
@@ -105,28 +115,30 @@ fn fwd<T: WithDType>(
             xm,
             Mat::transposed(w.as_ptr(), d.inp),
         );
-        matmul_ex(
-            d.rows,
-            d.r,
-            d.inp,
-            t.as_mut_ptr(),
-            d.r,
-            false,
-            xm,
-            Mat::transposed(a.as_ptr(), d.inp),
-            s,
-            true,
-        );
-        matmul(
-            d.rows,
-            d.out,
-            d.r,
-            y.as_mut_ptr(),
-            d.out,
-            true,
-            Mat::rows(t.as_ptr(), d.r),
-            Mat::transposed(bm.as_ptr(), d.r),
-        );
+        if d.r > 0 {
+            matmul_ex(
+                d.rows,
+                d.r,
+                d.inp,
+                t.as_mut_ptr(),
+                d.r,
+                false,
+                xm,
+                Mat::transposed(a.as_ptr(), d.inp),
+                s,
+                true,
+            );
+            matmul(
+                d.rows,
+                d.out,
+                d.r,
+                y.as_mut_ptr(),
+                d.out,
+                true,
+                Mat::rows(t.as_ptr(), d.r),
+                Mat::transposed(bm.as_ptr(), d.r),
+            );
+        }
     }
     y
 }
@@ -149,7 +161,8 @@ fn bwd<T: WithDType>(d: Dims, v: BwdIn<T>, s: T, want: [bool; 3]) -> [Option<Vec
     let mut res: [Option<Vec<T>>; 3] = [None, None, None];
     // SAFETY: every view matches the sizes of its slice; outputs are fresh buffers.
     unsafe {
-        if want[0] || want[1] {
+        let low_rank = d.r > 0;
+        if low_rank && (want[0] || want[1]) {
             matmul_ex(
                 d.rows,
                 d.r,
@@ -175,16 +188,18 @@ fn bwd<T: WithDType>(d: Dims, v: BwdIn<T>, s: T, want: [bool; 3]) -> [Option<Vec
                 gm,
                 Mat::rows(v.w.as_ptr(), d.inp),
             );
-            matmul(
-                d.rows,
-                d.inp,
-                d.r,
-                dx.as_mut_ptr(),
-                d.inp,
-                true,
-                Mat::rows(gu.as_ptr(), d.r),
-                Mat::rows(v.a.as_ptr(), d.inp),
-            );
+            if low_rank {
+                matmul(
+                    d.rows,
+                    d.inp,
+                    d.r,
+                    dx.as_mut_ptr(),
+                    d.inp,
+                    true,
+                    Mat::rows(gu.as_ptr(), d.r),
+                    Mat::rows(v.a.as_ptr(), d.inp),
+                );
+            }
             res[0] = Some(dx);
         }
         if want[1] {
