@@ -3,6 +3,7 @@
 
 use anodiff::kernels::{attention, conv2d, geglu, groupnorm, lowrank, winograd};
 use anodiff::nn::ops::sdpa_basic;
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 
 /// max|a − b| / max|b|.
@@ -33,6 +34,14 @@ fn randn(shape: &[usize], dt: DType) -> Tensor {
 }
 
 const TOL: f32 = 1e-4;
+
+/// Gradient stores of `Σ ours·r` and `Σ refr·r` for one random `r` of their shape: the same
+/// scalar loss pulled back through both computations.
+fn both_grads(ours: &Tensor, refr: &Tensor) -> (GradStore, GradStore) {
+    let r = randn(refr.dims(), refr.dtype());
+    let g = |y: &Tensor| (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    (g(ours), g(refr))
+}
 
 /// Worst `|numeric − analytic| / (1 + |numeric|)` over every element of every input: `loss`
 /// builds a scalar from the inputs; the analytic gradients come from one backward pass through
@@ -88,11 +97,7 @@ fn conv2d_matches_candle_fwd_and_grads() {
                 conv2d::conv2d(&x, &wt, s, p).unwrap()
             };
             let refr = x.conv2d(&wt, p, s, 1, 1).unwrap();
-            let r = randn(refr.dims(), dt);
-            let (g1, g2) = (
-                (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap(),
-                (&refr * &r).unwrap().sum_all().unwrap().backward().unwrap(),
-            );
+            let (g1, g2) = both_grads(&ours, &refr);
             let ef = rel(&ours, &refr);
             let ex = rel(g1.get(&x).unwrap(), g2.get(&x).unwrap());
             let ew = rel(g1.get(&wt).unwrap(), g2.get(&wt).unwrap());
@@ -124,11 +129,7 @@ fn conv2d_winograd_matches_candle() {
             let wt = Var::from_tensor(&randn(&[o, c, 3, 3], DType::F32)).unwrap();
             let ours = conv2d::conv2d_with(&x, &wt, None, 1, p, 1 << 20, Some(tile)).unwrap();
             let refr = x.conv2d(&wt, p, 1, 1, 1).unwrap();
-            let r = randn(refr.dims(), DType::F32);
-            let (g1, g2) = (
-                (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap(),
-                (&refr * &r).unwrap().sum_all().unwrap().backward().unwrap(),
-            );
+            let (g1, g2) = both_grads(&ours, &refr);
             let ef = rel(&ours, &refr);
             let ex = rel(g1.get(&x).unwrap(), g2.get(&x).unwrap());
             let ew = rel(g1.get(&wt).unwrap(), g2.get(&wt).unwrap());
@@ -171,11 +172,7 @@ fn conv2d_fused_bias_matches_candle() {
                 .unwrap()
                 .broadcast_add(&b.reshape((1, o, 1, 1)).unwrap())
                 .unwrap();
-            let r = randn(refr.dims(), dt);
-            let (g1, g2) = (
-                (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap(),
-                (&refr * &r).unwrap().sum_all().unwrap().backward().unwrap(),
-            );
+            let (g1, g2) = both_grads(&ours, &refr);
             let e = [
                 rel(&ours, &refr),
                 rel(g1.get(&x).unwrap(), g2.get(&x).unwrap()),
@@ -263,9 +260,7 @@ fn groupnorm_matches_candle_fwd_and_grads() {
                 let b = Var::from_tensor(&randn(&[c], dt)).unwrap();
                 let ours = groupnorm::group_norm(&x, &g, &b, groups, 1e-5, silu).unwrap();
                 let refr = groupnorm::reference(&x, &g, &b, groups, 1e-5, silu).unwrap();
-                let r = randn(shape, dt);
-                let g1 = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-                let g2 = (&refr * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let (g1, g2) = both_grads(&ours, &refr);
                 let errs = [
                     rel(&ours, &refr),
                     rel(g1.get(&x).unwrap(), g2.get(&x).unwrap()),
@@ -317,9 +312,7 @@ fn attention_matches_candle_fwd_and_grads() {
             let scale = 1.0 / (d as f64).sqrt();
             let ours = attention::attention(&q, &k, &v, scale).unwrap();
             let refr = sdpa_basic(&q, &k, &v, scale).unwrap();
-            let r = randn(refr.dims(), dt);
-            let g1 = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (&refr * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let (g1, g2) = both_grads(&ours, &refr);
             let errs = [
                 rel(&ours, &refr),
                 rel(g1.get(&q).unwrap(), g2.get(&q).unwrap()),
@@ -380,21 +373,7 @@ fn lowrank_linear_matches_composition() {
                 .unwrap()
                 .expect("fused op applies to a frozen f32/f64 CPU layer");
             let refr = lowrank_ref(&x, &w, b.as_ref(), &a, &bm, 0.7);
-            let rr = randn(refr.dims(), dt);
-            let (g1, g2) = (
-                (&ours * &rr)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap(),
-                (&refr * &rr)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap(),
-            );
+            let (g1, g2) = both_grads(&ours, &refr);
             let e = [
                 rel(&ours, &refr),
                 rel(g1.get(&x).unwrap(), g2.get(&x).unwrap()),
@@ -421,21 +400,7 @@ fn lowrank_linear_matches_composition() {
             let ours = lowrank::linear_frozen(&x, &w, bias).unwrap().unwrap();
             let refr = x.broadcast_matmul(&w.t().unwrap()).unwrap();
             let refr = bias.map_or(refr.clone(), |b| refr.broadcast_add(b).unwrap());
-            let rr = randn(refr.dims(), dt);
-            let (g1, g2) = (
-                (&ours * &rr)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap(),
-                (&refr * &rr)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap(),
-            );
+            let (g1, g2) = both_grads(&ours, &refr);
             let e = [
                 rel(&ours, &refr),
                 rel(g1.get(&x).unwrap(), g2.get(&x).unwrap()),
@@ -485,11 +450,7 @@ fn geglu_matches_composition_and_finite_differences() {
     for (dt, tol_fwd) in [(DType::F32, 1e-6), (DType::F64, 1e-14)] {
         let h = Var::from_tensor(&(randn(&[2, 5, 14], dt) * 2.0).unwrap()).unwrap();
         let (ours, refr) = (geglu::geglu(&h).unwrap(), geglu::reference(&h).unwrap());
-        let r = randn(refr.dims(), dt);
-        let (g1, g2) = (
-            (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap(),
-            (&refr * &r).unwrap().sum_all().unwrap().backward().unwrap(),
-        );
+        let (g1, g2) = both_grads(&ours, &refr);
         let (ef, eg) = (
             rel(&ours, &refr),
             rel(g1.get(&h).unwrap(), g2.get(&h).unwrap()),
