@@ -1,19 +1,23 @@
 //! Small element-wise helpers written so LLVM vectorises them (no libm calls in the hot loops).
 
+/// Constants of the f32 exp shared by [`exp_f32`] and [`exp8_avx2`]: round-to-nearest magic
+/// 1.5·2²³, ln 2 split for Cody–Waite, and the Taylor coefficients after the leading 1/6! in
+/// Horner order.
+const EXP_MAGIC: f32 = 12_582_912.0;
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+const EXP_TAYLOR: [f32; 6] = [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
+
 /// e^x for f32 with ~2 ulp error: round-to-nearest by the 1.5·2²³ trick (SSE2-friendly, no
 /// `floor` call), Cody–Waite reduction, degree-6 Taylor polynomial, exponent assembled in bits.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
     let x = x.clamp(-87.0, 88.0);
-    let kf = x * std::f32::consts::LOG2_E + MAGIC;
-    let ki = (kf.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let k = kf - MAGIC;
-    let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let kf = x * std::f32::consts::LOG2_E + EXP_MAGIC;
+    let ki = (kf.to_bits() as i32).wrapping_sub(EXP_MAGIC.to_bits() as i32);
+    let k = kf - EXP_MAGIC;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let p = EXP_TAYLOR.iter().fold(1.0 / 720.0, |p, &c| p * r + c);
     p * f32::from_bits(((ki + 127) as u32) << 23)
 }
 
@@ -28,22 +32,21 @@ pub fn exp_f32(x: f32) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn exp8_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
-    const MAGIC: f32 = 12_582_912.0;
     let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
     let kf = _mm256_fmadd_ps(
         x,
         _mm256_set1_ps(std::f32::consts::LOG2_E),
-        _mm256_set1_ps(MAGIC),
+        _mm256_set1_ps(EXP_MAGIC),
     );
     let ki = _mm256_sub_epi32(
         _mm256_castps_si256(kf),
-        _mm256_castps_si256(_mm256_set1_ps(MAGIC)),
+        _mm256_castps_si256(_mm256_set1_ps(EXP_MAGIC)),
     );
-    let k = _mm256_sub_ps(kf, _mm256_set1_ps(MAGIC));
-    let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693_145_75), x);
-    let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(1.428_606_8e-6), r);
+    let k = _mm256_sub_ps(kf, _mm256_set1_ps(EXP_MAGIC));
+    let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_HI), x);
+    let r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_LO), r);
     let mut p = _mm256_set1_ps(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+    for c in EXP_TAYLOR {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
     }
     let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(ki, _mm256_set1_epi32(127)));

@@ -79,13 +79,14 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core
     let dims = x.dims().to_vec();
     let inp = *dims.last().unwrap();
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    if super::frozen::all_frozen(&[Some(weight), bias]) {
+    let frozen = super::frozen::all_frozen(&[Some(weight), bias]);
+    if frozen {
         // Frozen layer (inference, LoRA training): one op, bias preloaded, only ∂L/∂x in backward.
         if let Some(y) = crate::kernels::lowrank::linear_frozen(x, weight, bias)? {
             return Ok(y);
         }
     }
-    if x.track_op() && super::frozen::all_frozen(&[Some(weight), bias]) {
+    if frozen && x.track_op() {
         // Frozen layer inside a backward pass off our kernels: only ∂L/∂x = g·W is needed.
         let y = linear(&x.detach(), weight, bias)?;
         let w = weight.clone();
