@@ -89,8 +89,8 @@ fn pipelines_match_diffusers() {
             negative_prompt: case["negative"].as_str().unwrap().into(),
             steps: case["steps"].as_u64().unwrap() as usize,
             guidance: case["guidance"].as_f64().unwrap(),
-            width: 32,
-            height: 32,
+            width: Some(32),
+            height: Some(32),
             scheduler: None,
             eta: case["eta"].as_f64().unwrap(),
         };
@@ -145,8 +145,8 @@ fn wrong_sizes_and_unet_kind_are_clear_errors() {
     let sd = StableDiffusion::load(&dir, &dev).unwrap();
     let mut noise = anodiff::sd::noise::SeededNoise::new(0);
     let bad = SampleOptions {
-        width: 30,
-        height: 32,
+        width: Some(30),
+        height: Some(32),
         steps: 2,
         ..Default::default()
     };
@@ -156,8 +156,8 @@ fn wrong_sizes_and_unet_kind_are_clear_errors() {
         .to_string();
     assert!(e.contains("multiples of"), "{e}");
     let ok = SampleOptions {
-        width: 32,
-        height: 32,
+        width: Some(32),
+        height: Some(32),
         steps: 2,
         ..Default::default()
     };
