@@ -76,6 +76,28 @@ fn txt2img_is_deterministic_and_writes_a_png() {
 }
 
 #[test]
+fn txt2img_defaults_to_the_models_own_size() {
+    // The fixture's UNet sample_size 8 × VAE factor 4 = 32 px (not SD's 512).
+    let m = model("size", "unet");
+    let out = m.join("d.png");
+    let o = anodiff(&[
+        "txt2img",
+        "--model",
+        p(&m),
+        "--prompt",
+        "a scratch",
+        "--steps",
+        "1",
+        "--out",
+        p(&out),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::open(&out).unwrap();
+    assert_eq!((img.width(), img.height()), (32, 32));
+    let _ = std::fs::remove_dir_all(m);
+}
+
+#[test]
 fn bad_input_is_a_clear_error() {
     let m = model("bad", "unet");
     let out = m.join("x.png");
@@ -161,6 +183,31 @@ fn bad_input_is_a_clear_error() {
     let o = inpaint(&small);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("same size"), "{}", stderr(&o));
+    // Sizes are checked against the model's VAE factor (4 here), not a fixed 8.
+    let (img30, mask30) = (m.join("img30.png"), m.join("mask30.png"));
+    image::RgbImage::from_pixel(30, 32, image::Rgb([90, 90, 90]))
+        .save(&img30)
+        .unwrap();
+    image::GrayImage::from_pixel(30, 32, image::Luma([255]))
+        .save(&mask30)
+        .unwrap();
+    let o = anodiff(&[
+        "inpaint",
+        "--model",
+        p(&m),
+        "--image",
+        p(&img30),
+        "--mask",
+        p(&mask30),
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--out",
+        p(&out),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("multiples of 4"), "{}", stderr(&o));
     assert!(!out.exists(), "no output file after a failure");
     let _ = std::fs::remove_dir_all(m);
 }

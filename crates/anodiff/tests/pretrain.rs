@@ -25,8 +25,7 @@ fn pixel_presets_build_and_sample_rgb() {
             prompt: "a photo of a capsule".into(),
             steps: 2,
             guidance: 1.0,
-            width: p.resolution,
-            height: p.resolution,
+            // No size given: the model's native size (UNet sample_size × factor 1).
             ..Default::default()
         };
         let x = sd
@@ -102,8 +101,8 @@ fn short_pretrain_lowers_loss_and_writes_a_loadable_model() {
         prompt: r.prompt.clone(),
         steps: 2,
         guidance: 1.0,
-        width: 32,
-        height: 32,
+        width: Some(32),
+        height: Some(32),
         ..Default::default()
     };
     let x = sd

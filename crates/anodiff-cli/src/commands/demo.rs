@@ -94,7 +94,7 @@ pub fn run(a: Args) -> Result<()> {
              defect-free <code>train/good</code> images of the procedural category \
              <b>{}</b>, prompt “{}”, with random crops and flips. Samples use DDIM, {} steps, \
              no guidance. Model folder: <code>run/model</code> (load it with <code>anodiff \
-             txt2img --model {}/run/model --width {} --height {}</code>). Loss: {:.4} at the first \
+             txt2img --model {}/run/model</code>, which renders at the model's own {} px). Loss: {:.4} at the first \
              update, {:.4} over the last 20. With a few CPU minutes (a few hundred updates) the \
              model has learned the object's layout and colours (red and white halves on a dark \
              background) but samples are still grainy and blobby; the held-out losses against \
@@ -109,7 +109,6 @@ pub fn run(a: Args) -> Result<()> {
             r.prompt,
             a.sample_steps,
             a.out.display(),
-            r.size,
             r.size,
             r.first_loss,
             r.last_loss,

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
-    /// The image to edit; its size is the output size (width and height multiples of 8).
+    /// The image to edit; its size is the output size (width and height multiples of the
+    /// model's VAE factor: 8 for SD, 1 for pixel-space models).
     #[arg(long)]
     pub image: PathBuf,
     /// Mask of the same size: white = repaint, black = keep.
@@ -37,14 +38,15 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let (w, h) = (img.width() as usize, img.height() as usize);
-    if w % 8 != 0 || h % 8 != 0 {
+    let sd = a.common.load()?;
+    let f = sd.vae_scale_factor();
+    if !w.is_multiple_of(f) || !h.is_multiple_of(f) {
         bail!(
-            "{} is {w}x{h}: width and height must be multiples of 8",
+            "{} is {w}x{h}: width and height must be multiples of {f} (this model's VAE factor)",
             a.image.display()
         );
     }
-    let opts = a.common.options(w, h);
-    let sd = a.common.load()?;
+    let opts = a.common.options(Some(w), Some(h));
     let dev = Device::Cpu;
     let pb = bar(opts.steps as u64, "inpainting");
     let latents = sd.inpaint(

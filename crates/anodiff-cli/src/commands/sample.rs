@@ -52,7 +52,9 @@ pub struct Common {
 }
 
 impl Common {
-    pub fn options(&self, width: usize, height: usize) -> SampleOptions {
+    /// The library's sampling options from these flags; `None` sizes are resolved by the pipeline
+    /// (txt2img: the model's native size).
+    pub fn options(&self, width: Option<usize>, height: Option<usize>) -> SampleOptions {
         SampleOptions {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),

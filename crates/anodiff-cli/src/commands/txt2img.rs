@@ -8,12 +8,13 @@ use anyhow::Result;
 pub struct Args {
     #[command(flatten)]
     pub common: Common,
-    /// Image width in pixels (multiple of 8).
-    #[arg(long, default_value_t = 512)]
-    pub width: usize,
-    /// Image height in pixels (multiple of 8).
-    #[arg(long, default_value_t = 512)]
-    pub height: usize,
+    /// Image width in pixels, a multiple of the VAE factor (8 for SD) [default: the model's
+    /// native size, UNet sample_size × VAE factor, e.g. 512 for SD-1.5].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Image height in pixels, as --width [default: the model's native size].
+    #[arg(long)]
+    pub height: Option<usize>,
 }
 
 pub fn run(a: Args) -> Result<()> {

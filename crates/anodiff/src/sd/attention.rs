@@ -33,6 +33,18 @@ pub struct AttnLayerInfo {
     pub context_dim: usize,
 }
 
+/// What a UNet forward pass is for, so stateful processors know whether to record or to apply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PassKind {
+    /// The pass whose output is used: sampling steps, training losses, plain inference.
+    #[default]
+    Main,
+    /// An extra pass run only so processors can record features that the following main pass of
+    /// the same step uses (DualAnoDiff's BCM runs the reference image through the UNet this way);
+    /// its output is discarded.
+    Reference,
+}
+
 /// Per-forward-pass information shared by all layers (built by the caller of the model).
 #[derive(Clone, Debug, Default)]
 pub struct ForwardCtx {
@@ -40,8 +52,8 @@ pub struct ForwardCtx {
     pub branch: Option<Vec<usize>>,
     /// The diffusion timestep of this pass, when there is one.
     pub timestep: Option<f64>,
-    /// Free-form label of the pass (e.g. "reference" for BCM's extra pass).
-    pub tag: Option<String>,
+    /// What the pass is for (default: [`PassKind::Main`]).
+    pub pass: PassKind,
 }
 
 /// What a processor sees about the current call.

@@ -1,8 +1,10 @@
 //! The Stable Diffusion backbone: models (CLIP text encoder, VAE, UNet), tokenizer, schedulers,
-//! the attention-processor hook, weight loading and the sampling pipelines.
+//! the attention-processor hook, weight loading, the shared denoising loop ([`denoise()`]) and the
+//! sampling pipelines built on it.
 
 pub mod attention;
 pub mod clip;
+pub mod denoise;
 pub mod guidance;
 pub mod image;
 pub mod lora;
@@ -16,3 +18,5 @@ pub mod tokenizer;
 pub mod unet;
 pub mod vae;
 pub mod weights;
+
+pub use denoise::{denoise, Conditioning, DenoiseOptions, StepHook, StepInput};

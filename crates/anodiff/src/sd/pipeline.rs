@@ -1,11 +1,12 @@
-//! Sampling pipelines on a loaded Stable Diffusion model: text-to-image and inpainting (9-channel
-//! UNet), with classifier-free guidance. The loops follow diffusers' `StableDiffusionPipeline` and
-//! `StableDiffusionInpaintPipeline` step for step, including the order in which random tensors are
-//! drawn, so a recorded PyTorch run can be replayed exactly.
+//! A loaded Stable Diffusion model and its two sampling pipelines: text-to-image and inpainting
+//! (9-channel UNet), with classifier-free guidance. Both prepare the start latents, conditioning
+//! and scheduler as diffusers' `StableDiffusionPipeline` and `StableDiffusionInpaintPipeline` do,
+//! including the order in which random tensors are drawn, then hand over to the shared loop
+//! [`super::denoise::denoise`]; a recorded PyTorch run therefore replays exactly.
 
-use super::attention::ForwardCtx;
 use super::clip::{ClipTextConfig, ClipTextModel};
-use super::guidance::{apply_cfg, uses_cfg};
+use super::denoise::{denoise, Conditioning, DenoiseOptions};
+use super::guidance::uses_cfg;
 use super::noise::NoiseSource;
 use super::pixel_norm::PixelNorm;
 use super::presets::Preset;
@@ -42,8 +43,11 @@ pub struct SampleOptions {
     pub negative_prompt: String,
     pub steps: usize,
     pub guidance: f64,
-    pub width: usize,
-    pub height: usize,
+    /// Image width in pixels. `None`: txt2img renders at the model's native size
+    /// ([`StableDiffusion::native_size`]), inpaint at the image's own size.
+    pub width: Option<usize>,
+    /// Image height in pixels; `None` as for `width`.
+    pub height: Option<usize>,
     /// None: the model folder's own scheduler.
     pub scheduler: Option<SchedulerKind>,
     /// DDIM's eta (0 = deterministic DDIM).
@@ -57,11 +61,20 @@ impl Default for SampleOptions {
             negative_prompt: String::new(),
             steps: 50,
             guidance: 7.5,
-            width: 512,
-            height: 512,
+            width: None,
+            height: None,
             scheduler: None,
             eta: 0.0,
         }
+    }
+}
+
+impl SampleOptions {
+    /// The (width, height) to render: the requested sizes, each missing one taken from the model's
+    /// native size.
+    pub fn size_for(&self, sd: &StableDiffusion) -> (usize, usize) {
+        let native = sd.native_size();
+        (self.width.unwrap_or(native), self.height.unwrap_or(native))
     }
 }
 
@@ -145,12 +158,20 @@ impl StableDiffusion {
         })
     }
 
-    /// Factor between image and latent resolution (8 for SD, 1 in pixel space).
+    /// Factor between image and latent resolution: the VAE's own ([`VaeConfig::downscale_factor`],
+    /// 8 for SD), 1 in pixel space.
+    ///
+    /// [`VaeConfig::downscale_factor`]: super::vae::VaeConfig::downscale_factor
     pub fn vae_scale_factor(&self) -> usize {
-        match &self.vae {
-            Some(v) => 1 << (v.config().block_out_channels.len() - 1),
-            None => 1,
-        }
+        self.vae
+            .as_ref()
+            .map_or(1, |v| v.config().downscale_factor())
+    }
+
+    /// The image side the model was built for, in pixels: UNet `sample_size` × the VAE factor, as
+    /// diffusers' pipelines default to (a config without `sample_size` counts as SD's 64).
+    pub fn native_size(&self) -> usize {
+        self.unet.config().sample_size.unwrap_or(64) * self.vae_scale_factor()
     }
 
     pub fn is_pixel_space(&self) -> bool {
@@ -207,12 +228,14 @@ impl StableDiffusion {
         Ok(self.text_encoder.forward(&ids)?.last_hidden_state)
     }
 
-    /// `[uncond; cond]` when guidance is on, else `[cond]`.
-    fn prompt_embeddings(&self, o: &SampleOptions) -> Result<Tensor> {
+    /// The prompt (and, with guidance on, negative prompt) embeddings, one row each.
+    fn conditioning(&self, o: &SampleOptions) -> Result<Conditioning> {
         if uses_cfg(o.guidance) {
-            self.encode_text(&[&o.negative_prompt, &o.prompt])
+            // One text-encoder batch, as diffusers runs it.
+            let e = self.encode_text(&[&o.negative_prompt, &o.prompt])?;
+            Ok(Conditioning::guided(e.narrow(0, 1, 1)?, e.narrow(0, 0, 1)?))
         } else {
-            self.encode_text(&[&o.prompt])
+            Ok(Conditioning::new(self.encode_text(&[&o.prompt])?))
         }
     }
 
@@ -223,25 +246,22 @@ impl StableDiffusion {
         Ok(s)
     }
 
-    fn check_size(&self, o: &SampleOptions) -> Result<(usize, usize)> {
+    /// Latent (h, w) for an image of `width`×`height` pixels; also rejects zero steps.
+    fn check_size(&self, o: &SampleOptions, width: usize, height: usize) -> Result<(usize, usize)> {
         let f = self.vae_scale_factor();
-        if o.width == 0
-            || o.height == 0
-            || !o.width.is_multiple_of(f)
-            || !o.height.is_multiple_of(f)
-        {
+        if width == 0 || height == 0 || !width.is_multiple_of(f) || !height.is_multiple_of(f) {
             return Err(Error::invalid(format!(
-                "width and height must be positive multiples of {f}, got {}x{}",
-                o.width, o.height
+                "width and height must be positive multiples of {f}, got {width}x{height}"
             )));
         }
         if o.steps == 0 {
             return Err(Error::invalid("steps must be at least 1"));
         }
-        Ok((o.height / f, o.width / f))
+        Ok((height / f, width / f))
     }
 
-    /// Text-to-image; returns the final (unscaled-by-VAE) latents `[1, 4, h, w]` in the scaled latent space.
+    /// Text-to-image; returns the final latents `[1, C, h, w]` in the UNet's sample space (scaled
+    /// VAE latents, or pixels; [`Self::decode`] turns them into an image).
     pub fn txt2img(
         &self,
         o: &SampleOptions,
@@ -255,15 +275,25 @@ impl StableDiffusion {
                 self.unet.in_channels()
             )));
         }
-        let (h, w) = self.check_size(o)?;
+        let (width, height) = o.size_for(self);
+        let (h, w) = self.check_size(o, width, height)?;
         let mut sched = self.scheduler(o)?;
         let latents =
             (noise.draw(&[1, latent_ch, h, w], &self.device)? * sched.init_noise_sigma())?;
-        self.denoise(o, sched.as_mut(), latents, None, noise, progress)
+        let cond = self.conditioning(o)?;
+        let opts = DenoiseOptions {
+            guidance: o.guidance,
+            progress: Some(progress),
+            ..DenoiseOptions::new(&cond)
+        };
+        denoise(&self.unet, sched.as_mut(), latents, opts, noise)
     }
 
     /// Inpainting with a 9-channel UNet. `image: [1, 3, H, W]` in [-1, 1]; `mask: [1, 1, H, W]` in
-    /// {0, 1}, 1 = repaint. `strength` < 1 starts from the noised image (SDEdit-style partial denoising).
+    /// {0, 1}, 1 = repaint; both of the requested size (by default the image's own). `strength` in
+    /// (0, 1] is the share of the schedule run: 1 starts from pure noise, less starts from the
+    /// image noised to the first kept timestep (SDEdit-style), as diffusers'
+    /// `StableDiffusionInpaintPipeline` does for every scheduler.
     #[allow(clippy::too_many_arguments)]
     pub fn inpaint(
         &self,
@@ -282,33 +312,48 @@ impl StableDiffusion {
                 self.unet.in_channels()
             )));
         }
-        if !(0.0..=1.0).contains(&strength) || strength == 0.0 {
+        if !(strength > 0.0 && strength <= 1.0) {
             return Err(Error::invalid(format!(
                 "strength must be in (0, 1], got {strength}"
             )));
         }
-        let (h, w) = self.check_size(o)?;
-        let (_, _, ih, iw) = image.dims4()?;
-        let (_, _, mh, mw) = mask.dims4()?;
-        if (ih, iw) != (o.height, o.width) || (mh, mw) != (o.height, o.width) {
+        let (image_dims, mask_dims) = (image.dims(), mask.dims());
+        let (ih, iw, mh, mw) = match (image_dims, mask_dims) {
+            (&[1, 3, ih, iw], &[1, 1, mh, mw]) => (ih, iw, mh, mw),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "inpaint takes an image [1, 3, H, W] and a mask [1, 1, H, W], got {image_dims:?} and {mask_dims:?}"
+                )))
+            }
+        };
+        let (width, height) = (o.width.unwrap_or(iw), o.height.unwrap_or(ih));
+        let (h, w) = self.check_size(o, width, height)?;
+        if (ih, iw) != (height, width) || (mh, mw) != (height, width) {
             return Err(Error::invalid(format!(
-                "image is {iw}x{ih} and mask is {mw}x{mh}; both must be {}x{} (the requested size)",
-                o.width, o.height
+                "image is {iw}x{ih} and mask is {mw}x{mh}; both must be {width}x{height} (the requested size)"
             )));
         }
         let mut sched = self.scheduler(o)?;
-        // Partial denoising keeps only the last `strength` share of the schedule.
-        let all = sched.timesteps().to_vec();
-        let order_steps = all.len() / o.steps.max(1);
-        let init = ((o.steps as f64 * strength) as usize).min(o.steps);
-        let start = (o.steps - init) * order_steps.max(1);
+        // diffusers' `get_timesteps`: keep the last int(steps·strength) steps. Every scheduler here
+        // has order 1, so the run starts that many steps before the end of the step count (PNDM's
+        // list holds one extra, repeated timestep near its start, which the offset skips too).
+        let kept = ((o.steps as f64 * strength) as usize).min(o.steps);
+        if kept == 0 {
+            return Err(Error::invalid(format!(
+                "strength {strength} keeps none of the {} steps (int(steps × strength) must be at least 1)",
+                o.steps
+            )));
+        }
+        let start = o.steps - kept;
         let latents = if strength >= 1.0 {
             (noise.draw(&[1, latent_ch, h, w], &self.device)? * sched.init_noise_sigma())?
         } else {
+            // The image latents (one posterior draw), then the noise, then the forward process to
+            // the first kept timestep in the scheduler's own sample space (sigma space for Euler).
             let z0 = self.encode_sample(image, noise)?;
             let n = noise.draw(&[1, latent_ch, h, w], &self.device)?;
-            let t0 = all.get(start).copied().unwrap_or(0.0) as usize;
-            sched.add_noise(&z0, &n, &[t0])?
+            let t0 = sched.timesteps()[start];
+            sched.add_noise_at(&z0, &n, &[t0])?
         };
         // Conditioning: the mask at latent resolution (nearest: every f-th pixel) and the latent of
         // the image with the masked region blanked.
@@ -319,74 +364,16 @@ impl StableDiffusion {
         let keep = mask.lt(0.5)?.to_dtype(DType::F32)?;
         let masked = image.broadcast_mul(&keep)?;
         let masked_lat = self.encode_sample(&masked, noise)?;
-        let cond = Tensor::cat(&[&mask_lat, &masked_lat], 1)?;
-        self.denoise_from(
-            o,
-            sched.as_mut(),
-            latents,
-            Some(cond),
+        let extra = Tensor::cat(&[&mask_lat, &masked_lat], 1)?;
+        let cond = self.conditioning(o)?;
+        let opts = DenoiseOptions {
+            extra: Some(&extra),
             start,
-            noise,
-            progress,
-        )
-    }
-
-    fn denoise(
-        &self,
-        o: &SampleOptions,
-        sched: &mut dyn Scheduler,
-        latents: Tensor,
-        extra: Option<Tensor>,
-        noise: &mut dyn NoiseSource,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Tensor> {
-        self.denoise_from(o, sched, latents, extra, 0, noise, progress)
-    }
-
-    /// The shared reverse loop. `extra` is concatenated to the UNet input channels (inpainting).
-    #[allow(clippy::too_many_arguments)]
-    fn denoise_from(
-        &self,
-        o: &SampleOptions,
-        sched: &mut dyn Scheduler,
-        mut latents: Tensor,
-        extra: Option<Tensor>,
-        start: usize,
-        noise: &mut dyn NoiseSource,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Tensor> {
-        let embeds = self.prompt_embeddings(o)?;
-        let cfg = uses_cfg(o.guidance);
-        let copies = if cfg { 2 } else { 1 };
-        let extra = match extra {
-            Some(e) => Some(Tensor::cat(&vec![&e; copies], 0)?),
-            None => None,
+            guidance: o.guidance,
+            progress: Some(progress),
+            ..DenoiseOptions::new(&cond)
         };
-        let mut ctx = ForwardCtx::default();
-        let timesteps: Vec<f64> = sched.timesteps()[start..].to_vec();
-        let total = timesteps.len();
-        for (i, &t) in timesteps.iter().enumerate() {
-            let inp = Tensor::cat(&vec![&latents; copies], 0)?;
-            let inp = sched.scale_model_input(&inp, t)?;
-            let inp = match &extra {
-                Some(e) => Tensor::cat(&[&inp, e], 1)?,
-                None => inp,
-            };
-            let tt = Tensor::full(t as f32, copies, &self.device)?;
-            ctx.timestep = Some(t);
-            let mut pred = self.unet.forward(&inp, &tt, &embeds, &ctx)?;
-            if cfg {
-                pred = apply_cfg(&pred, o.guidance)?;
-            }
-            let step_noise = if sched.needs_noise_at(t) {
-                Some(noise.draw(latents.dims(), &self.device)?)
-            } else {
-                None
-            };
-            latents = sched.step(&pred, t, &latents, step_noise.as_ref())?;
-            progress(i + 1, total);
-        }
-        Ok(latents)
+        denoise(&self.unet, sched.as_mut(), latents, opts, noise)
     }
 
     /// Scaled latents → images in [-1, 1] (pixel space: the samples, clamped to [-1, 1]).

@@ -88,9 +88,7 @@ pub fn lora_finetune(
     progress: impl FnMut(&StepStats) + 'static,
 ) -> Result<LoraTrainReport> {
     let dev = sd.device.clone();
-    let size = o
-        .size
-        .unwrap_or_else(|| sd.unet.config().sample_size.unwrap_or(64) * sd.vae_scale_factor());
+    let size = o.size.unwrap_or_else(|| sd.native_size());
     if size == 0 || !size.is_multiple_of(sd.vae_scale_factor()) {
         return Err(Error::invalid(format!(
             "training size {size} must be a positive multiple of {}",
@@ -209,8 +207,8 @@ fn sample_latents(
         prompt: prompt.into(),
         steps: 25,
         guidance: 5.0,
-        width: size,
-        height: size,
+        width: Some(size),
+        height: Some(size),
         scheduler: Some(crate::sd::scheduler::SchedulerKind::Ddim),
         ..Default::default()
     };

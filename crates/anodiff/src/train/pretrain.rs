@@ -347,8 +347,8 @@ pub fn sample_images(
         prompt: prompt.into(),
         steps,
         guidance: 1.0,
-        width: size,
-        height: size,
+        width: Some(size),
+        height: Some(size),
         scheduler: Some(SchedulerKind::Ddim),
         ..Default::default()
     };

@@ -20,6 +20,9 @@ pub struct EulerScheduler {
     /// One per timestep plus the final sigma.
     sigmas: Vec<f32>,
     step_index: Option<usize>,
+    /// Where the run starts when the caller said so (`set_begin_index`); else the first step is
+    /// found by its timestep.
+    begin_index: Option<usize>,
 }
 
 impl EulerScheduler {
@@ -43,6 +46,7 @@ impl EulerScheduler {
             timesteps,
             sigmas,
             step_index: None,
+            begin_index: None,
         })
     }
 
@@ -66,9 +70,9 @@ impl EulerScheduler {
     }
 
     fn current_index(&self, t: f64) -> Result<usize> {
-        match self.step_index {
-            Some(i) => Ok(i),
-            None => self.index_for_timestep(t),
+        match (self.step_index, self.begin_index) {
+            (Some(i), _) | (None, Some(i)) => Ok(i),
+            (None, None) => self.index_for_timestep(t),
         }
     }
 
@@ -127,6 +131,13 @@ impl Scheduler for EulerScheduler {
         self.timesteps = ts.into_iter().map(|t| t as f64).collect();
         self.sigmas = sigmas;
         self.step_index = None;
+        self.begin_index = None;
+        Ok(())
+    }
+
+    fn set_begin_index(&mut self, index: usize) -> Result<()> {
+        schedule::check_begin_index(index, self.timesteps.len())?;
+        self.begin_index = Some(index);
         Ok(())
     }
 

@@ -40,6 +40,13 @@ pub trait Scheduler: Send {
         sample: &Tensor,
         noise: Option<&Tensor>,
     ) -> Result<Tensor>;
+    /// Declares that the run starts at position `index` of `timesteps()` (partial denoising), as
+    /// diffusers' img2img and inpainting pipelines do right after `set_timesteps`. Schedulers that
+    /// locate a step by its position (Euler) start there instead of searching for the timestep;
+    /// the others need nothing. `index` must be a position of the prepared run.
+    fn set_begin_index(&mut self, index: usize) -> Result<()> {
+        schedule::check_begin_index(index, self.timesteps().len())
+    }
     /// Whether `step` consumes fresh noise (DDPM; DDIM with eta > 0).
     fn needs_noise(&self) -> bool {
         false

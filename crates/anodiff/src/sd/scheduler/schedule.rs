@@ -228,6 +228,16 @@ pub(crate) fn check_steps(steps: usize, num_train: usize) -> Result<()> {
     Ok(())
 }
 
+/// A run can only begin at one of its own timesteps (`len` of them).
+pub(crate) fn check_begin_index(index: usize, len: usize) -> Result<()> {
+    if index >= len {
+        return Err(Error::invalid(format!(
+            "scheduler: start index {index} is outside the prepared run of {len} timesteps"
+        )));
+    }
+    Ok(())
+}
+
 /// torch.linspace(start, end, n, dtype=float32) on CPU: f32 step, values `start + step·i` for the
 /// first half and `end - step·(n-1-i)` for the second, each a single fused multiply-add.
 pub fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
