@@ -1,11 +1,11 @@
 //! Parity of the anomaly-detection metrics with scikit-learn (AUROC, AP, F1-max) and with an
 //! independent Python AU-PRO reference. Fixtures: tools/eval/make_metric_fixtures.py.
 
-use anodiff::eval::aupro::{aupro, label_regions};
+use anodiff::eval::aupro::label_regions;
 use anodiff::eval::metrics::{
     auroc, average_precision, binary_metrics, f1_max, pr_curve, roc_curve,
 };
-use anodiff::eval::pixels::{pixel_metrics, PixelScores};
+use anodiff::eval::pixels::{aupro, pixel_metrics, PixelScores};
 use serde_json::Value;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/eval");
