@@ -2,12 +2,14 @@
 //! write a folder `StableDiffusion::load` reads, and the demo report writer.
 
 use anodiff::data::synth::{synth_dataset, SynthOptions};
+use anodiff::io::html::loss_svg;
 use anodiff::sd::noise::SeededNoise;
 use anodiff::sd::pipeline::{SampleOptions, StableDiffusion};
 use anodiff::sd::presets::Preset;
 use anodiff::sd::tokenizer::ClipTokenizer;
+use anodiff::train::log::read_loss_log;
 use anodiff::train::pretrain::{pretrain, PretrainOptions};
-use anodiff::train::pretrain_report::{demo_html, loss_svg, read_loss_log, DemoPage};
+use anodiff::train::pretrain_report::{demo_html, DemoPage};
 use candle_core::Device;
 
 #[test]

@@ -104,7 +104,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let table = benchmark::summary_markdown(&o, &runs);
     println!("{table}");
-    anodiff::io::write_atomic(
+    anodiff::io::atomic::write_atomic(
         &benchmark::source_dir(&o).join("summary.md"),
         table.as_bytes(),
     )?;

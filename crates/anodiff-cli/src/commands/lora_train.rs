@@ -114,6 +114,6 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let report = r.lora_file.with_file_name("report.json");
-    anodiff::io::write_atomic(&report, serde_json::to_string_pretty(&r)?.as_bytes())?;
+    anodiff::io::json::write_json(&report, &r)?;
     Ok(())
 }

@@ -105,8 +105,8 @@ impl Common {
 
 /// Decodes latents and writes the first image as PNG.
 pub fn save(sd: &StableDiffusion, latents: &Tensor, out: &Path) -> Result<()> {
-    let images = anodiff::sd::image::tensor_to_rgb(&sd.decode(latents)?)?;
-    anodiff::io::save_png(out, &images[0])?;
+    let images = anodiff::io::image_tensor::tensor_to_rgb(&sd.decode(latents)?)?;
+    anodiff::io::image::save_png(out, &images[0])?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }

@@ -10,6 +10,8 @@
 //! painting never leaves a masked pixel unchanged and never touches an unmasked one.
 
 use crate::error::{Error, Result};
+use crate::io::atomic::write_atomic;
+use crate::io::json::write_json;
 use image::{GrayImage, Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -518,7 +520,7 @@ fn write_all(
     let mut done = 0;
     let mut put = |path: PathBuf, img: image::DynamicImage| -> Result<()> {
         let bytes = encode_png(&path, &img)?;
-        crate::io::write_atomic(&path, &bytes)?;
+        write_atomic(&path, &bytes)?;
         done += 1;
         progress(done, total);
         Ok(())
@@ -566,9 +568,7 @@ fn write_all(
         options: opts,
         categories: Category::ALL.iter().map(|c| c.name()).collect(),
     };
-    let json = serde_json::to_string_pretty(&marker)
-        .map_err(|e| Error::invalid(format!("synth marker: {e}")))?;
-    crate::io::write_atomic(&root.join(MARKER), json.as_bytes())?;
+    write_json(&root.join(MARKER), &marker)?;
     done += 1;
     progress(done, total);
     Ok(done)

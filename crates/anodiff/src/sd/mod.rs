@@ -4,7 +4,6 @@
 pub mod attention;
 pub mod clip;
 pub mod guidance;
-pub mod image;
 pub mod lora;
 pub mod noise;
 pub mod pipeline;

@@ -13,8 +13,9 @@ use super::scheduler::{make_scheduler, Scheduler, SchedulerConfig, SchedulerKind
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
-use super::weights::{read_json, ModelDir};
+use super::weights::ModelDir;
 use crate::error::{Error, Result};
+use crate::io::json::read_json;
 use crate::nn::Params;
 use candle_core::{DType, Device, Tensor};
 

@@ -15,8 +15,9 @@ use super::net::{LocalisationNet, NetConfig};
 use super::protocol::Protocol;
 use crate::error::{Error, Result};
 use crate::eval::sources::{AnomalySource, SourceContext};
+use crate::io::image_tensor::mask_to_tensor;
+use crate::io::json::{read_json, write_json};
 use crate::nn::Params;
-use crate::sd::image::mask_to_tensor;
 use crate::train::{checkpoint, AdamWConfig, LrSchedule, StepStats, TrainConfig, Trainer};
 use candle_core::{Device, Tensor};
 use image::{GrayImage, RgbImage};
@@ -225,8 +226,7 @@ pub fn train(
 /// Writes `protocol.json`, or checks that an existing one (a resumed run) matches.
 fn check_protocol_file(path: &Path, protocol: &Protocol) -> Result<()> {
     if path.is_file() {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let saved: Protocol = serde_json::from_slice(&bytes).map_err(|e| Error::config(path, e))?;
+        let saved: Protocol = read_json(path)?;
         if &saved != protocol {
             return Err(Error::config(
                 path,
@@ -235,6 +235,5 @@ fn check_protocol_file(path: &Path, protocol: &Protocol) -> Result<()> {
         }
         return Ok(());
     }
-    let bytes = serde_json::to_vec_pretty(protocol).map_err(|e| Error::config(path, e))?;
-    crate::io::write_atomic(path, &bytes)
+    write_json(path, protocol)
 }

@@ -1,8 +1,7 @@
-//! Conversions between images and the [-1, 1] tensors the VAE works in.
+//! Conversions between images and the [-1, 1] tensors the models work in (and binary masks).
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
-use std::path::Path;
 
 /// RGB image → `[1, 3, H, W]` f32 in [-1, 1].
 pub fn rgb_to_tensor(img: &image::RgbImage, device: &Device) -> Result<Tensor> {
@@ -55,16 +54,6 @@ pub fn tensor_to_rgb(x: &Tensor) -> Result<Vec<image::RgbImage>> {
         out.push(image::RgbImage::from_raw(w as u32, h as u32, v).expect("buffer size matches"));
     }
     Ok(out)
-}
-
-/// Loads an image file as RGB.
-pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
-    Ok(crate::io::load_image(path)?.to_rgb8())
-}
-
-/// Loads a mask file as greyscale.
-pub fn load_mask(path: &Path) -> Result<image::GrayImage> {
-    Ok(crate::io::load_image(path)?.to_luma8())
 }
 
 #[cfg(test)]
