@@ -20,7 +20,7 @@ use crate::sd::clip::{ClipActivation, ClipTextConfig, ClipTextModel};
 use crate::sd::noise::SeededNoise;
 use crate::sd::pipeline::{SampleOptions, StableDiffusion};
 use crate::sd::pixel_norm::PixelNorm;
-use crate::sd::presets::Preset;
+use crate::sd::presets::{fresh_params, Component, Preset};
 use crate::sd::scheduler::{SchedulerConfig, SchedulerKind};
 use crate::sd::tokenizer::ClipTokenizer;
 use crate::sd::unet::{PerBlock, UNet2DConditionModel, UNetConfig};
@@ -122,8 +122,8 @@ pub fn fresh_pixel_model(
             preset.name
         )));
     }
-    let te_p = Params::fresh(seed.wrapping_mul(0x9E37_79B9).wrapping_add(1), dev);
-    let unet_p = Params::fresh(seed.wrapping_mul(0x9E37_79B9).wrapping_add(3), dev);
+    let te_p = fresh_params(seed, Component::TextEncoder, dev);
+    let unet_p = fresh_params(seed, Component::Unet, dev);
     let sd = StableDiffusion {
         tokenizer: ClipTokenizer::embedded()?,
         text_encoder: ClipTextModel::new(&preset.text, &te_p)?,
