@@ -5,6 +5,7 @@ pub mod attention;
 pub mod clip;
 pub mod guidance;
 pub mod lora;
+pub mod model_source;
 pub mod noise;
 pub mod pipeline;
 pub mod pixel_norm;
