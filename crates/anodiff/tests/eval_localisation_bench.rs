@@ -2,18 +2,14 @@
 //! file is written, metrics are sane numbers, a finished seed is reused, the report renders
 //! panels for every type, and the summary has mean ± std rows.
 
+mod common;
+
 use anodiff::data::synth::{synth_dataset, SynthOptions};
 use anodiff::eval::evaluate::EvalOptions;
 use anodiff::eval::localisation::Protocol;
 use anodiff::eval::localisation_bench::{self, BenchOptions, Progress};
 use anodiff::eval::run::RunLayout;
-use std::path::PathBuf;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("anodiff-bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+use common::temp_dir;
 
 fn tiny_protocol() -> Protocol {
     Protocol {
