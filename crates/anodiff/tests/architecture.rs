@@ -43,6 +43,9 @@ struct Graph {
     edges: BTreeMap<String, BTreeSet<String>>,
 }
 
+/// Files that import each other round, with the edges between them.
+type Cycle = (Vec<String>, Vec<(String, String)>);
+
 /// The module id of a source file given by its path relative to `src/`.
 fn module_id(rel: &str) -> String {
     let rel = rel.strip_suffix(".rs").unwrap_or(rel);
@@ -182,7 +185,7 @@ impl Graph {
     }
 
     /// Strongly connected sets of more than one file (Tarjan), each with its internal edges.
-    fn cycles(&self) -> Vec<(Vec<String>, Vec<(String, String)>)> {
+    fn cycles(&self) -> Vec<Cycle> {
         struct State<'a> {
             g: &'a Graph,
             index: BTreeMap<&'a str, usize>,

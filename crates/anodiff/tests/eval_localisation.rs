@@ -304,7 +304,7 @@ fn separation(net: &LocalisationNet, ctx: &SourceContext, n: usize) -> (f64, f64
     let (mut pos, mut neg) = (Vec::new(), Vec::new());
     for _ in 0..n {
         let pair = src.sample(&mut rng).unwrap();
-        let x = anodiff::eval::localisation::train::rgb_to_unit_tensor(&pair.image, &dev)
+        let x = anodiff::io::image_tensor::rgb_to_unit_tensor(&pair.image, &dev)
             .unwrap()
             .unsqueeze(0)
             .unwrap();

@@ -1,4 +1,5 @@
-//! Conversions between images and the [-1, 1] tensors the models work in (and binary masks).
+//! Conversions between images and tensors: [-1, 1] for the diffusion models, [0, 1] for the
+//! localisation network, and binary masks.
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -15,6 +16,18 @@ pub fn rgb_to_tensor(img: &image::RgbImage, device: &Device) -> Result<Tensor> {
         .permute((2, 0, 1))?
         .unsqueeze(0)?
         .contiguous()?)
+}
+
+/// RGB image → `[3, H, W]` f32 in [0, 1] (no batch dimension; the localisation network's input).
+pub fn rgb_to_unit_tensor(img: &image::RgbImage, dev: &Device) -> Result<Tensor> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut data = vec![0f32; 3 * h * w];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            data[c * h * w + i] = px.0[c] as f32 / 255.0;
+        }
+    }
+    Ok(Tensor::from_vec(data, (3, h, w), dev)?)
 }
 
 /// Greyscale mask → `[1, 1, H, W]` f32 in {0, 1}: white (≥ 0.5) marks the region to repaint.
