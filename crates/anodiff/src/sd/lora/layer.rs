@@ -273,7 +273,7 @@ impl LoraLayer {
 }
 
 /// The seed of one set's initial weights (or, with `set = usize::MAX`, of the dropout stream):
-/// std's hasher over (seed, module name, set). Not `crate::seed::mix`, which mixes numbers only:
+/// std's hasher over (seed, module name, set). Not the crate's `seed::mix`, which mixes numbers only:
 /// switching would change every seeded LoRA initialisation made so far.
 fn set_seed(seed: u64, module: &str, set: usize) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
