@@ -1,6 +1,7 @@
 //! The `anodiff` command-line tool: parses arguments, calls the library, shows progress.
 
 mod commands;
+mod model;
 mod progress;
 
 use clap::{Parser, Subcommand};

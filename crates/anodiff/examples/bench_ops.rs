@@ -4,17 +4,8 @@
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let iters = args.first().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let torch: Vec<(String, f64)> = match args.get(1) {
-        Some(p) => {
-            let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p)?)?;
-            v.as_object()
-                .map(|o| {
-                    o.iter()
-                        .filter_map(|(k, x)| Some((k.clone(), x.as_f64()?)))
-                        .collect()
-                })
-                .unwrap_or_default()
-        }
+    let torch = match args.get(1) {
+        Some(p) => anodiff::bench::ops::read_reference(std::path::Path::new(p))?,
         None => Vec::new(),
     };
     let rows = anodiff::bench::ops::run(iters, &[], true)?;

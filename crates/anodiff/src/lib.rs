@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod nn;
 pub mod runtime;
 pub mod sd;
+pub mod seed;
 pub mod train;
 
 pub use error::{Error, Result};

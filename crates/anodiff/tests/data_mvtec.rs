@@ -1,16 +1,12 @@
 //! MVTec-layout reader: every bad case on small generated folders, plus the real datasets in
 //! ../shared/data (skipped with a message when absent).
 
+mod common;
+
 use anodiff::data::mvtec::{Check, IssueKind, MvtecDataset, OnBadFile};
+use common::{shared_dataset, temp_dir};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use std::path::{Path, PathBuf};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("anodiff-mvtec-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn rgb(path: &Path, w: u32, h: u32) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -227,28 +223,11 @@ fn unreadable_mask_and_duplicate_stem() {
     std::fs::remove_dir_all(&r).unwrap();
 }
 
-/// `../shared/data` next to the repo, or `$ANODIFF_SHARED_DATA` (e.g. from a git worktree).
-fn shared(name: &str) -> Option<PathBuf> {
-    let base = std::env::var_os("ANODIFF_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"))
-        });
-    let p = base.join(name);
-    if p.is_dir() {
-        Some(p)
-    } else {
-        println!(
-            "SKIPPED: real dataset {} not found (expected ../shared/data/{name} next to the repo)",
-            p.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn real_mtd_counts_and_empty_masks() {
-    let Some(root) = shared("mtd") else { return };
+    let Some(root) = shared_dataset("mtd") else {
+        return;
+    };
     let t = std::time::Instant::now();
     let (ds, rep) = MvtecDataset::open(&root, OnBadFile::Error).unwrap();
     println!(
@@ -290,7 +269,9 @@ fn real_mtd_counts_and_empty_masks() {
 
 #[test]
 fn real_bsdata_counts() {
-    let Some(root) = shared("bsdata") else { return };
+    let Some(root) = shared_dataset("bsdata") else {
+        return;
+    };
     let t = std::time::Instant::now();
     let (ds, rep) = MvtecDataset::open(&root, OnBadFile::Error).unwrap();
     println!(

@@ -1,17 +1,13 @@
 //! Few-shot split: counts, no overlap, determinism, manifest round trip and validation.
 
+mod common;
+
 use anodiff::data::mvtec::{MvtecDataset, OnBadFile};
 use anodiff::data::split::{few_shot_train_count, SplitManifest};
+use common::{shared_dataset, temp_dir};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("anodiff-split-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn put(root: &Path, rel: &str, mask: bool) {
     let p = root.join(rel);
@@ -169,11 +165,6 @@ fn load_rejects_missing_files_overlap_and_bad_version() {
 
 #[test]
 fn real_datasets_split() {
-    let base = std::env::var_os("ANODIFF_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data"))
-        });
     for (name, expected) in [
         (
             "mtd",
@@ -187,11 +178,9 @@ fn real_datasets_split() {
         ),
         ("bsdata", vec![("pitting", 56, 111)]),
     ] {
-        let root = base.join(name);
-        if !root.is_dir() {
-            println!("SKIPPED: real dataset {} not found", root.display());
+        let Some(root) = shared_dataset(name) else {
             continue;
-        }
+        };
         let (ds, _) = MvtecDataset::open(&root, OnBadFile::Error).unwrap();
         let m = SplitManifest::few_shot(&ds).unwrap();
         println!("{name}: {:?}, eval_good {}", m.counts(), m.eval_good.len());

@@ -1,15 +1,12 @@
 //! Synthetic dataset: deterministic bytes, masks exactly equal to the changed pixels, and the
 //! MVTec reader accepts it with no warning.
 
+mod common;
+
 use anodiff::data::mvtec::{Check, MvtecDataset, OnBadFile};
 use anodiff::data::synth::{render_defect, synth_dataset, Category, SynthOptions, MARKER};
+use common::temp_dir;
 use std::path::{Path, PathBuf};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("anodiff-synth-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
 
 fn small() -> SynthOptions {
     SynthOptions {

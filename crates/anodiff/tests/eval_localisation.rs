@@ -2,13 +2,17 @@
 //! against a hand-computed value and finite differences, gradients through the whole U-Net,
 //! a small learning test, prediction at original image sizes, and exact resume.
 
+mod common;
+
 use anodiff::data::split::{DefectSplit, SplitEntry, SplitManifest};
 use anodiff::eval::localisation::{
     focal_loss, image_score, predict, resize_bilinear, train, LocalisationNet, Protocol,
 };
 use anodiff::eval::sources::{AnomalyPair, AnomalySource, SourceContext};
+use anodiff::io::image::load_square;
 use anodiff::nn::Params;
 use candle_core::{DType, Device, Tensor, Var};
+use common::temp_dir;
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -105,13 +109,6 @@ fn tiny_protocol(size: usize, width: usize, samples: usize, batch: usize, lr: f6
         lr_decay: 0.2,
         standardise: true,
     }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("anodiff-loc-test-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]
@@ -307,7 +304,7 @@ fn separation(net: &LocalisationNet, ctx: &SourceContext, n: usize) -> (f64, f64
     let (mut pos, mut neg) = (Vec::new(), Vec::new());
     for _ in 0..n {
         let pair = src.sample(&mut rng).unwrap();
-        let x = anodiff::eval::localisation::train::rgb_to_unit_tensor(&pair.image, &dev)
+        let x = anodiff::io::image_tensor::rgb_to_unit_tensor(&pair.image, &dev)
             .unwrap()
             .unsqueeze(0)
             .unwrap();
@@ -629,14 +626,7 @@ fn mtd_real_run() {
     let protocol = Protocol::cpu();
     let s = protocol.size as u32;
     let t0 = Instant::now();
-    let good: Vec<RgbImage> = split
-        .train_good
-        .iter()
-        .map(|e| {
-            let img = split.load_image(e).unwrap();
-            image::imageops::resize(&img, s, s, image::imageops::FilterType::Triangle)
-        })
-        .collect();
+    let good = load_square(&split.train_good, s, |e| split.load_image(e)).unwrap();
     let ctx = SourceContext {
         split: Arc::new(split.clone()),
         good: Arc::new(good),

@@ -1,20 +1,22 @@
 //! Parity of the anomaly-detection metrics with scikit-learn (AUROC, AP, F1-max) and with an
 //! independent Python AU-PRO reference. Fixtures: tools/eval/make_metric_fixtures.py.
 
-use anodiff::eval::aupro::{aupro, label_regions};
+mod common;
+
+use anodiff::eval::aupro::label_regions;
 use anodiff::eval::metrics::{
     auroc, average_precision, binary_metrics, f1_max, pr_curve, roc_curve,
 };
-use anodiff::eval::pixels::{pixel_metrics, PixelScores};
+use anodiff::eval::pixels::{aupro, pixel_metrics, PixelScores};
+use common::fixtures;
 use serde_json::Value;
 
-const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/eval");
 /// f64 metrics computed from integer counts: only summation-order rounding differs.
 const TOL_BINARY: f64 = 1e-9;
 const TOL_AUPRO: f64 = 1e-6;
 
 fn load(name: &str) -> Value {
-    serde_json::from_slice(&std::fs::read(format!("{FIX}/{name}")).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(fixtures("eval").join(name)).unwrap()).unwrap()
 }
 
 /// Expected value: JSON null means NaN.
@@ -106,7 +108,7 @@ fn case_images(c: &Value) -> Images {
         masks: vec![],
     };
     if c["name"] == "large" {
-        let bytes = std::fs::read(format!("{FIX}/large.safetensors")).unwrap();
+        let bytes = std::fs::read(fixtures("eval/large.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let s = st.tensor("scores").unwrap();
         let m = st.tensor("masks").unwrap();

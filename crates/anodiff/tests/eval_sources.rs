@@ -2,9 +2,13 @@
 //! binary masks, pixels outside the mask untouched, split hygiene, `dir:` error cases; on the real
 //! MTD dataset (skipped when absent) preview sheets in out/ and sampling rates.
 
+mod common;
+
 use anodiff::data::split::{SplitEntry, SplitManifest, MANIFEST_VERSION};
 use anodiff::eval::sources::perlin::{perlin_mask, perlin_noise};
 use anodiff::eval::sources::{from_spec, preview_grid, AnomalyPair, SourceContext};
+use anodiff::io::image::load_square;
+use common::{shared_dataset, temp_dir};
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -13,13 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const SIZE: u32 = 32;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("anodiff-sources-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Per-pixel pseudo-random colours, so any moved patch changes pixels.
 fn noise_image(w: u32, h: u32, seed: u32) -> RgbImage {
@@ -418,42 +415,16 @@ fn preview_grid_layout() {
     assert!(g.pixels().any(|p| p[0] > 150 && p[1] < 110 && p[2] < 110));
 }
 
-/// The shared data folder: `$ANODIFF_SHARED_DATA`, `../shared/data` next to the repo, or next to the
-/// worktree folder.
-fn shared(name: &str) -> Option<PathBuf> {
-    let mut candidates = vec![];
-    if let Some(p) = std::env::var_os("ANODIFF_SHARED_DATA") {
-        candidates.push(PathBuf::from(p));
-    }
-    candidates.push(PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data"
-    )));
-    candidates.push(PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../../shared/data"
-    )));
-    let found = candidates.iter().map(|c| c.join(name)).find(|p| p.is_dir());
-    if found.is_none() {
-        println!("SKIPPED: real dataset {name} not found (looked in {candidates:?})");
-    }
-    found
-}
-
 #[test]
 fn real_mtd_previews_and_rates() {
     use anodiff::data::mvtec::{MvtecDataset, OnBadFile};
-    let Some(root) = shared("mtd") else { return };
+    let Some(root) = shared_dataset("mtd") else {
+        return;
+    };
     let size = 128;
     let (ds, _) = MvtecDataset::open(&root, OnBadFile::Skip).unwrap();
     let split = SplitManifest::few_shot(&ds).unwrap();
-    let good: Vec<RgbImage> = split.train_good[..64]
-        .iter()
-        .map(|e| {
-            let im = split.load_image(e).unwrap();
-            image::imageops::resize(&im, size, size, image::imageops::FilterType::Triangle)
-        })
-        .collect();
+    let good = load_square(&split.train_good[..64], size, |e| split.load_image(e)).unwrap();
     let mut ctx = SourceContext {
         split: Arc::new(split),
         good: Arc::new(good),

@@ -3,14 +3,15 @@
 //!   cargo test --release --test full_size_sd15 -- --ignored --nocapture
 //! Folder: $ANODIFF_SD15_DIR or runs/sd15-random. Tolerance: max|diff| ≤ 1e-4 · max|ref| per output.
 
-use anodiff::nn::tensor_files::read_safetensors;
+mod common;
+
 use anodiff::sd::attention::ForwardCtx;
 use anodiff::sd::clip::ClipTextModel;
 use anodiff::sd::unet::UNet2DConditionModel;
 use anodiff::sd::vae::AutoencoderKL;
 use anodiff::sd::weights::ModelDir;
 use candle_core::{DType, Device, Tensor};
-use std::collections::HashMap;
+use common::{rel, tensors};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -25,33 +26,12 @@ fn dir() -> PathBuf {
         })
 }
 
-fn rel(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    d / b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 #[ignore = "needs tools/make_sd15_random.py output (4.3 GB)"]
 fn sd15_full_size_matches_diffusers() {
     let dev = Device::Cpu;
     let m = ModelDir::open(dir()).expect("run tools/make_sd15_random.py first");
-    let r: HashMap<String, Tensor> = read_safetensors(&m.root.join("reference.safetensors"), &dev)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let r = tensors(&m.root.join("reference.safetensors"));
     let clip = ClipTextModel::load(&m.component("text_encoder").unwrap(), &dev).unwrap();
     let ids = r["clip.ids"].to_dtype(DType::U32).unwrap();
     let enc = clip.forward(&ids).unwrap().last_hidden_state;

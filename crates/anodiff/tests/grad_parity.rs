@@ -4,39 +4,27 @@
 //! gradients are long sums (over batch, tokens and pixels) with cancellation, so they carry more
 //! rounding than forward outputs; exactness of the formulas is proven in f64 by grad_check.rs.
 
-use anodiff::nn::tensor_files::read_safetensors;
+mod common;
+
 use anodiff::nn::{Params, TensorFiles};
 use anodiff::sd::attention::ForwardCtx;
 use anodiff::sd::unet::{UNet2DConditionModel, UNetConfig};
 use anodiff::sd::weights::Component;
 use candle_core::{Device, Tensor, Var};
+use common::{fixtures, rel, tensors};
 use std::collections::HashMap;
-
-const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
-
-fn rel(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-    let m = b.abs().unwrap().max_all().unwrap();
-    d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap()
-}
 
 #[test]
 fn unet_gradients_match_pytorch() {
     let dev = Device::Cpu;
-    let r: HashMap<String, Tensor> = read_safetensors(
-        std::path::Path::new(&format!("{FIX}/grad/unet_sd1.safetensors")),
-        &dev,
-    )
-    .unwrap()
-    .into_iter()
-    .collect();
+    let r = tensors(&fixtures("grad/unet_sd1.safetensors"));
     let wanted: Vec<String> = r
         .keys()
         .filter_map(|k| k.strip_prefix("grad.param.").map(String::from))
         .collect();
     assert!(wanted.len() >= 15);
 
-    let c = Component::at(format!("{FIX}/unet/sd1/unet"));
+    let c = Component::at(fixtures("unet/sd1/unet"));
     let cfg: UNetConfig = c.config().unwrap();
     let files = TensorFiles::load(&c.weight_files().unwrap(), &dev).unwrap();
     let w = wanted.clone();
@@ -97,20 +85,9 @@ fn unet_gradients_match_pytorch() {
 fn unet_lora_gradients_match_pytorch_peft() {
     use anodiff::sd::lora::Lora;
     let dev = Device::Cpu;
-    let r: HashMap<String, Tensor> = read_safetensors(
-        std::path::Path::new(&format!("{FIX}/grad/unet_sd1_lora.safetensors")),
-        &dev,
-    )
-    .unwrap()
-    .into_iter()
-    .collect();
-    let unet =
-        UNet2DConditionModel::load(&Component::at(format!("{FIX}/unet/sd1/unet")), &dev).unwrap();
-    let lora = Lora::load_unet(
-        &unet,
-        std::path::Path::new(&format!("{FIX}/lora/pytorch_lora_weights.safetensors")),
-    )
-    .unwrap();
+    let r = tensors(&fixtures("grad/unet_sd1_lora.safetensors"));
+    let unet = UNet2DConditionModel::load(&Component::at(fixtures("unet/sd1/unet")), &dev).unwrap();
+    let lora = Lora::load_unet(&unet, &fixtures("lora/pytorch_lora_weights.safetensors")).unwrap();
     // Ours: `unet.<module>.lora_A.set0.weight`; the fixture: `grad.lora.<module>.lora_A.weight`.
     let vars: HashMap<String, Var> = lora
         .vars()
@@ -165,7 +142,7 @@ fn unet_lora_gradients_match_pytorch_peft() {
 fn lora_step_computes_no_frozen_weight_gradients() {
     use anodiff::sd::lora::{Lora, LoraConfig};
     let dev = Device::Cpu;
-    let c = Component::at(format!("{FIX}/unet/sd1/unet"));
+    let c = Component::at(fixtures("unet/sd1/unet"));
     let cfg: UNetConfig = c.config().unwrap();
     let files = TensorFiles::load(&c.weight_files().unwrap(), &dev).unwrap();
     let frozen: Vec<(String, Tensor)> = files

@@ -1,30 +1,13 @@
 //! Our CPU kernels (conv2d, fused GroupNorm+SiLU) against candle's reference composition, forward
 //! and gradients, plus a finite-difference check of the GroupNorm+SiLU backward in f64.
 
+mod common;
+
 use anodiff::kernels::{attention, conv2d, geglu, groupnorm, lowrank, winograd};
 use anodiff::nn::ops::sdpa_basic;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-
-/// max|a − b| / max|b|.
-fn rel(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-    let d = d
-        .to_dtype(DType::F32)
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let m = b
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    d / m.max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-12)
-}
+use common::rel;
 
 fn randn(shape: &[usize], dt: DType) -> Tensor {
     Tensor::randn(0f32, 1.0, shape, &Device::Cpu)

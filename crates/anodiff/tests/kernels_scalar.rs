@@ -1,21 +1,11 @@
 //! The AVX2+FMA and plain paths of our kernels give the same results within 1e-5 relative
 //! (forward and gradients). Its own test binary: `force_scalar` switches the paths process-wide.
 
+mod common;
+
 use anodiff::kernels::{attention, conv2d, force_scalar, groupnorm, winograd};
 use candle_core::{DType, Device, Tensor, Var};
-
-/// max|a − b| / max|b|.
-fn rel(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-    let m = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    d.to_scalar::<f32>().unwrap() / m.max(1e-12)
-}
+use common::rel;
 
 /// Output and input gradients of each kernel on fixed inputs.
 fn run_all() -> Vec<(String, Tensor)> {

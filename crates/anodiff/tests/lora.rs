@@ -2,7 +2,8 @@
 //! reusing the base weights of the unet/sd1 and clip/sd1 fixtures), kohya import, file round trip,
 //! per-row set routing, merging, gradients, and errors for bad files.
 
-use anodiff::nn::tensor_files::read_safetensors;
+mod common;
+
 use anodiff::nn::Params;
 use anodiff::sd::attention::{Attention, AttnKind, AttnLayerInfo, ForwardCtx, HasAttention};
 use anodiff::sd::clip::{ClipTextConfig, ClipTextModel};
@@ -10,6 +11,7 @@ use anodiff::sd::lora::{Lora, LoraConfig};
 use anodiff::sd::unet::{UNet2DConditionModel, UNetConfig};
 use anodiff::sd::weights::Component;
 use candle_core::{DType, Device, Tensor};
+use common::{fixtures, max_abs, rel, temp_dir, tensors};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -18,51 +20,25 @@ const REL_TOL: f32 = 1e-4;
 /// Merged weights vs adapter.
 const MERGE_TOL: f32 = 1e-5;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
-}
-
 fn lora_file() -> PathBuf {
-    fixtures().join("lora/pytorch_lora_weights.safetensors")
+    fixtures("lora/pytorch_lora_weights.safetensors")
 }
 
 fn kohya_file() -> PathBuf {
-    fixtures().join("lora/kohya.safetensors")
+    fixtures("lora/kohya.safetensors")
 }
 
 fn reference() -> HashMap<String, Tensor> {
-    read_safetensors(&fixtures().join("lora/reference.safetensors"), &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
-    max_abs(&(got - want).unwrap()) / max_abs(want)
+    tensors(&fixtures("lora/reference.safetensors"))
 }
 
 fn unet() -> UNet2DConditionModel {
-    UNet2DConditionModel::load(
-        &Component::at(fixtures().join("unet/sd1/unet")),
-        &Device::Cpu,
-    )
-    .unwrap()
+    UNet2DConditionModel::load(&Component::at(fixtures("unet/sd1/unet")), &Device::Cpu).unwrap()
 }
 
 fn clip() -> ClipTextModel {
     ClipTextModel::load(
-        &Component::at(fixtures().join("clip/sd1/text_encoder")),
+        &Component::at(fixtures("clip/sd1/text_encoder")),
         &Device::Cpu,
     )
     .unwrap()
@@ -88,30 +64,30 @@ fn unet_lora_matches_diffusers_peft() {
     let r = reference();
     let u = unet();
     let base = run_unet(&u, &r, &ForwardCtx::default());
-    let e_base = rel_err(&base, &r["unet_base"]);
+    let e_base = rel(&base, &r["unet_base"]);
     let lora = Lora::load_unet(&u, &lora_file()).unwrap();
     assert_eq!(lora.layers().len(), 22 * 4);
     let got = run_unet(&u, &r, &ForwardCtx::default());
-    let e = rel_err(&got, &r["unet_out"]);
+    let e = rel(&got, &r["unet_out"]);
     println!("unet: base rel err {e_base:.2e}, with LoRA rel err {e:.2e} (tol {REL_TOL:.0e})");
     assert!(e_base <= REL_TOL && e <= REL_TOL);
     // The LoRA must matter, or the comparison proves nothing.
-    assert!(rel_err(&r["unet_base"], &r["unet_out"]) > 0.1);
+    assert!(rel(&r["unet_base"], &r["unet_out"]) > 0.1);
     lora.remove_unet(&u);
-    assert!(rel_err(&run_unet(&u, &r, &ForwardCtx::default()), &base) == 0.0);
+    assert!(rel(&run_unet(&u, &r, &ForwardCtx::default()), &base) == 0.0);
 }
 
 #[test]
 fn clip_lora_matches_diffusers_peft() {
     let r = reference();
     let c = clip();
-    let e_base = rel_err(&run_clip(&c, &r), &r["clip_base"]);
+    let e_base = rel(&run_clip(&c, &r), &r["clip_base"]);
     let lora = Lora::load_clip(&c, &lora_file()).unwrap();
     assert_eq!(lora.layers().len(), 4 * 4);
-    let e = rel_err(&run_clip(&c, &r), &r["clip_out"]);
+    let e = rel(&run_clip(&c, &r), &r["clip_out"]);
     println!("clip: base rel err {e_base:.2e}, with LoRA rel err {e:.2e} (tol {REL_TOL:.0e})");
     assert!(e_base <= REL_TOL && e <= REL_TOL);
-    assert!(rel_err(&r["clip_base"], &r["clip_out"]) > 0.1);
+    assert!(rel(&r["clip_base"], &r["clip_out"]) > 0.1);
 }
 
 #[test]
@@ -154,7 +130,7 @@ fn entries_equal(a: &Lora, b: &Lora, set_a: usize, set_b: usize) {
 
 #[test]
 fn save_load_round_trip_is_bit_exact() {
-    let dir = std::env::temp_dir().join(format!("anodiff_lora_rt_{}", std::process::id()));
+    let dir = temp_dir("round-trip");
     let (u, c) = (unet(), clip());
     let lu = Lora::read_unet(&u, &lora_file()).unwrap();
     let lc = Lora::read_clip(&c, &lora_file()).unwrap();
@@ -237,10 +213,7 @@ fn fresh_lora_is_identity_and_init_is_seeded() {
     let base = run_unet(&u, &r, &ForwardCtx::default());
     let cfg = LoraConfig::unet(4);
     let a = Lora::attach_unet(&u, &cfg).unwrap();
-    assert_eq!(
-        rel_err(&run_unet(&u, &r, &ForwardCtx::default()), &base),
-        0.0
-    );
+    assert_eq!(rel(&run_unet(&u, &r, &ForwardCtx::default()), &base), 0.0);
     let b = Lora::new_unet(&u, &cfg).unwrap();
     entries_equal(&a, &b, 0, 0);
     // down ~ N(0, std 1/r)
@@ -297,10 +270,10 @@ fn sets_are_routed_per_row() {
     let only1 = run_unet(&u, &r, &ctx(vec![1, 1]));
     let none = run_unet(&u, &r, &ForwardCtx::default());
     let row = |t: &Tensor, i: usize| t.get(i).unwrap();
-    let e0 = rel_err(&row(&mixed, 0), &row(&only0, 0));
-    let e1 = rel_err(&row(&mixed, 1), &row(&only1, 1));
-    let en = rel_err(&none, &only0);
-    let sep = rel_err(&row(&only0, 1), &row(&only1, 1));
+    let e0 = rel(&row(&mixed, 0), &row(&only0, 0));
+    let e1 = rel(&row(&mixed, 1), &row(&only1, 1));
+    let en = rel(&none, &only0);
+    let sep = rel(&row(&only0, 1), &row(&only1, 1));
     println!("routing: row0 vs set0 {e0:.1e}, row1 vs set1 {e1:.1e}, None vs set0 {en:.1e}, sets differ by {sep:.2}");
     // A single-set batch takes the fused LoRA op, a mixed one the masked composition: the two
     // round differently (f32, ~1e-6 through the whole UNet); misrouting would differ by `sep`.
@@ -309,8 +282,8 @@ fn sets_are_routed_per_row() {
     // Changing set 1 leaves rows of set 0 unchanged.
     randomise_up(&l, 1);
     let mixed2 = run_unet(&u, &r, &ctx(vec![0, 1]));
-    assert_eq!(rel_err(&row(&mixed2, 0), &row(&mixed, 0)), 0.0);
-    assert!(rel_err(&row(&mixed2, 1), &row(&mixed, 1)) > 1e-3);
+    assert_eq!(rel(&row(&mixed2, 0), &row(&mixed, 0)), 0.0);
+    assert!(rel(&row(&mixed2, 1), &row(&mixed, 1)) > 1e-3);
 
     // Gradients: a loss on row 0 only reaches set 0.
     let loss = row(&mixed, 0).sqr().unwrap().sum_all().unwrap();
@@ -344,34 +317,27 @@ fn merged_weights_match_adapter() {
     let u = unet();
     let l = Lora::load_unet(&u, &lora_file()).unwrap();
     let want = run_unet(&u, &r, &ForwardCtx::default());
-    let comp = Component::at(fixtures().join("unet/sd1/unet"));
-    let mut t: HashMap<String, Tensor> =
-        read_safetensors(&comp.dir.join("diffusion_pytorch_model.safetensors"), &dev)
-            .unwrap()
-            .into_iter()
-            .collect();
+    let comp = Component::at(fixtures("unet/sd1/unet"));
+    let mut t = tensors(&comp.dir.join("diffusion_pytorch_model.safetensors"));
     for (k, w) in l.merged_unet_weights(&u, 0).unwrap() {
         assert!(t.insert(k.clone(), w).is_some(), "{k}");
     }
     let cfg: UNetConfig = comp.config().unwrap();
     let merged = UNet2DConditionModel::new(&cfg, &Params::from_tensors(t, &dev)).unwrap();
-    let eu = rel_err(&run_unet(&merged, &r, &ForwardCtx::default()), &want);
+    let eu = rel(&run_unet(&merged, &r, &ForwardCtx::default()), &want);
 
     // CLIP.
     let c = clip();
     let lc = Lora::load_clip(&c, &lora_file()).unwrap();
     let want = run_clip(&c, &r);
-    let cc = Component::at(fixtures().join("clip/sd1/text_encoder"));
-    let mut t: HashMap<String, Tensor> = read_safetensors(&cc.dir.join("model.safetensors"), &dev)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let cc = Component::at(fixtures("clip/sd1/text_encoder"));
+    let mut t = tensors(&cc.dir.join("model.safetensors"));
     for (k, w) in lc.merged_clip_weights(&c, 0).unwrap() {
         assert!(t.insert(k.clone(), w).is_some(), "{k}");
     }
     let ccfg: ClipTextConfig = cc.config().unwrap();
     let mc = ClipTextModel::new(&ccfg, &Params::from_tensors(t, &dev)).unwrap();
-    let ec = rel_err(&run_clip(&mc, &r), &want);
+    let ec = rel(&run_clip(&mc, &r), &want);
     println!("merged vs adapter: unet rel {eu:.2e}, clip rel {ec:.2e} (tol {MERGE_TOL:.0e})");
     assert!(eu <= MERGE_TOL && ec <= MERGE_TOL);
 
@@ -386,7 +352,7 @@ fn merged_weights_match_adapter() {
     let want = (m.0.to_q.forward(&x).unwrap() + layer.delta(&x, None).unwrap()).unwrap();
     let merged = anodiff::sd::lora::merge::merge_linear(&m.0.to_q, layer, 0).unwrap();
     assert!(merged.adapter().is_none());
-    let el = rel_err(&merged.forward(&x).unwrap(), &want);
+    let el = rel(&merged.forward(&x).unwrap(), &want);
     println!("merge_linear vs adapter: rel {el:.2e}");
     assert!(el <= MERGE_TOL);
     assert!(anodiff::sd::lora::merge::merge_weight(
@@ -511,8 +477,7 @@ fn write(path: &std::path::Path, t: Vec<(&str, Tensor)>) {
 #[test]
 fn bad_files_give_errors_naming_file_and_key() {
     let dev = Device::Cpu;
-    let dir = std::env::temp_dir().join(format!("anodiff_lora_bad_{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("bad-files");
     let u = unet();
     let q = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q";
     let z = |s: &[usize]| Tensor::zeros(s, DType::F32, &dev).unwrap();

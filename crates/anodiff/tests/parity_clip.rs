@@ -3,43 +3,25 @@
 //! `sd1` (quick_gelu, legacy eos id 2 → argmax pooling, f16 on disk, `text_model.` names) and
 //! `sd2` (gelu, eos-id pooling, f32, transformers-5 names without the prefix).
 
+mod common;
+
 use anodiff::nn::tensor_files::read_safetensors;
 use anodiff::sd::clip::{ClipActivation, ClipTextModel};
 use anodiff::sd::weights::{Component, ModelDir};
 use candle_core::{DType, Device, Tensor};
+use common::{fixtures, max_abs, temp_dir, tensors};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 /// Relative tolerance: max|ours − reference| ≤ TOL · max|reference|, per output.
 const TOL: f32 = 1e-4;
 
-fn fixtures() -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/clip"
-    ))
-    .to_path_buf()
-}
-
 fn reference() -> HashMap<String, Tensor> {
-    read_safetensors(&fixtures().join("reference.safetensors"), &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    tensors(&fixtures("clip/reference.safetensors"))
 }
 
 fn load(tag: &str) -> (ClipTextModel, Vec<String>) {
     let dev = Device::Cpu;
-    let c = ModelDir::open(fixtures().join(tag))
+    let c = ModelDir::open(fixtures("clip").join(tag))
         .unwrap()
         .component("text_encoder")
         .unwrap();
@@ -81,7 +63,7 @@ fn sd1_style_f16_checkpoint_matches_transformers() {
     assert_eq!(cfg.hidden_act, ClipActivation::QuickGelu);
     assert_eq!(cfg.eos_token_id, Some(2));
     // The checkpoint really is f16 on disk.
-    let file = fixtures().join("sd1/text_encoder/model.safetensors");
+    let file = fixtures("clip/sd1/text_encoder/model.safetensors");
     let tensors = read_safetensors(&file, &Device::Cpu).unwrap();
     assert!(tensors.iter().all(|(_, t)| t.dtype() == DType::F16));
     assert!(tensors.iter().all(|(n, _)| n.starts_with("text_model.")));
@@ -98,7 +80,7 @@ fn sd2_style_checkpoint_matches_transformers() {
 
 #[test]
 fn load_from_component_and_linear_names() {
-    let c = Component::at(fixtures().join("sd1/text_encoder"));
+    let c = Component::at(fixtures("clip/sd1/text_encoder"));
     let m = ClipTextModel::load(&c, &Device::Cpu).unwrap();
     let mut names = Vec::new();
     m.visit_linears(&mut |l| names.push(l.name.clone()));
@@ -106,7 +88,7 @@ fn load_from_component_and_linear_names() {
     assert_eq!(names[0], "text_model.encoder.layers.0.self_attn.q_proj");
     assert_eq!(names[15], "text_model.encoder.layers.3.self_attn.out_proj");
     // transformers-5 layout: same names without the prefix.
-    let c = Component::at(fixtures().join("sd2/text_encoder"));
+    let c = Component::at(fixtures("clip/sd2/text_encoder"));
     let m = ClipTextModel::load(&c, &Device::Cpu).unwrap();
     let mut names = Vec::new();
     m.visit_linears(&mut |l| names.push(l.name.clone()));
@@ -114,22 +96,15 @@ fn load_from_component_and_linear_names() {
     assert_eq!(names[1], "encoder.layers.0.self_attn.k_proj");
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("anodiff-clip-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn corrupt_or_truncated_weights_name_the_file() {
-    let src = fixtures().join("sd2/text_encoder");
+    let src = fixtures("clip/sd2/text_encoder");
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
     for (case, data) in [
         ("truncated", bytes[..bytes.len() / 2].to_vec()),
         ("garbage", b"this is not a safetensors file".to_vec()),
     ] {
-        let dir = scratch(case);
+        let dir = temp_dir(case);
         std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
         std::fs::write(dir.join("model.safetensors"), data).unwrap();
         let err = ClipTextModel::load(&Component::at(&dir), &Device::Cpu)
@@ -144,8 +119,8 @@ fn corrupt_or_truncated_weights_name_the_file() {
 
 #[test]
 fn bad_config_names_the_file() {
-    let src = fixtures().join("sd2/text_encoder");
-    let dir = scratch("cfg");
+    let src = fixtures("clip/sd2/text_encoder");
+    let dir = temp_dir("cfg");
     std::fs::copy(src.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
     let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
     let cfg = cfg.replace("\"num_attention_heads\": 3", "\"num_attention_heads\": 5");

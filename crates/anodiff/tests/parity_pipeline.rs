@@ -5,14 +5,13 @@
 //! Every random tensor diffusers drew is replayed, so final latents must agree to float precision.
 //! Tolerance: max|ours − ref| ≤ 1e-3 · max|ref| on the final latents.
 
-use anodiff::nn::tensor_files::read_safetensors;
+mod common;
+
 use anodiff::sd::noise::ReplayNoise;
 use anodiff::sd::pipeline::{SampleOptions, StableDiffusion};
 use candle_core::{Device, Tensor};
-use std::collections::HashMap;
+use common::{assets, fixtures, rel, temp_dir, tensors};
 use std::path::{Path, PathBuf};
-
-const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
 
 fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
@@ -25,62 +24,32 @@ fn copy_dir(src: &Path, dst: &Path) {
 /// Builds a diffusers folder for one case from the shared fixture parts.
 /// `tag` keeps the folders of tests running in parallel (same process id) apart.
 fn assemble(case: &serde_json::Value, tag: &str) -> PathBuf {
-    let fix = Path::new(FIX);
+    let fix = fixtures("pipeline");
     let name = case["name"].as_str().unwrap();
-    let dir =
-        std::env::temp_dir().join(format!("anodiff-pipe-{}-{tag}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let vocab = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/clip");
-    copy_dir(&vocab, &dir.join("tokenizer"));
-    for (from, to) in [
-        ("pipeline/text_encoder", "text_encoder"),
-        ("pipeline/vae", "vae"),
-    ] {
-        copy_dir(&fix.join(from), &dir.join(to));
+    let dir = temp_dir(&format!("{tag}-{name}"));
+    copy_dir(&assets("clip"), &dir.join("tokenizer"));
+    for part in ["text_encoder", "vae"] {
+        copy_dir(&fix.join(part), &dir.join(part));
     }
     copy_dir(
-        &fix.join("pipeline")
-            .join(case["unet_dir"].as_str().unwrap()),
+        &fix.join(case["unet_dir"].as_str().unwrap()),
         &dir.join("unet"),
     );
     copy_dir(
-        &fix.join("pipeline")
-            .join(case["scheduler_dir"].as_str().unwrap()),
+        &fix.join(case["scheduler_dir"].as_str().unwrap()),
         &dir.join("scheduler"),
     );
     std::fs::write(dir.join("model_index.json"), b"{}").unwrap();
     dir
 }
 
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let m = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    d / m
-}
-
 #[test]
 fn pipelines_match_diffusers() {
     let dev = Device::Cpu;
-    let fix = Path::new(FIX).join("pipeline");
+    let fix = fixtures("pipeline");
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fix.join("cases.json")).unwrap()).unwrap();
-    let refs: HashMap<String, Tensor> = read_safetensors(&fix.join("reference.safetensors"), &dev)
-        .unwrap()
-        .into_iter()
-        .collect();
+    let refs = tensors(&fix.join("reference.safetensors"));
     let mut worst = 0f32;
     for case in cases["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
@@ -120,12 +89,12 @@ fn pipelines_match_diffusers() {
         );
         let kept = (opts.steps as f64 * strength) as usize;
         assert!(calls >= kept, "{name}: progress called {calls} times");
-        let e = rel_err(&latents, &refs[&format!("{name}.final")]);
+        let e = rel(&latents, &refs[&format!("{name}.final")]);
         println!("{name}: final latents max|diff|/max|ref| = {e:.3e}");
         assert!(e <= 1e-3, "{name}: relative error {e}");
         if let Some(img_ref) = refs.get(&format!("{name}.image")) {
             let img = sd.decode(&latents).unwrap();
-            let e = rel_err(&img, img_ref);
+            let e = rel(&img, img_ref);
             println!("{name}: decoded image max|diff|/max|ref| = {e:.3e}");
             assert!(e <= 1e-3, "{name}: decoded image relative error {e}");
         }
@@ -138,7 +107,7 @@ fn pipelines_match_diffusers() {
 #[test]
 fn wrong_sizes_and_unet_kind_are_clear_errors() {
     let dev = Device::Cpu;
-    let fix = Path::new(FIX).join("pipeline");
+    let fix = fixtures("pipeline");
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fix.join("cases.json")).unwrap()).unwrap();
     let txt = cases["cases"]

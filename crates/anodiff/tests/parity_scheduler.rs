@@ -7,12 +7,14 @@
 //! max|ref|), i.e. absolute 1e-5 for unit-scale tensors and relative to the reference's magnitude
 //! for Euler's sigma-space samples (|x| up to ~50).
 
-use anodiff::nn::tensor_files::read_safetensors;
+mod common;
+
 use anodiff::sd::scheduler::{
     make_scheduler, EulerScheduler, NoiseSchedule, Scheduler, SchedulerConfig, SchedulerKind,
 };
 use anyhow::{anyhow, Context, Result};
 use candle_core::{Device, Tensor};
+use common::{fixtures, max_abs, tensors};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,10 +22,7 @@ use std::path::PathBuf;
 const TOL: f64 = 1e-5;
 
 fn dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/scheduler"
-    ))
+    fixtures("scheduler")
 }
 
 struct Fixture {
@@ -33,9 +32,7 @@ struct Fixture {
 
 impl Fixture {
     fn load() -> Result<Self> {
-        let t = read_safetensors(&dir().join("scheduler.safetensors"), &Device::Cpu)?
-            .into_iter()
-            .collect();
+        let t = tensors(&dir().join("scheduler.safetensors"));
         let meta = serde_json::from_str(&std::fs::read_to_string(dir().join("scheduler.json"))?)?;
         Ok(Self { t, meta })
     }
@@ -69,9 +66,7 @@ fn diff(a: &Tensor, b: &Tensor) -> Result<(f64, f64)> {
         a.dims(),
         b.dims()
     );
-    let e = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
-    let m = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
-    Ok((e, m))
+    Ok((max_abs(&(a - b)?) as f64, max_abs(b) as f64))
 }
 
 /// Asserts the tolerance; returns the error scaled to the tolerance's unit (relative when |ref| > 1).

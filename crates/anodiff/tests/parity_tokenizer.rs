@@ -1,23 +1,19 @@
 //! Parity of `ClipTokenizer` with transformers 5.23 `CLIPTokenizer` on the real CLIP vocabulary.
 //! Tolerance: none — every token id must be equal. Fixtures: tools/parity/make_tokenizer_fixtures.py.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{assets, fixtures, temp_dir};
+use std::path::PathBuf;
 
 use anodiff::sd::tokenizer::ClipTokenizer;
 use serde_json::Value;
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../tests/fixtures/tokenizer"
-);
-
 /// The CLIP vocabulary lives with the library (it is embedded); the rest are test fixtures.
 fn fixture(name: &str) -> PathBuf {
     match name {
-        "vocab.json" | "merges.txt" => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("assets/clip")
-            .join(name),
-        _ => Path::new(FIXTURES).join(name),
+        "vocab.json" | "merges.txt" => assets("clip").join(name),
+        _ => fixtures("tokenizer").join(name),
     }
 }
 
@@ -34,17 +30,9 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-/// A fresh scratch directory per test (tests run in parallel).
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("anodiff_tok_{}_{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
-
 /// A diffusers-style tokenizer folder: the shared vocab/merges plus one variant's config files.
 fn tokenizer_dir(variant: &str) -> PathBuf {
-    let dir = scratch(variant);
+    let dir = temp_dir(variant);
     for f in ["vocab.json", "merges.txt"] {
         std::fs::copy(fixture(f), dir.join(f)).expect("copy vocab");
     }
@@ -127,7 +115,7 @@ fn sd2_folder_pads_with_exclamation_mark() {
 
 #[test]
 fn missing_vocab_names_the_file() {
-    let dir = scratch("missing");
+    let dir = temp_dir("missing");
     std::fs::copy(fixture("merges.txt"), dir.join("merges.txt")).unwrap();
     let err = ClipTokenizer::from_dir(&dir)
         .err()
@@ -145,7 +133,7 @@ fn missing_vocab_names_the_file() {
 
 #[test]
 fn corrupt_files_name_the_file_and_line() {
-    let dir = scratch("corrupt");
+    let dir = temp_dir("corrupt");
     let vocab = dir.join("vocab.json");
     let merges = dir.join("merges.txt");
     std::fs::write(

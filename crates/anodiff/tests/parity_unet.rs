@@ -2,12 +2,15 @@
 //! (fixtures from tools/parity/make_unet_fixtures.py), plus the attention-processor hook, shape
 //! handling and error reporting of the UNet.
 
+mod common;
+
 use anodiff::nn::tensor_files::read_safetensors;
 use anodiff::nn::{ops, Params};
 use anodiff::sd::attention::{AttnCall, AttnKind, AttnProcessor, ForwardCtx, HasAttention};
 use anodiff::sd::unet::{UNet2DConditionModel, UNetConfig};
 use anodiff::sd::weights::Component;
 use candle_core::{DType, Device, Tensor};
+use common::{fixtures, max_abs, temp_dir, tensors};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -16,27 +19,11 @@ use std::sync::{Arc, Mutex};
 const REL_TOL: f32 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/unet"
-    ))
-    .join(name)
+    fixtures("unet").join(name)
 }
 
 fn cases(name: &str) -> HashMap<String, Tensor> {
-    read_safetensors(&fixture(name).join("cases.safetensors"), &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    tensors(&fixture(name).join("cases.safetensors"))
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -346,8 +333,7 @@ fn unet_wrong_input_channels_is_an_error() {
 #[test]
 fn unet_unsupported_block_type_is_named() {
     let src = fixture("sd1").join("unet");
-    let dir = std::env::temp_dir().join(format!("anodiff-unet-cfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("cfg");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     cfg["down_block_types"][0] = "SimpleCrossAttnDownBlock2D".into();

@@ -4,40 +4,25 @@
 //! Fixtures: tests/fixtures/vae/<case>/{vae/, reference.safetensors}, written by
 //! `/work/venv/bin/python tools/parity/make_vae_fixtures.py` (see its header for versions).
 
+mod common;
+
 use anodiff::nn::tensor_files::{read_safetensors, write_safetensors};
 use anodiff::sd::vae::{AutoencoderKL, VaeConfig};
 use anodiff::sd::weights::{Component, ModelDir};
 use candle_core::{Device, Tensor};
+use common::{fixtures, max_abs, temp_dir, tensors};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Relative tolerance: max|ours - ref| ≤ TOL · max|ref|, for every compared tensor.
 const TOL: f32 = 1e-4;
 
 fn case_dir(case: &str) -> PathBuf {
-    Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/vae"
-    ))
-    .join(case)
+    fixtures("vae").join(case)
 }
 
 fn references(case: &str) -> HashMap<String, Tensor> {
-    read_safetensors(&case_dir(case).join("reference.safetensors"), &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    tensors(&case_dir(case).join("reference.safetensors"))
 }
 
 /// Prints and asserts the relative error of `ours` against `reference`.
@@ -110,9 +95,7 @@ struct TempVae(PathBuf);
 
 impl TempVae {
     fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("anodiff-vae-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir(tag);
         let src = case_dir("two_blocks").join("vae");
         for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
             std::fs::copy(src.join(f), dir.join(f)).unwrap();

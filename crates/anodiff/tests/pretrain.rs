@@ -1,14 +1,19 @@
 //! Pretraining from scratch in pixel space: presets, a short run that must lower the loss and
 //! write a folder `StableDiffusion::load` reads, and the demo report writer.
 
+mod common;
+
 use anodiff::data::synth::{synth_dataset, SynthOptions};
+use anodiff::io::html::loss_svg;
 use anodiff::sd::noise::SeededNoise;
 use anodiff::sd::pipeline::{SampleOptions, StableDiffusion};
 use anodiff::sd::presets::Preset;
 use anodiff::sd::tokenizer::ClipTokenizer;
+use anodiff::train::log::read_loss_log;
 use anodiff::train::pretrain::{pretrain, PretrainOptions};
-use anodiff::train::pretrain_report::{demo_html, loss_svg, read_loss_log, DemoPage};
+use anodiff::train::pretrain_report::{demo_html, DemoPage};
 use candle_core::Device;
+use common::temp_dir;
 
 #[test]
 fn pixel_presets_build_and_sample_rgb() {
@@ -46,8 +51,7 @@ fn pixel_presets_build_and_sample_rgb() {
 
 #[test]
 fn short_pretrain_lowers_loss_and_writes_a_loadable_model() {
-    let tmp = std::env::temp_dir().join(format!("anodiff-pretrain-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = temp_dir("short");
     let opts = SynthOptions {
         size: 32,
         train_good: 8,

@@ -1,17 +1,13 @@
 //! The image-folder dataset and the seeded data order.
 //! Run: cargo test --release -p anodiff --test train_data -- --nocapture
 
+mod common;
+
 use anodiff::data::folder::{resize_center_crop, ImageFolder};
 use anodiff::train::{stream_seed, DataOrder};
 use candle_core::Device;
+use common::temp_dir;
 use image::{Rgb, RgbImage};
-
-fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("anodiff-data-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// 30×10: red | green | blue thirds.
 fn stripes() -> RgbImage {
@@ -24,7 +20,7 @@ fn stripes() -> RgbImage {
 
 #[test]
 fn folder_lists_resizes_crops_and_names_bad_files() {
-    let dir = tmp("folder");
+    let dir = temp_dir("folder");
     stripes().save(dir.join("b.png")).unwrap();
     RgbImage::from_pixel(7, 21, Rgb([255, 255, 255]))
         .save(dir.join("a.BMP"))
@@ -68,7 +64,7 @@ fn folder_lists_resizes_crops_and_names_bad_files() {
     println!("bad image: {e}");
     assert!(e.contains("c.jpg"), "{e}");
 
-    let empty = tmp("empty");
+    let empty = temp_dir("empty");
     let e = ImageFolder::open(&empty, 16).err().unwrap().to_string();
     assert!(e.contains("no training images"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);

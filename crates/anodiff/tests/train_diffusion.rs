@@ -3,6 +3,8 @@
 //! v-prediction. Also checks the loss value against a hand-written MSE.
 //! Run: cargo test --release -p anodiff --test train_diffusion -- --nocapture
 
+mod common;
+
 use anodiff::nn::Params;
 use anodiff::sd::attention::ForwardCtx;
 use anodiff::sd::noise::{NoiseSource, SeededNoise};
@@ -13,6 +15,7 @@ use anodiff::train::{
     checkpoint, peak_rss_bytes, AdamWConfig, DiffusionLoss, LrSchedule, TrainConfig, Trainer,
 };
 use candle_core::{Device, Tensor};
+use common::temp_dir;
 
 fn trainable(name: &str) -> bool {
     name.starts_with("conv_out.") || name.ends_with("attn2.to_v.weight")
@@ -196,8 +199,7 @@ fn tiny_unet_resume_is_bit_exact() {
             .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
             .collect()
     };
-    let base = std::env::temp_dir().join(format!("anodiff-unet-resume-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&base);
+    let base = temp_dir("resume");
     let full = train(4, &base.join("full"), false);
     train(2, &base.join("split"), false);
     let resumed = train(4, &base.join("split"), true);

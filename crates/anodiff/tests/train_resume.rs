@@ -2,16 +2,13 @@
 //! naming the step with the last checkpoint intact, checkpoint layout and JSON-lines log.
 //! Run: cargo test --release -p anodiff --test train_resume -- --nocapture
 
+mod common;
+
 use anodiff::train::{checkpoint, AdamWConfig, LrSchedule, TrainConfig, Trainer};
 use candle_core::{Device, Tensor, Var};
+use common::temp_dir;
 use rand::Rng;
-use std::path::{Path, PathBuf};
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("anodiff-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+use std::path::Path;
 
 fn mlp(dev: &Device, init: f32) -> Vec<(String, Var)> {
     let val = |n: usize, k: f32| -> Vec<f32> {
@@ -102,7 +99,7 @@ fn resume_is_bit_exact() {
     let dev = Device::Cpu;
     let n = 9;
     // Reference: n steps in one go.
-    let dir_a = tmp("full");
+    let dir_a = temp_dir("full");
     let vars_a = mlp(&dev, 1.0);
     let mut ta = Trainer::new(cfg(n, &dir_a), vars_a.clone(), 7).unwrap();
     let stats_a = ta.run(loss_fn(vars_a.clone(), None)).unwrap();
@@ -110,7 +107,7 @@ fn resume_is_bit_exact() {
 
     // k = 5 steps (checkpoints at 2, 4 and the final 5), then a new process-like start: fresh
     // trainer over differently initialised variables, resumed from the run directory.
-    let dir_b = tmp("split");
+    let dir_b = temp_dir("split");
     let vars_b = mlp(&dev, 1.0);
     let mut tb = Trainer::new(cfg(5, &dir_b), vars_b.clone(), 7).unwrap();
     tb.run(loss_fn(vars_b.clone(), None)).unwrap();
@@ -188,12 +185,12 @@ fn resume_is_bit_exact() {
     println!("last log line: {}", log.lines().last().unwrap());
 
     // Resuming with another seed is refused (it could not reproduce the run).
-    let mut bad = cfg(n, &tmp("bad"));
+    let mut bad = cfg(n, &temp_dir("bad"));
     bad.seed = 6;
     let mut td = Trainer::new(bad, mlp(&dev, 1.0), 7).unwrap();
     let e = td.resume(&dir_b).unwrap_err().to_string();
     assert!(e.contains("seed") && e.contains("config.json"), "{e}");
-    for d in [dir_a, dir_b, tmp("bad")] {
+    for d in [dir_a, dir_b, temp_dir("bad")] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
@@ -201,7 +198,7 @@ fn resume_is_bit_exact() {
 #[test]
 fn nan_loss_stops_at_that_step_and_keeps_last_checkpoint() {
     let dev = Device::Cpu;
-    let dir = tmp("nan");
+    let dir = temp_dir("nan");
     let vars = mlp(&dev, 1.0);
     let mut tr = Trainer::new(cfg(9, &dir), vars.clone(), 7).unwrap();
     let e = tr
@@ -256,7 +253,7 @@ fn non_finite_gradient_names_the_variable_and_step() {
 #[test]
 fn resolve_accepts_run_dir_checkpoints_dir_and_step_dir() {
     let dev = Device::Cpu;
-    let dir = tmp("resolve");
+    let dir = temp_dir("resolve");
     let vars = mlp(&dev, 1.0);
     let mut c = cfg(2, &dir);
     c.keep_checkpoints = 1;

@@ -74,20 +74,8 @@ pub fn run(a: Args) -> Result<()> {
                     .collect();
                 println!("{}", serde_json::Value::Object(m));
             } else {
-                let torch: Vec<(String, f64)> = match &o.torch {
-                    Some(p) => {
-                        let text = std::fs::read_to_string(p)
-                            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-                        let v: serde_json::Value = serde_json::from_str(&text)
-                            .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", p.display()))?;
-                        v.as_object()
-                            .map(|m| {
-                                m.iter()
-                                    .filter_map(|(k, x)| Some((k.clone(), x.as_f64()?)))
-                                    .collect()
-                            })
-                            .unwrap_or_default()
-                    }
+                let torch = match &o.torch {
+                    Some(p) => anodiff::bench::ops::read_reference(p)?,
                     None => Vec::new(),
                 };
                 print!("{}", anodiff::bench::ops::table(&rows, &torch));

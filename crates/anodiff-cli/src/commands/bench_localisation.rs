@@ -2,9 +2,9 @@
 //! predict → evaluate, for several seeds; prints mean ± std and writes summary.md/json.
 
 use crate::progress::bar;
-use anodiff::eval::benchmark::{self, BenchOptions, Progress};
 use anodiff::eval::evaluate::EvalOptions;
 use anodiff::eval::localisation::Protocol;
+use anodiff::eval::localisation_bench::{self, BenchOptions, Progress};
 use anyhow::{Context, Result};
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -58,7 +58,7 @@ pub fn run(a: Args) -> Result<()> {
         report: !a.no_report,
     };
     let mut pb: Option<indicatif::ProgressBar> = None;
-    let runs = benchmark::run(&o, |p| match p {
+    let runs = localisation_bench::run(&o, |p| match p {
         Progress::Seed { seed, index, of } => {
             if let Some(b) = pb.take() {
                 b.finish_and_clear();
@@ -102,10 +102,10 @@ pub fn run(a: Args) -> Result<()> {
             r.timings.eval
         );
     }
-    let table = benchmark::summary_markdown(&o, &runs);
+    let table = localisation_bench::summary_markdown(&o, &runs);
     println!("{table}");
-    anodiff::io::write_atomic(
-        &benchmark::source_dir(&o).join("summary.md"),
+    anodiff::io::atomic::write_atomic(
+        &localisation_bench::source_dir(&o).join("summary.md"),
         table.as_bytes(),
     )?;
     if let Some(p) = &a.append {

@@ -5,8 +5,9 @@
 
 use crate::progress::bar;
 use anodiff::data::synth::{synth_dataset, SynthOptions};
+use anodiff::train::log::read_loss_log;
 use anodiff::train::pretrain::{pretrain, PretrainOptions};
-use anodiff::train::pretrain_report::{demo_html, read_loss_log, DemoPage};
+use anodiff::train::pretrain_report::{demo_html, DemoPage};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -138,7 +139,7 @@ pub fn run(a: Args) -> Result<()> {
         ],
     };
     let report = a.out.join("report.html");
-    anodiff::io::write_atomic(&report, demo_html(&page).as_bytes())?;
+    anodiff::io::atomic::write_atomic(&report, demo_html(&page).as_bytes())?;
     eprintln!(
         "loss {:.4} -> {:.4}; held-out {:?}",
         r.first_loss, r.last_loss, r.held_out

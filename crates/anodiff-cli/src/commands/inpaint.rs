@@ -2,7 +2,8 @@
 
 use super::sample::{save, Common};
 use crate::progress::bar;
-use anodiff::sd::image::{load_mask, load_rgb, mask_to_tensor, rgb_to_tensor};
+use anodiff::io::image::{load_mask, load_rgb};
+use anodiff::io::image_tensor::{mask_to_tensor, rgb_to_tensor};
 use anyhow::{bail, Result};
 use candle_core::Device;
 use std::path::PathBuf;

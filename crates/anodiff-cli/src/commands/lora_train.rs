@@ -1,11 +1,9 @@
 //! `anodiff lora-train`: DreamBooth-style LoRA fine-tune of a model's UNet on a folder of images.
 
+use crate::model::load_model;
 use crate::progress::bar;
-use anodiff::sd::pipeline::StableDiffusion;
-use anodiff::sd::presets::Preset;
 use anodiff::train::lora_finetune::{lora_finetune, tail_mean, LoraTrainOptions};
-use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use anyhow::Result;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -64,13 +62,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let dev = Device::Cpu;
-    let sd = match (&a.model, &a.preset) {
-        (Some(m), None) => StableDiffusion::load(m, &dev)
-            .with_context(|| format!("loading model {}", m.display()))?,
-        (None, Some(p)) => StableDiffusion::from_preset(&Preset::by_name(p)?, a.seed, &dev)?,
-        _ => bail!("give either --model DIR or --preset NAME"),
-    };
+    let sd = load_model(a.model.as_deref(), a.preset.as_deref(), a.seed)?;
     let o = LoraTrainOptions {
         data: a.data,
         prompt: a.prompt,
@@ -114,6 +106,6 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let report = r.lora_file.with_file_name("report.json");
-    anodiff::io::write_atomic(&report, serde_json::to_string_pretty(&r)?.as_bytes())?;
+    anodiff::io::json::write_json(&report, &r)?;
     Ok(())
 }

@@ -1,12 +1,12 @@
 //! Options and steps shared by the sampling commands.
 
-use anodiff::sd::lora::Lora;
+use crate::model::load_model;
+use anodiff::sd::lora::apply_file;
 use anodiff::sd::noise::SeededNoise;
 use anodiff::sd::pipeline::{SampleOptions, StableDiffusion};
-use anodiff::sd::presets::Preset;
 use anodiff::sd::scheduler::SchedulerKind;
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -68,33 +68,20 @@ impl Common {
     }
 
     pub fn load(&self) -> Result<StableDiffusion> {
-        let dev = Device::Cpu;
-        let sd = match (&self.model, &self.preset) {
-            (Some(m), _) => StableDiffusion::load(m, &dev)
-                .with_context(|| format!("loading model {}", m.display()))?,
-            (None, Some(p)) => {
-                StableDiffusion::from_preset(&Preset::by_name(p)?, self.weights_seed, &dev)?
-            }
-            (None, None) => anyhow::bail!("give --model DIR or --preset NAME"),
-        };
+        let sd = load_model(
+            self.model.as_deref(),
+            self.preset.as_deref(),
+            self.weights_seed,
+        )?;
         if let Some(path) = &self.lora {
-            let (_, skipped) = Lora::read_unet_lenient(&sd.unet, path)
-                .map(|(l, s)| {
-                    l.install_unet(&sd.unet);
-                    (l, s)
-                })
+            let applied = apply_file(&sd.unet, &sd.text_encoder, path)
                 .with_context(|| format!("applying LoRA {}", path.display()))?;
-            if !skipped.is_empty() {
+            if let Some(first) = applied.skipped.first() {
                 eprintln!(
-                    "warning: {}: {} entries target layers anodiff cannot adapt yet (skipped), e.g. {}",
+                    "warning: {}: {} entries target layers anodiff cannot adapt yet (skipped), e.g. {first}",
                     path.display(),
-                    skipped.len(),
-                    skipped[0]
+                    applied.skipped.len(),
                 );
-            }
-            // The text-encoder part is optional.
-            if let Ok((l, _)) = Lora::read_clip_lenient(&sd.text_encoder, path) {
-                l.install_clip(&sd.text_encoder);
             }
         }
         Ok(sd)
@@ -107,8 +94,8 @@ impl Common {
 
 /// Decodes latents and writes the first image as PNG.
 pub fn save(sd: &StableDiffusion, latents: &Tensor, out: &Path) -> Result<()> {
-    let images = anodiff::sd::image::tensor_to_rgb(&sd.decode(latents)?)?;
-    anodiff::io::save_png(out, &images[0])?;
+    let images = anodiff::io::image_tensor::tensor_to_rgb(&sd.decode(latents)?)?;
+    anodiff::io::image::save_png(out, &images[0])?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }

@@ -126,6 +126,19 @@ pub fn run(iters: usize, keys: &[&str], candle: bool) -> candle_core::Result<Vec
     Ok(out)
 }
 
+/// Reference timings (key → median ms) from a JSON object file, as written by
+/// `tools/bench_reference.py ops --json`; entries that are not numbers are ignored.
+pub fn read_reference(path: &std::path::Path) -> crate::Result<Vec<(String, f64)>> {
+    let v: serde_json::Value = crate::io::json::read_json(path)?;
+    Ok(v.as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, x)| Some((k.clone(), x.as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// Plain-text table; `torch` (key → ms) adds a PyTorch column when given.
 pub fn table(rows: &[OpTiming], torch: &[(String, f64)]) -> String {
     let mut s = format!(

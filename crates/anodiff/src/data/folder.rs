@@ -4,12 +4,12 @@
 //! tensors. An unreadable file is an error naming it.
 
 use crate::error::{Error, Result};
+use crate::io::image::{is_image_file, load_rgb, IMAGE_EXTENSIONS};
+use crate::io::image_tensor::rgb_to_tensor;
 use candle_core::{Device, Tensor};
 use image::imageops::FilterType;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
-
-const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp"];
 
 pub struct ImageFolder {
     dir: PathBuf,
@@ -27,10 +27,7 @@ impl ImageFolder {
         let mut files = Vec::new();
         for entry in rd {
             let path = entry.map_err(|e| Error::io(dir, e))?.path();
-            let ext = path
-                .extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase());
-            if path.is_file() && ext.is_some_and(|e| EXTENSIONS.contains(&e.as_str())) {
+            if path.is_file() && is_image_file(&path) {
                 files.push(path);
             }
         }
@@ -39,7 +36,7 @@ impl ImageFolder {
                 dir,
                 format!(
                     "no training images ({}) in this folder",
-                    EXTENSIONS.join(", ")
+                    IMAGE_EXTENSIONS.join(", ")
                 ),
             ));
         }
@@ -80,7 +77,7 @@ impl ImageFolder {
                 self.dir.display()
             ))
         })?;
-        let img = crate::io::load_image(path)?.to_rgb8();
+        let img = load_rgb(path)?;
         if img.width() == 0 || img.height() == 0 {
             return Err(Error::Image {
                 path: path.clone(),
@@ -92,7 +89,7 @@ impl ImageFolder {
 
     /// Image `i` as `[1, 3, size, size]` in [-1, 1].
     pub fn tensor(&self, i: usize, device: &Device) -> Result<Tensor> {
-        crate::sd::image::rgb_to_tensor(&self.image(i)?, device)
+        rgb_to_tensor(&self.image(i)?, device)
     }
 
     /// The images at `indices` as one `[B, 3, size, size]` batch.

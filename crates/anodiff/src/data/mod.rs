@@ -5,4 +5,5 @@ pub mod augment;
 pub mod folder;
 pub mod mvtec;
 pub mod split;
+pub mod subsample;
 pub mod synth;

@@ -12,13 +12,12 @@
 //! [`ValidationReport`] that names the file, and logged with `tracing::warn!`.
 
 use crate::error::{Error, Result};
+use crate::io::image::{is_image_file, load_image, load_mask, load_rgb};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Image file extensions the reader accepts (case-insensitive).
-pub const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
-
 /// Masks are binarised at half intensity: value >= 128 is defect.
 pub const MASK_THRESHOLD: u8 = 128;
 
@@ -216,7 +215,7 @@ impl MvtecDataset {
 
     /// Decodes a sample's image as RGB (greyscale is replicated to 3 channels).
     pub fn load_image(sample: &Sample) -> Result<image::RgbImage> {
-        Ok(crate::io::load_image(&sample.path)?.to_rgb8())
+        load_rgb(&sample.path)
     }
 
     /// The sample's mask, binarised to 0/255; all zeros for good images.
@@ -224,7 +223,7 @@ impl MvtecDataset {
         match &sample.mask {
             None => Ok(image::GrayImage::new(sample.width, sample.height)),
             Some(p) => {
-                let mut m = crate::io::load_image(p)?.to_luma8();
+                let mut m = load_mask(p)?;
                 for v in m.iter_mut() {
                     *v = if *v >= MASK_THRESHOLD { 255 } else { 0 };
                 }
@@ -244,12 +243,6 @@ fn is_image_error(kind: IssueKind) -> bool {
             | IssueKind::UnreadableMask
             | IssueKind::DuplicateStem
     )
-}
-
-fn is_image_file(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
 /// Sorted regular files of `dir` (hidden files ignored).
@@ -303,7 +296,7 @@ fn scan_images(dir: &Path, check: Check, report: &mut ValidationReport) -> Resul
         .map(|p| {
             let r = match check {
                 Check::Headers => image::image_dimensions(&p).map_err(|e| e.to_string()),
-                Check::Full => crate::io::load_image(&p)
+                Check::Full => load_image(&p)
                     .map(|i| (i.width(), i.height()))
                     .map_err(|e| e.to_string()),
             };
@@ -361,7 +354,7 @@ enum MaskInfo {
 }
 
 fn inspect_mask(p: &Path) -> MaskInfo {
-    match crate::io::load_image(p) {
+    match load_image(p) {
         Err(e) => MaskInfo::Unreadable(e.to_string()),
         Ok(img) => {
             let m = img.to_luma8();

@@ -5,6 +5,8 @@
 
 use super::mvtec::{MvtecDataset, Sample};
 use crate::error::{Error, Result};
+use crate::io::image::{load_mask, load_rgb};
+use crate::io::json::{read_json, write_json};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -77,9 +79,7 @@ impl SplitManifest {
 
     /// Writes the manifest as pretty JSON, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::config(path, format!("cannot serialise split: {e}")))?;
-        crate::io::write_atomic(path, json.as_bytes())
+        write_json(path, self)
     }
 
     /// Reads a manifest and checks it: version, every listed file exists, no overlap.
@@ -93,9 +93,7 @@ impl SplitManifest {
     }
 
     fn load_impl(path: &Path, dataset: Option<&Path>) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut m: Self = serde_json::from_str(&text)
-            .map_err(|e| Error::config(path, format!("not a valid split manifest: {e}")))?;
+        let mut m: Self = read_json(path)?;
         if m.version != MANIFEST_VERSION {
             return Err(Error::config(
                 path,
@@ -119,14 +117,14 @@ impl SplitManifest {
 
     /// Decodes an entry's image as RGB.
     pub fn load_image(&self, e: &SplitEntry) -> Result<image::RgbImage> {
-        Ok(crate::io::load_image(&self.resolve(&e.image))?.to_rgb8())
+        load_rgb(&self.resolve(&e.image))
     }
 
     /// An entry's mask binarised to 0/255 (all zeros for good images, sized like the image).
     pub fn load_mask(&self, e: &SplitEntry) -> Result<image::GrayImage> {
         match &e.mask {
             Some(m) => {
-                let mut g = crate::io::load_image(&self.resolve(m))?.to_luma8();
+                let mut g = load_mask(&self.resolve(m))?;
                 for v in g.iter_mut() {
                     *v = if *v >= super::mvtec::MASK_THRESHOLD {
                         255

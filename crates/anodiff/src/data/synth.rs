@@ -10,6 +10,9 @@
 //! painting never leaves a masked pixel unchanged and never touches an unmasked one.
 
 use crate::error::{Error, Result};
+use crate::io::atomic::write_atomic;
+use crate::io::json::write_json;
+use crate::seed::mix;
 use image::{GrayImage, Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -108,14 +111,7 @@ struct Scene {
     background: RgbImage,
 }
 
-/// SplitMix64 finaliser: derives independent per-sample seeds from (seed, ids).
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
+/// Independent per-sample seeds from (seed, ids).
 fn sample_seed(seed: u64, cat: Category, group: u64, index: usize) -> u64 {
     mix(mix(mix(seed) ^ cat as u64) ^ group).wrapping_add(mix(index as u64))
 }
@@ -518,7 +514,7 @@ fn write_all(
     let mut done = 0;
     let mut put = |path: PathBuf, img: image::DynamicImage| -> Result<()> {
         let bytes = encode_png(&path, &img)?;
-        crate::io::write_atomic(&path, &bytes)?;
+        write_atomic(&path, &bytes)?;
         done += 1;
         progress(done, total);
         Ok(())
@@ -566,9 +562,7 @@ fn write_all(
         options: opts,
         categories: Category::ALL.iter().map(|c| c.name()).collect(),
     };
-    let json = serde_json::to_string_pretty(&marker)
-        .map_err(|e| Error::invalid(format!("synth marker: {e}")))?;
-    crate::io::write_atomic(&root.join(MARKER), json.as_bytes())?;
+    write_json(&root.join(MARKER), &marker)?;
     done += 1;
     progress(done, total);
     Ok(done)

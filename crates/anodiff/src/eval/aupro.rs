@@ -9,9 +9,9 @@
 //! No region at all, or no negative pixel → NaN.
 //!
 //! The exact algorithm sweeps the pixels by descending score once: every positive pixel adds
-//! 1/size(region) to the running PRO sum (see [`super::pixels`]).
-
-use super::pixels::PixelScores;
+//! 1/size(region) to the running PRO sum. This file holds the pieces of that sweep (regions, the
+//! PRO integrator); the sweep itself, and `aupro` over a set of images, are in the pixel
+//! accumulator (`eval::pixels`), which builds on them.
 
 /// Default FPR limit.
 pub const FPR_LIMIT: f64 = 0.3;
@@ -129,21 +129,6 @@ impl CompensatedSum {
     }
 }
 
-/// AU-PRO of a set of images: `(scores, mask, height, width)` per image, exact.
-/// NaN if there is no region, no negative pixel, or a NaN score.
-pub fn aupro(images: &[(&[f32], &[bool], usize, usize)], fpr_limit: f64) -> f64 {
-    let mut acc = PixelScores::exact();
-    for &(s, m, h, w) in images {
-        if acc.add_image(s, m, h, w).is_err() {
-            return f64::NAN;
-        }
-    }
-    match super::pixels::pixel_metrics(&[&acc.into_sorted()], fpr_limit) {
-        Ok(m) => m.aupro,
-        Err(_) => f64::NAN,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,15 +146,5 @@ mod tests {
         assert_eq!(labels[0], labels[6]);
         assert_ne!(labels[3], labels[0]);
         assert_eq!(labels[18], 3);
-    }
-
-    #[test]
-    fn perfect_and_constant() {
-        let m = [false, true, true, false];
-        assert_eq!(aupro(&[(&[0.0, 1.0, 1.0, 0.0], &m, 2, 2)], 0.3), 1.0);
-        // Constant scores: one step from (0,0) to (1,1); at FPR 0.3 PRO is 0.3 → area 0.045/0.3.
-        let a = aupro(&[(&[0.5; 4], &m, 2, 2)], 0.3);
-        assert!((a - 0.15).abs() < 1e-12, "{a}");
-        assert!(aupro(&[(&[0.5; 4], &[false; 4], 2, 2)], 0.3).is_nan());
     }
 }

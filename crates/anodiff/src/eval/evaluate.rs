@@ -11,6 +11,7 @@ use super::pixels::{pixel_metrics, PixelMetrics, PixelScores, SortedPixelScores}
 use super::predictions::Predictions;
 use crate::data::split::{SplitEntry, SplitManifest};
 use crate::error::{Error, Result};
+use crate::io::json::write_json;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -125,9 +126,7 @@ impl EvalReport {
 
     /// Pretty JSON, written atomically.
     pub fn save_json(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::config(path, format!("cannot serialise metrics: {e}")))?;
-        crate::io::write_atomic(path, json.as_bytes())
+        write_json(path, self)
     }
 }
 

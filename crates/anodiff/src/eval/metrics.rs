@@ -8,7 +8,7 @@
 //!
 //! The metrics are computed in one descending sweep over tie groups ([`Step`]), so the same
 //! integrators serve the slice functions here and the memory-bounded pixel accumulator
-//! ([`super::pixels::PixelScores`]).
+//! (`eval::pixels`, which builds on this file).
 
 use rayon::slice::ParallelSliceMut;
 

@@ -3,9 +3,9 @@
 //! of the generation papers' protocol (METHODS.md A.7).
 
 pub mod aupro;
-pub mod benchmark;
 pub mod evaluate;
 pub mod localisation;
+pub mod localisation_bench;
 pub mod metrics;
 pub mod npy;
 pub mod pixels;

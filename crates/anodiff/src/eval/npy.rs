@@ -56,7 +56,7 @@ pub fn encode(map: &Map2) -> Vec<u8> {
 
 /// Writes a map atomically.
 pub fn write(path: &Path, map: &Map2) -> Result<()> {
-    crate::io::write_atomic(path, &encode(map))
+    crate::io::atomic::write_atomic(path, &encode(map))
 }
 
 /// Reads a 2-D float32 (`<f4`) or float64 (`<f8`, converted) C-order map.

@@ -283,6 +283,21 @@ pub fn pixel_metrics(parts: &[&SortedPixelScores], fpr_limit: f64) -> Result<Pix
     })
 }
 
+/// AU-PRO of a set of images: `(scores, mask, height, width)` per image, exact.
+/// NaN if there is no region, no negative pixel, or a NaN score.
+pub fn aupro(images: &[(&[f32], &[bool], usize, usize)], fpr_limit: f64) -> f64 {
+    let mut acc = PixelScores::exact();
+    for &(s, m, h, w) in images {
+        if acc.add_image(s, m, h, w).is_err() {
+            return f64::NAN;
+        }
+    }
+    match pixel_metrics(&[&acc.into_sorted()], fpr_limit) {
+        Ok(m) => m.aupro,
+        Err(_) => f64::NAN,
+    }
+}
+
 type ExactPart<'a> = (&'a Vec<u32>, &'a Vec<(u32, u32)>, &'a Vec<f64>);
 
 /// k-way merge of ascending-sorted parts, walked from the top (highest score first).
@@ -386,5 +401,15 @@ mod tests {
         let labels: Vec<bool> = m1.iter().chain(&m2).copied().collect();
         assert_eq!(one.auroc, super::super::metrics::auroc(&scores, &labels));
         assert_eq!(one.regions, 2);
+    }
+
+    #[test]
+    fn perfect_and_constant() {
+        let m = [false, true, true, false];
+        assert_eq!(aupro(&[(&[0.0, 1.0, 1.0, 0.0], &m, 2, 2)], 0.3), 1.0);
+        // Constant scores: one step from (0,0) to (1,1); at FPR 0.3 PRO is 0.3 → area 0.045/0.3.
+        let a = aupro(&[(&[0.5; 4], &m, 2, 2)], 0.3);
+        assert!((a - 0.15).abs() < 1e-12, "{a}");
+        assert!(aupro(&[(&[0.5; 4], &[false; 4], 2, 2)], 0.3).is_nan());
     }
 }

@@ -70,7 +70,7 @@ impl PredictionWriter {
         for ((d, s), v) in &self.scores {
             csv.push_str(&format!("{d},{s},{v}\n"));
         }
-        crate::io::write_atomic(&self.dir.join(SCORES_FILE), csv.as_bytes())
+        crate::io::atomic::write_atomic(&self.dir.join(SCORES_FILE), csv.as_bytes())
     }
 }
 

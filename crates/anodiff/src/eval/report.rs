@@ -6,9 +6,11 @@ use super::npy::Map2;
 use super::predictions::Predictions;
 use super::run::RunLayout;
 use crate::data::split::{SplitEntry, SplitManifest};
+use crate::data::subsample::evenly_spaced;
 use crate::error::{Error, Result};
-use crate::sd::weights::read_json;
-use crate::train::pretrain_report::{esc, loss_svg, read_loss_log};
+use crate::io::html::{esc, loss_svg, page_head};
+use crate::io::json::read_json;
+use crate::train::log::read_loss_log;
 use image::{imageops, GrayImage, Rgb, RgbImage};
 use serde_json::Value;
 use std::fmt::Write as _;
@@ -30,6 +32,13 @@ impl Default for ReportOptions {
         }
     }
 }
+
+/// The page's style sheet.
+const CSS: &str = "body{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em}\
+                   table{border-collapse:collapse}td,th{padding:3px 9px;border-bottom:1px solid #ddd;\
+                   text-align:right}th:first-child,td:first-child{text-align:left}\
+                   figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}\
+                   figcaption{font-size:85%;color:#444;overflow-wrap:anywhere}img{border:1px solid #ccc}";
 
 /// Metric columns in display order: (JSON key, header).
 const COLUMNS: &[(&str, &str)] = &[
@@ -58,16 +67,7 @@ pub fn write_report(run: &RunLayout, opts: &ReportOptions) -> Result<PathBuf> {
         Some(n) => format!("anodiff evaluation — {n}"),
         None => format!("anodiff evaluation — {}", run.root.display()),
     };
-    let mut s = format!(
-        "<!doctype html><meta charset=utf-8><title>{t}</title>\
-         <style>body{{font-family:sans-serif;max-width:72em;margin:2em auto;padding:0 1em}}\
-         table{{border-collapse:collapse}}td,th{{padding:3px 9px;border-bottom:1px solid #ddd;\
-         text-align:right}}th:first-child,td:first-child{{text-align:left}}\
-         figure{{display:inline-block;margin:0 1em 1em 0;vertical-align:top}}\
-         figcaption{{font-size:85%;color:#444;overflow-wrap:anywhere}}img{{border:1px solid #ccc}}</style>\
-         <h1>{t}</h1>",
-        t = esc(&title)
-    );
+    let mut s = page_head(&title, CSS);
     if info.is_object() {
         s.push_str("<h2>Run</h2><table>");
         let mut rows = Vec::new();
@@ -141,7 +141,7 @@ pub fn write_report(run: &RunLayout, opts: &ReportOptions) -> Result<PathBuf> {
         {
             let file = format!("{i:03}_{k}.png");
             let small = thumbnail(panel, opts.panel);
-            crate::io::save_png(&assets.join(&file), &small)?;
+            crate::io::image::save_png(&assets.join(&file), &small)?;
             let _ = write!(
                 s,
                 "<figure style=\"width:{}px\"><img src=\"report/{file}\" width={} height={} \
@@ -156,7 +156,7 @@ pub fn write_report(run: &RunLayout, opts: &ReportOptions) -> Result<PathBuf> {
         s.push_str("</div>");
     }
     let out = run.report_html();
-    crate::io::write_atomic(&out, s.as_bytes())?;
+    crate::io::atomic::write_atomic(&out, s.as_bytes())?;
     Ok(out)
 }
 
@@ -222,17 +222,16 @@ fn metrics_table(m: &Value) -> String {
 
 /// Up to `k` evenly spaced test images of `good` and of every defect type.
 fn pick_examples(split: &SplitManifest, k: usize) -> Vec<(String, SplitEntry)> {
-    let spaced = |v: &[SplitEntry]| -> Vec<SplitEntry> {
-        let n = v.len();
-        let take = k.min(n);
-        (0..take).map(|i| v[i * n / take].clone()).collect()
-    };
-    let mut out: Vec<(String, SplitEntry)> = spaced(&split.eval_good)
+    let mut out: Vec<(String, SplitEntry)> = evenly_spaced(&split.eval_good, k)
         .into_iter()
         .map(|e| ("good".to_string(), e))
         .collect();
     for (name, d) in &split.defects {
-        out.extend(spaced(&d.test).into_iter().map(|e| (name.clone(), e)));
+        out.extend(
+            evenly_spaced(&d.test, k)
+                .into_iter()
+                .map(|e| (name.clone(), e)),
+        );
     }
     out
 }

@@ -12,12 +12,26 @@ use rayon::prelude::*;
 /// Query rows per block.
 const ROWS: usize = 128;
 
-/// `q: [.., T, d]`, `k: [.., S, d]`, `v: [.., S, dv]` → `[.., T, dv]`. Falls back to the
-/// composition of candle ops off CPU or for dtypes other than f32/f64.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+/// Whether [`attention`] can take these inputs: CPU tensors of one dtype, f32 or f64, rank ≥ 2.
+/// (Shapes are checked by [`attention`] itself and are an error, not a reason to fall back.)
+pub fn applies(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
     let same = q.dtype() == k.dtype() && q.dtype() == v.dtype();
-    if !supported(q) || !same || q.rank() < 2 {
-        return crate::nn::ops::sdpa_basic(q, k, v, scale);
+    supported(q) && same && q.rank() >= 2
+}
+
+/// `q: [.., T, d]`, `k: [.., S, d]`, `v: [.., S, dv]` → `[.., T, dv]`. Inputs this kernel does
+/// not take (see [`applies`]) are an error: the choice of the plain composition instead is made
+/// once, by `nn::ops::sdpa`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    if !applies(q, k, v) {
+        candle_core::bail!(
+            "attention kernel: needs CPU f32/f64 tensors of one dtype and rank >= 2, got q {:?} {:?} rank {}, k {:?}, v {:?}",
+            q.device().location(),
+            q.dtype(),
+            q.rank(),
+            k.dtype(),
+            v.dtype()
+        )
     }
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     q.apply_op3(&k, &v, AttnOp { scale })

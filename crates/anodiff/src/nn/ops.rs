@@ -31,10 +31,12 @@ pub fn quick_gelu(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// Scaled-dot-product attention on `[B, H, T, d]` tensors: the blocked CPU kernel
-/// (`kernels::attention`) unless `ANODIFF_KERNELS=candle`.
+/// (`kernels::attention`) when kernels are on and it takes these inputs, else [`sdpa_basic`].
+/// The only place that makes this choice.
 pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
-    if crate::kernels::enabled() {
-        crate::kernels::attention::attention(q, k, v, scale)
+    use crate::kernels::{self, attention};
+    if kernels::enabled() && attention::applies(q, k, v) {
+        attention::attention(q, k, v, scale)
     } else {
         sdpa_basic(q, k, v, scale)
     }

@@ -155,5 +155,5 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
-    crate::io::write_atomic(path, &bytes)
+    crate::io::atomic::write_atomic(path, &bytes)
 }

@@ -64,12 +64,28 @@ pub struct AttnCall<'a> {
     pub hw: Option<(usize, usize)>,
 }
 
+/// The four projections of an attention layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proj {
     Q,
     K,
     V,
     Out,
+}
+
+impl Proj {
+    /// Every projection, in the order a call computes them (also their index: `p as usize`).
+    pub const ALL: [Proj; 4] = [Proj::Q, Proj::K, Proj::V, Proj::Out];
+
+    /// The diffusers module name of the projection inside its attention layer.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Proj::Q => "to_q",
+            Proj::K => "to_k",
+            Proj::V => "to_v",
+            Proj::Out => "to_out.0",
+        }
+    }
 }
 
 /// Stages of one attention call; every method has the plain-attention default.
@@ -195,13 +211,23 @@ impl Attention {
     pub fn new(p: &Params, info: AttnLayerInfo) -> Result<Self> {
         let inner = info.heads * info.head_dim;
         Ok(Self {
-            to_q: Linear::new(&p.pp("to_q"), info.query_dim, inner, false)?,
-            to_k: Linear::new(&p.pp("to_k"), info.context_dim, inner, false)?,
-            to_v: Linear::new(&p.pp("to_v"), info.context_dim, inner, false)?,
-            to_out: Linear::new(&p.pp("to_out.0"), inner, info.query_dim, true)?,
+            to_q: Linear::new(&p.pp(Proj::Q.suffix()), info.query_dim, inner, false)?,
+            to_k: Linear::new(&p.pp(Proj::K.suffix()), info.context_dim, inner, false)?,
+            to_v: Linear::new(&p.pp(Proj::V.suffix()), info.context_dim, inner, false)?,
+            to_out: Linear::new(&p.pp(Proj::Out.suffix()), inner, info.query_dim, true)?,
             info,
             processor: RwLock::new(Arc::new(DefaultProcessor)),
         })
+    }
+
+    /// The layer's linear for projection `p`.
+    pub fn proj(&self, p: Proj) -> &Linear {
+        match p {
+            Proj::Q => &self.to_q,
+            Proj::K => &self.to_k,
+            Proj::V => &self.to_v,
+            Proj::Out => &self.to_out,
+        }
     }
 
     pub fn set_processor(&self, p: Arc<dyn AttnProcessor>) {

@@ -9,14 +9,14 @@ use super::denoise::{denoise, Conditioning, DenoiseOptions};
 use super::guidance::uses_cfg;
 use super::noise::NoiseSource;
 use super::pixel_norm::PixelNorm;
-use super::presets::Preset;
+use super::presets::{fresh_params, Component, Preset};
 use super::scheduler::{make_scheduler, Scheduler, SchedulerConfig, SchedulerKind};
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
-use super::weights::{read_json, ModelDir};
+use super::weights::ModelDir;
 use crate::error::{Error, Result};
-use crate::nn::Params;
+use crate::io::json::read_json;
 use candle_core::{DType, Device, Tensor};
 
 /// A complete diffusers model folder, loaded.
@@ -82,18 +82,17 @@ impl StableDiffusion {
     /// A model in a preset's shapes with fresh random weights (benchmarks, smoke runs, the start
     /// of training from scratch) and the built-in CLIP vocabulary.
     pub fn from_preset(p: &Preset, seed: u64, device: &Device) -> Result<Self> {
-        // One seed per component so changing one model's shape leaves the others' weights alone.
-        let fresh = |k: u64| Params::fresh(seed.wrapping_mul(0x9E37_79B9).wrapping_add(k), device);
+        let fresh = |c: Component| fresh_params(seed, c, device);
         Ok(Self {
             tokenizer: ClipTokenizer::embedded()?,
-            text_encoder: ClipTextModel::new(&p.text, &fresh(1))?,
+            text_encoder: ClipTextModel::new(&p.text, &fresh(Component::TextEncoder))?,
             vae: if p.pixel_space {
                 None
             } else {
-                Some(AutoencoderKL::new(&p.vae, &fresh(2))?)
+                Some(AutoencoderKL::new(&p.vae, &fresh(Component::Vae))?)
             },
             pixel_norm: None,
-            unet: UNet2DConditionModel::new(&p.unet, &fresh(3))?,
+            unet: UNet2DConditionModel::new(&p.unet, &fresh(Component::Unet))?,
             scheduler_config: p.scheduler.clone(),
             default_scheduler: SchedulerKind::Pndm,
             device: device.clone(),

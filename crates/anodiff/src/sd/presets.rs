@@ -34,6 +34,25 @@ pub struct Preset {
     pub pixel_space: bool,
 }
 
+/// The models of a preset, numbered for the seeds of their fresh weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    TextEncoder = 1,
+    Vae = 2,
+    Unet = 3,
+}
+
+/// Fresh random parameters for one model of a preset. One seed per component, so changing one
+/// model's shape leaves the others' weights alone; the same `seed` gives the weights of
+/// `StableDiffusion::from_preset`.
+pub fn fresh_params(seed: u64, component: Component, device: &candle_core::Device) -> Params {
+    Params::fresh(
+        seed.wrapping_mul(0x9E37_79B9)
+            .wrapping_add(component as u64),
+        device,
+    )
+}
+
 /// Every preset name, in listing order.
 pub const NAMES: &[&str] = &[
     "tiny",

@@ -25,6 +25,7 @@ use std::path::Path;
 use regex::Regex;
 use serde_json::Value;
 
+use crate::io::json::read_json;
 use crate::{Error, Result};
 use bpe::{bpe_word, byte_to_unicode, Merges};
 
@@ -399,13 +400,7 @@ fn split_specials<'a>(text: &'a str, specials: &[(String, u32)]) -> Vec<Piece<'a
 }
 
 fn read_json_if_exists(path: &Path) -> Result<Option<Value>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let v = serde_json::from_str(&text)
-        .map_err(|e| Error::config(path, format!("invalid JSON: {e}")))?;
-    Ok(Some(v))
+    path.exists().then(|| read_json(path)).transpose()
 }
 
 /// The file's text, or the given built-in text (`path` then only names it in errors).

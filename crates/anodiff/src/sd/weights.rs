@@ -4,6 +4,7 @@
 //! code and are refused with a clear message.
 
 use crate::error::{Error, Result};
+use crate::io::json::read_json;
 use crate::nn::{Params, TensorFiles};
 use candle_core::Device;
 use serde::de::DeserializeOwned;
@@ -101,12 +102,6 @@ impl Component {
         let files = TensorFiles::load(&self.weight_files()?, device)?;
         Ok(Params::from_files(files, device))
     }
-}
-
-/// Reads and parses a JSON file, naming the file in any error.
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::config(path, format!("invalid JSON: {e}")))
 }
 
 #[cfg(test)]

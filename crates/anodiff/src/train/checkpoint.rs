@@ -15,6 +15,8 @@
 use super::optim::AdamW;
 use super::order::DataOrder;
 use crate::error::{Error, Result};
+use crate::io::atomic::write_atomic;
+use crate::io::json::{read_json, write_json};
 use crate::nn::tensor_files::{read_safetensors, write_safetensors};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -45,10 +47,6 @@ pub struct Checkpoint {
 
 fn step_dir_name(step: usize) -> String {
     format!("step-{step:08}")
-}
-
-fn json_bytes(v: &impl Serialize, what: &Path) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(v).map_err(|e| Error::config(what, e))
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
@@ -83,16 +81,14 @@ pub fn save(
             .collect();
         write_safetensors(&tmp.join("weights.safetensors"), &weights)?;
         write_safetensors(&tmp.join("optimizer.safetensors"), &opt.state_tensors())?;
-        let cfg_path = tmp.join("config.json");
-        crate::io::write_atomic(&cfg_path, &json_bytes(config, &cfg_path)?)?;
+        write_json(&tmp.join("config.json"), config)?;
         let state = CheckpointState {
             format: FORMAT_VERSION,
             step,
             adam_steps: opt.state_steps().into_iter().collect(),
             data_order: order.clone(),
         };
-        let state_path = tmp.join("state.json");
-        crate::io::write_atomic(&state_path, &json_bytes(&state, &state_path)?)?;
+        write_json(&tmp.join("state.json"), &state)?;
         fsync_dir(&tmp)
     };
     if let Err(e) = write() {
@@ -110,7 +106,7 @@ pub fn save(
         std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
     }
     fsync_dir(&root)?;
-    crate::io::write_atomic(&root.join(LATEST), name.as_bytes())?;
+    write_atomic(&root.join(LATEST), name.as_bytes())?;
     prune(&root, &name, keep.max(1))?;
     Ok(dest)
 }
@@ -175,14 +171,8 @@ pub fn latest(run_dir: &Path) -> Option<PathBuf> {
 /// Reads a checkpoint (`dir` as accepted by [`resolve`]).
 pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     let dir = resolve(dir)?;
-    let read_json = |name: &str| -> Result<serde_json::Value> {
-        let p = dir.join(name);
-        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::config(&p, e))
-    };
     let state_path = dir.join("state.json");
-    let state: CheckpointState = serde_json::from_value(read_json("state.json")?)
-        .map_err(|e| Error::config(&state_path, e))?;
+    let state: CheckpointState = read_json(&state_path)?;
     if state.format != FORMAT_VERSION {
         return Err(Error::config(
             &state_path,
@@ -192,7 +182,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
             ),
         ));
     }
-    let config = read_json("config.json")?;
+    let config = read_json(&dir.join("config.json"))?;
     let map = |name: &str| -> Result<HashMap<String, Tensor>> {
         Ok(read_safetensors(&dir.join(name), device)?
             .into_iter()

@@ -1,6 +1,6 @@
 //! The training log: one JSON object per update appended to a `.jsonl` file, written with a
 //! single `write` per line and flushed, so a crash loses at most the line being written. Also
-//! the peak resident memory reported with it.
+//! the reader of its (step, loss) pairs for reports, and the peak resident memory reported with it.
 
 use crate::error::{Error, Result};
 use std::io::Write;
@@ -40,6 +40,24 @@ impl JsonLog {
             .and_then(|_| self.file.flush())
             .map_err(|e| Error::io(&self.path, e))
     }
+}
+
+/// (step, loss) of every line of a trainer's JSON-lines log.
+pub fn read_loss_log(path: &Path) -> Result<Vec<(usize, f64)>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::config(path, format!("line {}: {e}", i + 1)))?;
+        if let (Some(s), Some(l)) = (v["step"].as_u64(), v["loss"].as_f64()) {
+            out.push((s as usize, l));
+        }
+    }
+    Ok(out)
 }
 
 /// Peak resident set size of this process (`VmHWM` in /proc/self/status), when the OS has it.

@@ -243,7 +243,7 @@ fn write_grid(sd: &StableDiffusion, rows: &[&[Tensor]], path: &std::path::Path) 
     for row in rows {
         let mut r = Vec::new();
         for z in row.iter() {
-            r.extend(crate::sd::image::tensor_to_rgb(
+            r.extend(crate::io::image_tensor::tensor_to_rgb(
                 &sd.decode(&z.unsqueeze(0)?)?,
             )?);
         }
@@ -251,7 +251,7 @@ fn write_grid(sd: &StableDiffusion, rows: &[&[Tensor]], path: &std::path::Path) 
     }
     let cols = images.iter().map(Vec::len).max().unwrap_or(1);
     let rows: Vec<&[image::RgbImage]> = images.iter().map(Vec::as_slice).collect();
-    crate::io::save_png_grid(&rows, cols, path)
+    crate::io::image::save_png_grid(&rows, cols, path)
 }
 
 /// Mean of the last `n` losses (a smoother figure than the last step's loss).

@@ -4,17 +4,10 @@
 //! [`stream_seed`], a pure function of (seed, step, micro-batch): nothing to save at all.
 
 use crate::error::{Error, Result};
+use crate::seed::mix;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-
-/// SplitMix64 finaliser: a fixed, well-mixed hash (std's hasher is not guaranteed stable).
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// The seed of the random stream for micro-batch `micro` of update `step` in a run seeded `seed`.
 pub fn stream_seed(seed: u64, step: u64, micro: u64) -> u64 {

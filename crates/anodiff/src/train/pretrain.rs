@@ -10,16 +10,17 @@ use super::trainer::{StepStats, TrainConfig, Trainer};
 use crate::data::augment::{AugmentOptions, Augmenter};
 use crate::data::mvtec::{MvtecDataset, OnBadFile};
 use crate::error::{Error, Result};
+use crate::io::image_tensor::{rgb_to_tensor, tensor_to_rgb};
+use crate::io::json::write_json;
 use crate::nn::params::gaussian;
 use crate::nn::tensor_files::write_safetensors;
 use crate::nn::Params;
 use crate::sd::attention::ForwardCtx;
 use crate::sd::clip::{ClipActivation, ClipTextConfig, ClipTextModel};
-use crate::sd::image::{rgb_to_tensor, tensor_to_rgb};
 use crate::sd::noise::SeededNoise;
 use crate::sd::pipeline::{SampleOptions, StableDiffusion};
 use crate::sd::pixel_norm::PixelNorm;
-use crate::sd::presets::Preset;
+use crate::sd::presets::{fresh_params, Component, Preset};
 use crate::sd::scheduler::{SchedulerConfig, SchedulerKind};
 use crate::sd::tokenizer::ClipTokenizer;
 use crate::sd::unet::{PerBlock, UNet2DConditionModel, UNetConfig};
@@ -121,8 +122,8 @@ pub fn fresh_pixel_model(
             preset.name
         )));
     }
-    let te_p = Params::fresh(seed.wrapping_mul(0x9E37_79B9).wrapping_add(1), dev);
-    let unet_p = Params::fresh(seed.wrapping_mul(0x9E37_79B9).wrapping_add(3), dev);
+    let te_p = fresh_params(seed, Component::TextEncoder, dev);
+    let unet_p = fresh_params(seed, Component::Unet, dev);
     let sd = StableDiffusion {
         tokenizer: ClipTokenizer::embedded()?,
         text_encoder: ClipTextModel::new(&preset.text, &te_p)?,
@@ -137,18 +138,7 @@ pub fn fresh_pixel_model(
 }
 
 fn load_images(samples: &[crate::data::mvtec::Sample], side: u32) -> Result<Vec<image::RgbImage>> {
-    samples
-        .iter()
-        .map(|s| {
-            let img = MvtecDataset::load_image(s)?;
-            Ok(image::imageops::resize(
-                &img,
-                side,
-                side,
-                image::imageops::FilterType::Triangle,
-            ))
-        })
-        .collect()
+    crate::io::image::load_square(samples, side, MvtecDataset::load_image)
 }
 
 /// Trains `o.preset` from scratch on `o.dataset` and writes `o.out/model`, `train_log.jsonl`,
@@ -256,12 +246,10 @@ pub fn pretrain(
         let samples = sample_images(&sd, &prompt, o.samples, size, o.sample_steps, o.seed)?;
         // Evenly spaced over the sorted list: the first files are often one capture run (MTD's
         // first 126 are its darkest), which made good samples look wrongly bright beside them.
-        let n = ds.train_good.len();
-        let k = o.samples.min(n);
-        let picks: Vec<_> = (0..k).map(|i| ds.train_good[i * n / k].clone()).collect();
+        let picks = crate::data::subsample::evenly_spaced(&ds.train_good, o.samples);
         let real = load_images(&picks, size as u32)?;
         let path = o.out.join("samples.png");
-        crate::io::save_png_grid(&[&samples, &real], 8, &path)?;
+        crate::io::image::save_png_grid(&[&samples, &real], 8, &path)?;
         Some(path)
     } else {
         None
@@ -285,8 +273,7 @@ pub fn pretrain(
         sample_secs: t1.elapsed().as_secs_f64(),
         steps,
     };
-    let json = serde_json::to_string_pretty(&report).map_err(|e| Error::invalid(e.to_string()))?;
-    crate::io::write_atomic(&o.out.join("report.json"), json.as_bytes())?;
+    write_json(&o.out.join("report.json"), &report)?;
     Ok(report)
 }
 
@@ -446,11 +433,6 @@ fn scheduler_config_json(c: &SchedulerConfig) -> Value {
     })
 }
 
-fn write_json(path: &Path, v: &Value) -> Result<()> {
-    let s = serde_json::to_string_pretty(v).map_err(|e| Error::invalid(e.to_string()))?;
-    crate::io::write_atomic(path, s.as_bytes())
-}
-
 fn mkdir(p: &Path) -> Result<()> {
     std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))
 }
@@ -501,8 +483,8 @@ pub fn save_pixel_model(
         &clip_config_json(&preset.text),
     )?;
     let (vocab, merges) = crate::sd::tokenizer::ClipTokenizer::embedded_files();
-    crate::io::write_atomic(&dir.join("tokenizer/vocab.json"), vocab.as_bytes())?;
-    crate::io::write_atomic(&dir.join("tokenizer/merges.txt"), merges.as_bytes())?;
+    crate::io::atomic::write_atomic(&dir.join("tokenizer/vocab.json"), vocab.as_bytes())?;
+    crate::io::atomic::write_atomic(&dir.join("tokenizer/merges.txt"), merges.as_bytes())?;
     write_json(
         &dir.join("tokenizer/tokenizer_config.json"),
         &json!({"model_max_length": 77, "bos_token": "<|startoftext|>",

@@ -8,6 +8,7 @@
 //! BatchNorm's running statistics drift between the two and depend on the batch composition.
 
 use crate::error::{Error, Result};
+use crate::io::json::{read_json, write_json};
 use crate::nn::tensor_files::{read_safetensors, write_safetensors};
 use crate::nn::{Conv2d, GroupNorm, Params};
 use candle_core::{Device, Module, Tensor, D};
@@ -228,9 +229,7 @@ impl LocalisationNet {
             .collect();
         write_safetensors(path, &detached)?;
         let cfg_path = path.with_extension("json");
-        let bytes =
-            serde_json::to_vec_pretty(&self.config).map_err(|e| Error::config(&cfg_path, e))?;
-        crate::io::write_atomic(&cfg_path, &bytes)
+        write_json(&cfg_path, &self.config)
     }
 
     /// Loads weights written by [`save`](Self::save). Width and input channels come from the
@@ -246,10 +245,7 @@ impl LocalisationNet {
         let (width, in_ch, _, _) = t.dims4()?;
         let cfg_path = path.with_extension("json");
         let standardise = if cfg_path.is_file() {
-            let bytes = std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-            let c: NetConfig =
-                serde_json::from_slice(&bytes).map_err(|e| Error::config(&cfg_path, e))?;
-            c.standardise
+            read_json::<NetConfig>(&cfg_path)?.standardise
         } else {
             true
         };

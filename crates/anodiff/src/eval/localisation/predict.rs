@@ -5,10 +5,10 @@
 
 use super::net::LocalisationNet;
 use super::protocol::Protocol;
-use super::train::rgb_to_unit_tensor;
 use crate::data::split::{SplitEntry, SplitManifest};
 use crate::error::{Error, Result};
 use crate::eval::npy::Map2;
+use crate::io::image_tensor::rgb_to_unit_tensor;
 use candle_core::{Device, Tensor};
 
 /// Images per forward pass.

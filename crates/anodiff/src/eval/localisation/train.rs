@@ -15,8 +15,9 @@ use super::net::{LocalisationNet, NetConfig};
 use super::protocol::Protocol;
 use crate::error::{Error, Result};
 use crate::eval::sources::{AnomalySource, SourceContext};
+use crate::io::image_tensor::{mask_to_tensor, rgb_to_unit_tensor};
+use crate::io::json::{read_json, write_json};
 use crate::nn::Params;
-use crate::sd::image::mask_to_tensor;
 use crate::train::{checkpoint, AdamWConfig, LrSchedule, StepStats, TrainConfig, Trainer};
 use candle_core::{Device, Tensor};
 use image::{GrayImage, RgbImage};
@@ -28,18 +29,6 @@ use std::path::{Path, PathBuf};
 /// Weights file written into the run directory.
 pub const WEIGHTS_FILE: &str = "localisation.safetensors";
 pub const PROTOCOL_FILE: &str = "protocol.json";
-
-/// `[3, H, W]` f32 in [0, 1].
-pub fn rgb_to_unit_tensor(img: &RgbImage, dev: &Device) -> Result<Tensor> {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let mut data = vec![0f32; 3 * h * w];
-    for (i, px) in img.pixels().enumerate() {
-        for c in 0..3 {
-            data[c * h * w + i] = px.0[c] as f32 / 255.0;
-        }
-    }
-    Ok(Tensor::from_vec(data, (3, h, w), dev)?)
-}
 
 /// One training example drawn from `rng`: (image, mask), both `size`×`size`.
 fn draw_example(
@@ -225,8 +214,7 @@ pub fn train(
 /// Writes `protocol.json`, or checks that an existing one (a resumed run) matches.
 fn check_protocol_file(path: &Path, protocol: &Protocol) -> Result<()> {
     if path.is_file() {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let saved: Protocol = serde_json::from_slice(&bytes).map_err(|e| Error::config(path, e))?;
+        let saved: Protocol = read_json(path)?;
         if &saved != protocol {
             return Err(Error::config(
                 path,
@@ -235,6 +223,5 @@ fn check_protocol_file(path: &Path, protocol: &Protocol) -> Result<()> {
         }
         return Ok(());
     }
-    let bytes = serde_json::to_vec_pretty(protocol).map_err(|e| Error::config(path, e))?;
-    crate::io::write_atomic(path, &bytes)
+    write_json(path, protocol)
 }

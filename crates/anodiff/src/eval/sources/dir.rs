@@ -1,19 +1,18 @@
 //! `dir:PATH`: pairs generated elsewhere (DualAnoDiff's output), stored as
-//! `PATH/image/<stem>.{png,jpg,jpeg}` and `PATH/mask/<stem>.png`. Every pair is checked when the
+//! `PATH/image/<stem>.{png,jpg,jpeg,bmp}` and `PATH/mask/<stem>.png`. Every pair is checked when the
 //! folder is opened (names and sizes, from the file headers); images are decoded on first use and
 //! cached at the training size.
 
 use super::{AnomalyPair, AnomalySource};
 use crate::data::augment::{apply_params, AugmentOptions, AugmentParams};
 use crate::error::{Error, Result};
+use crate::io::image::{load_mask, load_rgb, IMAGE_EXTENSIONS};
 use image::imageops::{self, FilterType};
 use image::{GrayImage, RgbImage};
 use rand::rngs::StdRng;
 use rand::Rng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-const IMAGE_EXTS: [&str; 3] = ["png", "jpg", "jpeg"];
 
 pub struct DirSource {
     name: String,
@@ -67,7 +66,7 @@ fn dims(p: &Path) -> Result<(u32, u32)> {
 impl DirSource {
     /// Opens and checks the folder; `name` is the spec string (`dir:PATH`).
     pub fn open(root: &Path, size: u32, name: &str) -> Result<Self> {
-        let images = list(&root.join("image"), &IMAGE_EXTS)?;
+        let images = list(&root.join("image"), &IMAGE_EXTENSIONS)?;
         let masks = list(&root.join("mask"), &["png"])?;
         if let Some((stem, p)) = images.iter().find(|(s, _)| !masks.contains_key(*s)) {
             return Err(Error::invalid(format!(
@@ -127,8 +126,8 @@ impl DirSource {
     fn load(&self, i: usize) -> Result<(RgbImage, GrayImage)> {
         let (ip, mp) = &self.files[i];
         let s = self.size;
-        let img = crate::io::load_image(ip)?.to_rgb8();
-        let mut mask = crate::io::load_image(mp)?.to_luma8();
+        let img = load_rgb(ip)?;
+        let mut mask = load_mask(mp)?;
         if img.dimensions() != mask.dimensions() {
             return Err(Error::invalid(format!(
                 "dir source: image {} and mask {} differ in size",

@@ -7,31 +7,13 @@ use super::layer::{LoraLayer, LoraSet};
 use super::processor::LoraAttnProcessor;
 use super::LoraConfig;
 use crate::error::{Error, Result};
-use crate::nn::Linear;
-use crate::sd::attention::{Attention, HasAttention, Proj};
+use crate::sd::attention::{HasAttention, Proj};
 use crate::sd::clip::ClipTextModel;
 use candle_core::{Device, Var};
 use regex::Regex;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-/// UNet attention projections: (stage, diffusers suffix).
-const UNET_PROJ: [(Proj, &str); 4] = [
-    (Proj::Q, "to_q"),
-    (Proj::K, "to_k"),
-    (Proj::V, "to_v"),
-    (Proj::Out, "to_out.0"),
-];
-
-fn proj_linear(a: &Attention, p: Proj) -> &Linear {
-    match p {
-        Proj::Q => &a.to_q,
-        Proj::K => &a.to_k,
-        Proj::V => &a.to_v,
-        Proj::Out => &a.to_out,
-    }
-}
 
 /// A targetable linear of a model: canonical module name, dims, and (UNet) where it sits.
 struct Target {
@@ -45,10 +27,10 @@ struct Target {
 fn unet_targets(unet: &dyn HasAttention) -> Vec<Target> {
     let mut v = Vec::new();
     unet.visit_attention(&mut |a| {
-        for (p, suffix) in UNET_PROJ {
-            let l = proj_linear(a, p);
+        for p in Proj::ALL {
+            let l = a.proj(p);
             v.push(Target {
-                module: format!("{}.{suffix}", a.info.name),
+                module: format!("{}.{}", a.info.name, p.suffix()),
                 in_dim: l.in_dim(),
                 out_dim: l.out_dim(),
                 device: l.weight.device().clone(),

@@ -350,5 +350,5 @@ fn write_with_metadata(path: &Path, tensors: &[(String, Tensor)], meta: String) 
         path: path.to_path_buf(),
         msg: e.to_string(),
     })?;
-    crate::io::write_atomic(path, &bytes)
+    crate::io::atomic::write_atomic(path, &bytes)
 }

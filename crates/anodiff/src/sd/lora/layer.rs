@@ -80,7 +80,7 @@ impl LoraLayer {
         }
         let sets = (0..sets)
             .map(|s| {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(mix(seed, module, s));
+                let mut rng = rand::rngs::StdRng::seed_from_u64(set_seed(seed, module, s));
                 let std = 1.0 / rank as f64;
                 let v: Vec<f32> = (0..rank * in_dim)
                     .map(|_| (gaussian(&mut rng) * std) as f32)
@@ -122,7 +122,7 @@ impl LoraLayer {
             sets,
             dropout,
             training,
-            rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(mix(
+            rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(set_seed(
                 seed,
                 module,
                 usize::MAX,
@@ -272,7 +272,10 @@ impl LoraLayer {
     }
 }
 
-fn mix(seed: u64, module: &str, set: usize) -> u64 {
+/// The seed of one set's initial weights (or, with `set = usize::MAX`, of the dropout stream):
+/// std's hasher over (seed, module name, set). Not the crate's `seed::mix`, which mixes numbers only:
+/// switching would change every seeded LoRA initialisation made so far.
+fn set_seed(seed: u64, module: &str, set: usize) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     seed.hash(&mut h);
     module.hash(&mut h);

@@ -6,7 +6,7 @@ use super::io::LoraComponent;
 use super::layer::LoraLayer;
 use crate::error::{Error, Result};
 use crate::nn::Linear;
-use crate::sd::attention::HasAttention;
+use crate::sd::attention::{HasAttention, Proj};
 use crate::sd::clip::ClipTextModel;
 use candle_core::Tensor;
 
@@ -45,15 +45,10 @@ impl Lora {
         let mut out = Vec::new();
         let mut err = None;
         unet.visit_attention(&mut |a| {
-            for (suffix, lin) in [
-                ("to_q", &a.to_q),
-                ("to_k", &a.to_k),
-                ("to_v", &a.to_v),
-                ("to_out.0", &a.to_out),
-            ] {
-                let m = format!("{}.{suffix}", a.info.name);
+            for p in Proj::ALL {
+                let m = format!("{}.{}", a.info.name, p.suffix());
                 if let Some(l) = self.layers().iter().find(|l| l.module == m) {
-                    match merge_weight(&lin.weight, l, set) {
+                    match merge_weight(&a.proj(p).weight, l, set) {
                         Ok(w) => out.push((format!("{m}.weight"), w)),
                         Err(e) => err = Some(e),
                     }

@@ -8,6 +8,7 @@
 //! - [`install`]: [`Lora`], which targets layers by regex, installs, saves/loads and lists `Var`s.
 //! - [`io`]: diffusers/peft and kohya-ss safetensors files.
 //! - [`merge`]: folding a set into the base weights (`W + scale·up@down`).
+//! - [`apply`]: a LoRA file installed into a model for sampling ([`apply_file`]).
 //!
 //! Several sets and files: a file holds ONE set in plain diffusers/peft names (so diffusers and
 //! other tools can load it); set `k` is saved with `Lora::save(path, k)` to its own file and
@@ -15,6 +16,7 @@
 //! internal parameters with the set as adapter name: `unet.<module>.lora_A.set<k>.weight`.
 
 pub mod adapter;
+pub mod apply;
 pub mod install;
 pub mod io;
 pub mod layer;
@@ -22,6 +24,7 @@ pub mod merge;
 pub mod processor;
 
 pub use adapter::LoraLinearAdapter;
+pub use apply::{apply_file, AppliedLora};
 pub use install::Lora;
 pub use io::{LoraComponent, LoraEntry};
 pub use layer::{LoraLayer, LoraSet};

@@ -12,33 +12,24 @@ use std::sync::Arc;
 /// The LoRA layers of one attention layer, by projection (None: projection not targeted).
 #[derive(Default, Clone)]
 pub struct LoraAttnProcessor {
-    pub q: Option<Arc<LoraLayer>>,
-    pub k: Option<Arc<LoraLayer>>,
-    pub v: Option<Arc<LoraLayer>>,
-    pub out: Option<Arc<LoraLayer>>,
+    /// Indexed by `Proj as usize` (the order of [`Proj::ALL`]).
+    layers: [Option<Arc<LoraLayer>>; 4],
 }
 
 impl LoraAttnProcessor {
+    /// The place of projection `proj`'s LoRA layer.
     pub fn slot(&mut self, proj: Proj) -> &mut Option<Arc<LoraLayer>> {
-        match proj {
-            Proj::Q => &mut self.q,
-            Proj::K => &mut self.k,
-            Proj::V => &mut self.v,
-            Proj::Out => &mut self.out,
-        }
+        &mut self.layers[proj as usize]
     }
 
+    /// Projection `proj`'s LoRA layer, if it is targeted.
     pub fn get(&self, proj: Proj) -> Option<&Arc<LoraLayer>> {
-        match proj {
-            Proj::Q => self.q.as_ref(),
-            Proj::K => self.k.as_ref(),
-            Proj::V => self.v.as_ref(),
-            Proj::Out => self.out.as_ref(),
-        }
+        self.layers[proj as usize].as_ref()
     }
 
+    /// True when no projection is targeted.
     pub fn is_empty(&self) -> bool {
-        self.q.is_none() && self.k.is_none() && self.v.is_none() && self.out.is_none()
+        self.layers.iter().all(Option::is_none)
     }
 }
 

@@ -2,18 +2,14 @@
 //! file is written, metrics are sane numbers, a finished seed is reused, the report renders
 //! panels for every type, and the summary has mean ± std rows.
 
+mod common;
+
 use anodiff::data::synth::{synth_dataset, SynthOptions};
-use anodiff::eval::benchmark::{self, BenchOptions, Progress};
 use anodiff::eval::evaluate::EvalOptions;
 use anodiff::eval::localisation::Protocol;
+use anodiff::eval::localisation_bench::{self, BenchOptions, Progress};
 use anodiff::eval::run::RunLayout;
-use std::path::PathBuf;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("anodiff-bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+use common::temp_dir;
 
 fn tiny_protocol() -> Protocol {
     Protocol {
@@ -48,7 +44,7 @@ fn bench_runs_reuses_and_reports() {
         report: true,
     };
     let mut trained_steps = 0;
-    let runs = benchmark::run(&o, |p| {
+    let runs = localisation_bench::run(&o, |p| {
         if let Progress::Train(_) = p {
             trained_steps += 1
         }
@@ -81,7 +77,7 @@ fn bench_runs_reuses_and_reports() {
     );
     // A second call finds both seeds finished and trains nothing.
     let mut trained_again = 0;
-    let again = benchmark::run(&o, |p| {
+    let again = localisation_bench::run(&o, |p| {
         if let Progress::Train(_) = p {
             trained_again += 1
         }
@@ -94,7 +90,7 @@ fn bench_runs_reuses_and_reports() {
     let dirs: Vec<_> = runs.iter().map(|r| r.dir.clone()).collect();
     assert!(dirs[0].ends_with("metal_texture/cutpaste/seed0"));
 
-    let md = benchmark::summary_markdown(&o, &runs);
+    let md = localisation_bench::summary_markdown(&o, &runs);
     assert!(md.contains("| metal_texture | cutpaste | **all** |"));
     assert!(md.contains(" ± "));
     let _ = std::fs::remove_dir_all(&root);
@@ -102,8 +98,8 @@ fn bench_runs_reuses_and_reports() {
 
 #[test]
 fn mean_std_is_sample_std_and_ignores_nan() {
-    let (m, s) = benchmark::mean_std(&[1.0, 2.0, 3.0, f64::NAN]);
+    let (m, s) = localisation_bench::mean_std(&[1.0, 2.0, 3.0, f64::NAN]);
     assert!((m - 2.0).abs() < 1e-12 && (s - 1.0).abs() < 1e-12);
-    assert_eq!(benchmark::mean_std(&[5.0]), (5.0, 0.0));
-    assert!(benchmark::mean_std(&[f64::NAN]).0.is_nan());
+    assert_eq!(localisation_bench::mean_std(&[5.0]), (5.0, 0.0));
+    assert!(localisation_bench::mean_std(&[f64::NAN]).0.is_nan());
 }

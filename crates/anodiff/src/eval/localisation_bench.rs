@@ -13,7 +13,8 @@ use super::sources::{from_spec, SourceContext};
 use crate::data::mvtec::{MvtecDataset, OnBadFile};
 use crate::data::split::SplitManifest;
 use crate::error::{Error, Result};
-use crate::sd::weights::read_json;
+use crate::io::image::load_square;
+use crate::io::json::{read_json, write_json};
 use crate::train::StepStats;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -139,20 +140,7 @@ pub fn run(o: &BenchOptions, mut progress: impl FnMut(Progress)) -> Result<Vec<S
 }
 
 fn context(split: &Arc<SplitManifest>, size: u32) -> Result<SourceContext> {
-    use rayon::prelude::*;
-    let good = split
-        .train_good
-        .par_iter()
-        .map(|e| {
-            let img = split.load_image(e)?;
-            Ok(image::imageops::resize(
-                &img,
-                size,
-                size,
-                image::imageops::FilterType::Triangle,
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let good = load_square(&split.train_good, size, |e| split.load_image(e))?;
     Ok(SourceContext {
         split: split.clone(),
         good: Arc::new(good),
@@ -248,12 +236,7 @@ fn run_seed(
         "timings": timings,
         "threads": rayon::current_num_threads(),
     });
-    crate::io::write_atomic(
-        &run.info(),
-        serde_json::to_string_pretty(&info)
-            .map_err(|e| Error::invalid(e.to_string()))?
-            .as_bytes(),
-    )?;
+    write_json(&run.info(), &info)?;
     if o.report {
         write_report(&run, &ReportOptions::default())?;
     }

@@ -1,8 +1,8 @@
-//! Conversions between images and the [-1, 1] tensors the VAE works in.
+//! Conversions between images and tensors: [-1, 1] for the diffusion models, [0, 1] for the
+//! localisation network, and binary masks.
 
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
-use std::path::Path;
 
 /// RGB image → `[1, 3, H, W]` f32 in [-1, 1].
 pub fn rgb_to_tensor(img: &image::RgbImage, device: &Device) -> Result<Tensor> {
@@ -16,6 +16,18 @@ pub fn rgb_to_tensor(img: &image::RgbImage, device: &Device) -> Result<Tensor> {
         .permute((2, 0, 1))?
         .unsqueeze(0)?
         .contiguous()?)
+}
+
+/// RGB image → `[3, H, W]` f32 in [0, 1] (no batch dimension; the localisation network's input).
+pub fn rgb_to_unit_tensor(img: &image::RgbImage, dev: &Device) -> Result<Tensor> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut data = vec![0f32; 3 * h * w];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            data[c * h * w + i] = px.0[c] as f32 / 255.0;
+        }
+    }
+    Ok(Tensor::from_vec(data, (3, h, w), dev)?)
 }
 
 /// Greyscale mask → `[1, 1, H, W]` f32 in {0, 1}: white (≥ 0.5) marks the region to repaint.
@@ -55,16 +67,6 @@ pub fn tensor_to_rgb(x: &Tensor) -> Result<Vec<image::RgbImage>> {
         out.push(image::RgbImage::from_raw(w as u32, h as u32, v).expect("buffer size matches"));
     }
     Ok(out)
-}
-
-/// Loads an image file as RGB.
-pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
-    Ok(crate::io::load_image(path)?.to_rgb8())
-}
-
-/// Loads a mask file as greyscale.
-pub fn load_mask(path: &Path) -> Result<image::GrayImage> {
-    Ok(crate::io::load_image(path)?.to_luma8())
 }
 
 #[cfg(test)]

@@ -1,35 +1,20 @@
-//! File output that never leaves a half-written file behind: write to a temporary sibling, then rename.
+//! Image files: which extensions count as images, decoding with errors that name the file,
+//! atomic PNG output, and loading a list of images at one square training size.
 
+use super::atomic::write_atomic;
 use crate::error::{Error, Result};
-use std::io::Write;
+use rayon::prelude::*;
 use std::path::Path;
 
-/// Writes `bytes` to `path` atomically (temp file in the same directory + rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::invalid(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
+/// File extensions read as images everywhere (datasets, training folders, generated pairs),
+/// compared case-insensitively.
+pub const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
+
+/// Whether the file name has one of the [`IMAGE_EXTENSIONS`] (the file itself is not opened).
+pub fn is_image_file(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
 /// Encodes an RGB8 image as PNG and writes it atomically.
@@ -87,29 +72,53 @@ pub fn save_png_grid(rows: &[&[image::RgbImage]], cols: usize, path: &Path) -> R
     save_png(path, &grid)
 }
 
+/// Loads an image file as RGB.
+pub fn load_rgb(path: &Path) -> Result<image::RgbImage> {
+    Ok(load_image(path)?.to_rgb8())
+}
+
+/// Loads a mask file as greyscale.
+pub fn load_mask(path: &Path) -> Result<image::GrayImage> {
+    Ok(load_image(path)?.to_luma8())
+}
+
+/// Loads every item with `load` (in parallel; the order of `items` is kept) and resizes each
+/// image to `side`×`side` with the bilinear (triangle) filter — how training and evaluation
+/// bring a dataset's images to one size.
+pub fn load_square<T: Sync>(
+    items: &[T],
+    side: u32,
+    load: impl Fn(&T) -> Result<image::RgbImage> + Sync,
+) -> Result<Vec<image::RgbImage>> {
+    items
+        .par_iter()
+        .map(|item| {
+            let img = load(item)?;
+            Ok(image::imageops::resize(
+                &img,
+                side,
+                side,
+                image::imageops::FilterType::Triangle,
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn atomic_write_replaces_and_leaves_no_temp() {
-        let dir = std::env::temp_dir().join(format!("anodiff-io-{}", std::process::id()));
-        let p = dir.join("a.txt");
-        write_atomic(&p, b"one").unwrap();
-        write_atomic(&p, b"two").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let leftovers: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-            .collect();
-        assert!(leftovers.is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
     fn missing_image_names_the_file() {
         let err = load_image(Path::new("/nonexistent/x.png")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/x.png"));
+    }
+
+    #[test]
+    fn extensions_match_case_insensitively() {
+        assert!(is_image_file(Path::new("a/b.PNG")));
+        assert!(is_image_file(Path::new("b.bmp")));
+        assert!(!is_image_file(Path::new("b.txt")));
+        assert!(!is_image_file(Path::new("png")));
     }
 }

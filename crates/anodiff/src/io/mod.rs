@@ -1,0 +1,9 @@
+//! Neutral file and format helpers that every layer may use: atomic writes, image files and their
+//! tensor form, JSON files and the building blocks of the HTML reports. Nothing here knows a model,
+//! a dataset layout or a training run.
+
+pub mod atomic;
+pub mod html;
+pub mod image;
+pub mod image_tensor;
+pub mod json;
