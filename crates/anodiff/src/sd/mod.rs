@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod clip;
+pub mod config_file;
 pub mod guidance;
 pub mod image;
 pub mod lora;
