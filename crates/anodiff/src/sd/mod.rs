@@ -7,6 +7,7 @@ pub mod config_file;
 pub mod guidance;
 pub mod image;
 pub mod lora;
+pub mod model_folder;
 pub mod noise;
 pub mod pipeline;
 pub mod pixel_norm;

@@ -4,8 +4,9 @@
 //! drawn, so a recorded PyTorch run can be replayed exactly.
 
 use super::attention::ForwardCtx;
-use super::clip::{ClipTextConfig, ClipTextModel};
+use super::clip::ClipTextModel;
 use super::guidance::{apply_cfg, uses_cfg};
+use super::model_folder::ModelParams;
 use super::noise::NoiseSource;
 use super::pixel_norm::PixelNorm;
 use super::presets::Preset;
@@ -13,7 +14,6 @@ use super::scheduler::{make_scheduler, Scheduler, SchedulerConfig, SchedulerKind
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
-use super::weights::{read_json, ModelDir};
 use crate::error::{Error, Result};
 use crate::nn::Params;
 use candle_core::{DType, Device, Tensor};
@@ -66,83 +66,41 @@ impl Default for SampleOptions {
 }
 
 impl StableDiffusion {
-    /// A model in a preset's shapes with fresh random weights (benchmarks, smoke runs, the start
-    /// of training from scratch) and the built-in CLIP vocabulary.
+    /// A model in a preset's shapes with fresh random weights (benchmarks, smoke runs) and the
+    /// built-in CLIP vocabulary.
     pub fn from_preset(p: &Preset, seed: u64, device: &Device) -> Result<Self> {
+        Ok(Self::from_preset_with_params(p, seed, device)?.0)
+    }
+
+    /// [`Self::from_preset`] and the fresh parameter stores its components were built from (all
+    /// weights trainable `Var`s): the start of training from scratch, and what
+    /// [`Self::save`](StableDiffusion::save) writes.
+    pub fn from_preset_with_params(
+        p: &Preset,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(Self, ModelParams)> {
         // One seed per component so changing one model's shape leaves the others' weights alone.
         let fresh = |k: u64| Params::fresh(seed.wrapping_mul(0x9E37_79B9).wrapping_add(k), device);
-        Ok(Self {
+        let params = ModelParams {
+            text_encoder: fresh(1),
+            unet: fresh(3),
+            vae: (!p.pixel_space).then(|| fresh(2)),
+        };
+        let sd = Self {
             tokenizer: ClipTokenizer::embedded()?,
-            text_encoder: ClipTextModel::new(&p.text, &fresh(1))?,
-            vae: if p.pixel_space {
-                None
-            } else {
-                Some(AutoencoderKL::new(&p.vae, &fresh(2))?)
+            text_encoder: ClipTextModel::new(&p.text, &params.text_encoder)?,
+            vae: match &params.vae {
+                Some(vp) => Some(AutoencoderKL::new(&p.vae, vp)?),
+                None => None,
             },
             pixel_norm: None,
-            unet: UNet2DConditionModel::new(&p.unet, &fresh(3))?,
+            unet: UNet2DConditionModel::new(&p.unet, &params.unet)?,
             scheduler_config: p.scheduler.clone(),
             default_scheduler: SchedulerKind::Pndm,
             device: device.clone(),
-        })
-    }
-
-    pub fn load(dir: &std::path::Path, device: &Device) -> Result<Self> {
-        let m = ModelDir::open(dir)?;
-        let tokenizer = ClipTokenizer::from_dir(&m.component("tokenizer")?.dir)?;
-        let text_encoder = ClipTextModel::load(&m.component("text_encoder")?, device)?;
-        let unet = UNet2DConditionModel::load(&m.component("unet")?, device)?;
-        // A folder without `vae/` whose UNet takes RGB is a pixel-space model (anodiff pretrain).
-        let vae = if !m.has_component("vae") && unet.in_channels() == 3 {
-            None
-        } else {
-            Some(AutoencoderKL::load(&m.component("vae")?, device)?)
         };
-        // Written by `anodiff pretrain` into model_index.json next to `anodiff_pixel_space`.
-        let pixel_norm = match (
-            &vae,
-            read_json::<serde_json::Value>(&m.root.join("model_index.json")),
-        ) {
-            (None, Ok(index)) => match index.get("anodiff_pixel_norm") {
-                Some(v) => Some(serde_json::from_value::<PixelNorm>(v.clone()).map_err(|e| {
-                    Error::config(
-                        m.root.join("model_index.json"),
-                        format!("anodiff_pixel_norm: {e}"),
-                    )
-                })?),
-                None => None,
-            },
-            _ => None,
-        };
-        let sched = m.component("scheduler")?;
-        let scheduler_config: SchedulerConfig = sched.json("scheduler_config.json")?;
-        let class: serde_json::Value = sched.json("scheduler_config.json")?;
-        let class = class.get("_class_name").and_then(|v| v.as_str());
-        // An unknown class still samples with the SD default (PNDM) unless the user picks one.
-        let default_scheduler = class
-            .and_then(SchedulerKind::from_class_name)
-            .unwrap_or(SchedulerKind::Pndm);
-        let te: &ClipTextConfig = text_encoder.config();
-        let cross = unet.config().cross_attention_dim.get(0);
-        if te.hidden_size != cross {
-            return Err(Error::config(
-                dir,
-                format!(
-                    "text encoder width {} does not match the UNet's cross_attention_dim {}",
-                    te.hidden_size, cross
-                ),
-            ));
-        }
-        Ok(Self {
-            tokenizer,
-            text_encoder,
-            vae,
-            pixel_norm,
-            unet,
-            scheduler_config,
-            default_scheduler,
-            device: device.clone(),
-        })
+        Ok((sd, params))
     }
 
     /// Factor between image and latent resolution (8 for SD, 1 in pixel space).
