@@ -265,86 +265,54 @@ impl SchedulerConfig {
     }
 }
 
-/// The keys each diffusers class writes (its constructor's arguments), besides `_class_name` and
-/// `_diffusers_version`.
+/// The keys every supported diffusers class writes.
+const COMMON_KEYS: [&str; 7] = [
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "prediction_type",
+    "steps_offset",
+];
+
+/// The keys the diffusers class of `kind` writes besides [`COMMON_KEYS`] (its other constructor
+/// arguments), not counting `_class_name` and `_diffusers_version`.
 fn class_keys(kind: SchedulerKind) -> &'static [&'static str] {
-    const COMMON: [&str; 5] = [
-        "num_train_timesteps",
-        "beta_start",
-        "beta_end",
-        "beta_schedule",
-        "trained_betas",
-    ];
-    const DDPM: [&str; 15] = [
-        COMMON[0],
-        COMMON[1],
-        COMMON[2],
-        COMMON[3],
-        COMMON[4],
-        "variance_type",
-        "clip_sample",
-        "prediction_type",
-        "thresholding",
-        "dynamic_thresholding_ratio",
-        "clip_sample_range",
-        "sample_max_value",
-        "timestep_spacing",
-        "steps_offset",
-        "rescale_betas_zero_snr",
-    ];
-    const DDIM: [&str; 15] = [
-        COMMON[0],
-        COMMON[1],
-        COMMON[2],
-        COMMON[3],
-        COMMON[4],
-        "clip_sample",
-        "set_alpha_to_one",
-        "steps_offset",
-        "prediction_type",
-        "thresholding",
-        "dynamic_thresholding_ratio",
-        "clip_sample_range",
-        "sample_max_value",
-        "timestep_spacing",
-        "rescale_betas_zero_snr",
-    ];
-    const PNDM: [&str; 10] = [
-        COMMON[0],
-        COMMON[1],
-        COMMON[2],
-        COMMON[3],
-        COMMON[4],
-        "skip_prk_steps",
-        "set_alpha_to_one",
-        "prediction_type",
-        "timestep_spacing",
-        "steps_offset",
-    ];
-    const EULER: [&str; 17] = [
-        COMMON[0],
-        COMMON[1],
-        COMMON[2],
-        COMMON[3],
-        COMMON[4],
-        "prediction_type",
-        "interpolation_type",
-        "use_karras_sigmas",
-        "use_exponential_sigmas",
-        "use_beta_sigmas",
-        "sigma_min",
-        "sigma_max",
-        "timestep_spacing",
-        "timestep_type",
-        "steps_offset",
-        "rescale_betas_zero_snr",
-        "final_sigmas_type",
-    ];
     match kind {
-        SchedulerKind::Ddpm => &DDPM,
-        SchedulerKind::Ddim => &DDIM,
-        SchedulerKind::Pndm => &PNDM,
-        SchedulerKind::Euler => &EULER,
+        SchedulerKind::Ddpm => &[
+            "variance_type",
+            "clip_sample",
+            "thresholding",
+            "dynamic_thresholding_ratio",
+            "clip_sample_range",
+            "sample_max_value",
+            "timestep_spacing",
+            "rescale_betas_zero_snr",
+        ],
+        SchedulerKind::Ddim => &[
+            "clip_sample",
+            "set_alpha_to_one",
+            "thresholding",
+            "dynamic_thresholding_ratio",
+            "clip_sample_range",
+            "sample_max_value",
+            "timestep_spacing",
+            "rescale_betas_zero_snr",
+        ],
+        SchedulerKind::Pndm => &["skip_prk_steps", "set_alpha_to_one", "timestep_spacing"],
+        SchedulerKind::Euler => &[
+            "interpolation_type",
+            "use_karras_sigmas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "sigma_min",
+            "sigma_max",
+            "timestep_spacing",
+            "timestep_type",
+            "rescale_betas_zero_snr",
+            "final_sigmas_type",
+        ],
     }
 }
 
@@ -357,11 +325,12 @@ impl ConfigFile for SchedulerConfig {
     /// config, and a plain diffusers config saves to exactly diffusers' keys.
     fn to_json(&self) -> Value {
         let kind = self.class_kind();
-        let keys = kind.map_or(&[][..], class_keys);
+        let is_class_key =
+            |k: &str| kind.is_some_and(|c| COMMON_KEYS.contains(&k) || class_keys(c).contains(&k));
         let defaults = config_object(&Self::class_defaults(kind));
         let mut out: serde_json::Map<String, Value> = config_object(self)
             .into_iter()
-            .filter(|(k, v)| keys.contains(&k.as_str()) || defaults.get(k) != Some(v))
+            .filter(|(k, v)| is_class_key(k) || defaults.get(k) != Some(v))
             .collect();
         if let Some(class) = &self.class_name {
             for (k, v) in diffusers_keys(class) {
@@ -498,7 +467,7 @@ mod tests {
                 panic!()
             };
             let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();
-            let mut want: Vec<&str> = class_keys(kind).to_vec();
+            let mut want: Vec<&str> = [&COMMON_KEYS[..], class_keys(kind)].concat();
             want.extend(["_class_name", "_diffusers_version"]);
             keys.sort();
             want.sort();

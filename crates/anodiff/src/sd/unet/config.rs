@@ -535,6 +535,10 @@ mod tests {
             serde_json::from_str(r#"{"addition_embed_type": "text_time"}"#).unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("addition_embed_type"), "{e}");
+        // diffusers builds a class embedding from num_class_embeds alone.
+        let c: UNetConfig = serde_json::from_str(r#"{"num_class_embeds": 10}"#).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("num_class_embeds"), "{e}");
         let c: UNetConfig = serde_json::from_str(r#"{"num_attention_heads": 8}"#).unwrap();
         assert!(c
             .validate()
