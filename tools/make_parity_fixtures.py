@@ -8,14 +8,14 @@ open_clip_torch 3.3.0, safetensors 0.7. Install into a virtualenv outside the re
     python3 -m venv /work/venv && /work/venv/bin/pip install torch==2.15.0 diffusers==0.42.1 \
         transformers==5.23.0 open-clip-torch==3.3.0 safetensors numpy
 Usage: /work/venv/bin/python tools/make_parity_fixtures.py [component ...]
-       components: tokenizer clip scheduler vae unet pipeline (default: all)
+       components: tokenizer clip scheduler vae unet pipeline config (default: all)
 The fixtures are only inputs of `cargo test`; nothing here is needed at run time or in CI.
 """
 import os
 import subprocess
 import sys
 
-ORDER = ["tokenizer", "clip", "scheduler", "vae", "unet", "pipeline"]
+ORDER = ["tokenizer", "clip", "scheduler", "vae", "unet", "pipeline", "config"]
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parity")
 
 

@@ -114,6 +114,33 @@ fn sd2_folder_pads_with_exclamation_mark() {
 }
 
 #[test]
+fn saved_tokenizers_load_back_identical() {
+    let c = cases();
+    // A folder with its own config files (SD-2 pads with "!"), and the built-in vocabulary.
+    let src = tokenizer_dir("sd2");
+    let sd2_out = temp_dir("saved_sd2");
+    ClipTokenizer::from_dir(&src)
+        .unwrap()
+        .save(&sd2_out)
+        .unwrap();
+    let back = ClipTokenizer::from_dir(&sd2_out).unwrap();
+    assert_eq!((back.pad_id(), back.max_length()), (0, 77));
+    assert_eq!(check(&back, &c["sd2_dir"], "saved sd2 folder"), 0);
+    assert_eq!(
+        check(&back, &c["random_sd2_dir"], "saved sd2 folder random"),
+        0
+    );
+    let out = temp_dir("saved_embedded");
+    ClipTokenizer::embedded().unwrap().save(&out).unwrap();
+    let back = ClipTokenizer::from_dir(&out).unwrap();
+    assert_eq!((back.pad_id(), back.max_length()), (49407, 77));
+    assert_eq!(check(&back, &c["files"], "saved embedded"), 0);
+    for dir in [src, sd2_out, out] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
 fn missing_vocab_names_the_file() {
     let dir = temp_dir("missing");
     std::fs::copy(fixture("merges.txt"), dir.join("merges.txt")).unwrap();

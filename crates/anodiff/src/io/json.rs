@@ -14,8 +14,10 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
 
 /// Writes `value` as pretty-printed JSON, atomically (see [`write_atomic`]).
 pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value)
+    let mut bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| Error::config(path, format!("cannot serialise as JSON: {e}")))?;
+    // A final newline, as Python's json tools and diffusers' save_config write.
+    bytes.push(b'\n');
     write_atomic(path, &bytes)
 }
 

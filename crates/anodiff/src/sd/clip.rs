@@ -9,12 +9,13 @@
 use crate::error::{Error, Result};
 use crate::nn::ops::{gelu, quick_gelu, softmax_last_dim};
 use crate::nn::{Init, LayerNorm, Linear, Params};
+use crate::sd::config_file::{config_json, ConfigFile, TRANSFORMERS_VERSION};
 use crate::sd::weights::Component;
 use candle_core::{DType, Device, Module, Tensor};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The activation inside each MLP block (`hidden_act`).
-#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ClipActivation {
     /// OpenAI CLIP (SD-1 ViT-L/14): x·σ(1.702x).
@@ -24,7 +25,10 @@ pub enum ClipActivation {
 }
 
 /// transformers' `CLIPTextConfig`; keys missing from `config.json` take transformers' defaults.
-#[derive(Deserialize, Clone, Debug)]
+/// Written ([`ConfigFile`]) with `architectures: ["CLIPTextModel"]` and `model_type`, as
+/// `CLIPTextModel.save_pretrained` does. Not kept: `dtype` / `torch_dtype` (the stored weights'
+/// precision; every dtype is read as f32) and the rest of a list-valued token id (see `first_id`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default)]
 pub struct ClipTextConfig {
     pub vocab_size: usize,
@@ -44,6 +48,12 @@ pub struct ClipTextConfig {
     pub eos_token_id: Option<u32>,
     #[serde(deserialize_with = "first_id")]
     pub pad_token_id: Option<u32>,
+    /// Training-time attention dropout; not applied by this implementation.
+    pub attention_dropout: f64,
+    /// Weight-initialisation scales of transformers' fresh models; not used for loaded weights.
+    pub initializer_range: f64,
+    /// See `initializer_range`.
+    pub initializer_factor: f64,
 }
 
 impl Default for ClipTextConfig {
@@ -61,6 +71,9 @@ impl Default for ClipTextConfig {
             bos_token_id: Some(49406),
             eos_token_id: Some(49407),
             pad_token_id: Some(1),
+            attention_dropout: 0.0,
+            initializer_range: 0.02,
+            initializer_factor: 1.0,
         }
     }
 }
@@ -95,6 +108,7 @@ impl ClipTextConfig {
         }
     }
 
+    /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads.max(1)
     }
@@ -125,6 +139,21 @@ impl ClipTextConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl ConfigFile for ClipTextConfig {
+    const FILE_NAME: &'static str = "config.json";
+
+    fn to_json(&self) -> serde_json::Value {
+        config_json(
+            self,
+            &[
+                ("architectures", serde_json::json!(["CLIPTextModel"])),
+                ("model_type", "clip_text_model".into()),
+                ("transformers_version", TRANSFORMERS_VERSION.into()),
+            ],
+        )
     }
 }
 
@@ -426,6 +455,28 @@ mod tests {
         };
         assert!(bad.validate().unwrap_err().contains("num_attention_heads"));
         assert!(serde_json::from_str::<ClipTextConfig>(r#"{"hidden_act":"relu"}"#).is_err());
+    }
+
+    #[test]
+    fn saved_config_loads_back_equal() {
+        let dir = std::env::temp_dir().join(format!("anodiff-clip-cfg-{}", std::process::id()));
+        let odd = ClipTextConfig {
+            projection_dim: None,
+            pad_token_id: None,
+            attention_dropout: 0.1,
+            ..ClipTextConfig::sd2()
+        };
+        for c in [ClipTextConfig::sd15(), ClipTextConfig::sd2(), odd] {
+            c.save_config(&dir).unwrap();
+            assert_eq!(ClipTextConfig::load_config(&dir).unwrap(), c);
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(v["architectures"], serde_json::json!(["CLIPTextModel"]));
+        assert_eq!(v["hidden_act"], "gelu");
+        assert!(v["projection_dim"].is_null());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -4,9 +4,12 @@
 
 pub mod attention;
 pub mod clip;
+pub mod config_file;
 pub mod denoise;
 pub mod guidance;
 pub mod lora;
+pub mod model_folder;
+pub mod model_params;
 pub mod model_source;
 pub mod noise;
 pub mod pipeline;

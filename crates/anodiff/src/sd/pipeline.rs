@@ -4,9 +4,10 @@
 //! including the order in which random tensors are drawn, then hand over to the shared loop
 //! [`super::denoise::denoise`]; a recorded PyTorch run therefore replays exactly.
 
-use super::clip::{ClipTextConfig, ClipTextModel};
+use super::clip::ClipTextModel;
 use super::denoise::{denoise, Conditioning, DenoiseOptions};
 use super::guidance::uses_cfg;
+use super::model_params::ModelParams;
 use super::noise::NoiseSource;
 use super::pixel_norm::PixelNorm;
 use super::presets::{fresh_params, Component, Preset};
@@ -14,9 +15,7 @@ use super::scheduler::{make_scheduler, Scheduler, SchedulerConfig, SchedulerKind
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
-use super::weights::ModelDir;
 use crate::error::{Error, Result};
-use crate::io::json::read_json;
 use candle_core::{DType, Device, Tensor};
 
 /// A complete diffusers model folder, loaded.
@@ -79,82 +78,40 @@ impl SampleOptions {
 }
 
 impl StableDiffusion {
-    /// A model in a preset's shapes with fresh random weights (benchmarks, smoke runs, the start
-    /// of training from scratch) and the built-in CLIP vocabulary.
+    /// A model in a preset's shapes with fresh random weights (benchmarks, smoke runs) and the
+    /// built-in CLIP vocabulary.
     pub fn from_preset(p: &Preset, seed: u64, device: &Device) -> Result<Self> {
+        Ok(Self::from_preset_with_params(p, seed, device)?.0)
+    }
+
+    /// [`Self::from_preset`] and the fresh parameter stores its components were built from (all
+    /// weights trainable `Var`s): the start of training from scratch, and what
+    /// [`Self::save`](StableDiffusion::save) writes.
+    pub fn from_preset_with_params(
+        p: &Preset,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(Self, ModelParams)> {
         let fresh = |c: Component| fresh_params(seed, c, device);
-        Ok(Self {
+        let params = ModelParams {
+            text_encoder: fresh(Component::TextEncoder),
+            unet: fresh(Component::Unet),
+            vae: (!p.pixel_space).then(|| fresh(Component::Vae)),
+        };
+        let sd = Self {
             tokenizer: ClipTokenizer::embedded()?,
-            text_encoder: ClipTextModel::new(&p.text, &fresh(Component::TextEncoder))?,
-            vae: if p.pixel_space {
-                None
-            } else {
-                Some(AutoencoderKL::new(&p.vae, &fresh(Component::Vae))?)
+            text_encoder: ClipTextModel::new(&p.text, &params.text_encoder)?,
+            vae: match &params.vae {
+                Some(vp) => Some(AutoencoderKL::new(&p.vae, vp)?),
+                None => None,
             },
             pixel_norm: None,
-            unet: UNet2DConditionModel::new(&p.unet, &fresh(Component::Unet))?,
+            unet: UNet2DConditionModel::new(&p.unet, &params.unet)?,
             scheduler_config: p.scheduler.clone(),
             default_scheduler: SchedulerKind::Pndm,
             device: device.clone(),
-        })
-    }
-
-    pub fn load(dir: &std::path::Path, device: &Device) -> Result<Self> {
-        let m = ModelDir::open(dir)?;
-        let tokenizer = ClipTokenizer::from_dir(&m.component("tokenizer")?.dir)?;
-        let text_encoder = ClipTextModel::load(&m.component("text_encoder")?, device)?;
-        let unet = UNet2DConditionModel::load(&m.component("unet")?, device)?;
-        // A folder without `vae/` whose UNet takes RGB is a pixel-space model (anodiff pretrain).
-        let vae = if !m.has_component("vae") && unet.in_channels() == 3 {
-            None
-        } else {
-            Some(AutoencoderKL::load(&m.component("vae")?, device)?)
         };
-        // Written by `anodiff pretrain` into model_index.json next to `anodiff_pixel_space`.
-        let pixel_norm = match (
-            &vae,
-            read_json::<serde_json::Value>(&m.root.join("model_index.json")),
-        ) {
-            (None, Ok(index)) => match index.get("anodiff_pixel_norm") {
-                Some(v) => Some(serde_json::from_value::<PixelNorm>(v.clone()).map_err(|e| {
-                    Error::config(
-                        m.root.join("model_index.json"),
-                        format!("anodiff_pixel_norm: {e}"),
-                    )
-                })?),
-                None => None,
-            },
-            _ => None,
-        };
-        let sched = m.component("scheduler")?;
-        let scheduler_config: SchedulerConfig = sched.json("scheduler_config.json")?;
-        let class: serde_json::Value = sched.json("scheduler_config.json")?;
-        let class = class.get("_class_name").and_then(|v| v.as_str());
-        // An unknown class still samples with the SD default (PNDM) unless the user picks one.
-        let default_scheduler = class
-            .and_then(SchedulerKind::from_class_name)
-            .unwrap_or(SchedulerKind::Pndm);
-        let te: &ClipTextConfig = text_encoder.config();
-        let cross = unet.config().cross_attention_dim.get(0);
-        if te.hidden_size != cross {
-            return Err(Error::config(
-                dir,
-                format!(
-                    "text encoder width {} does not match the UNet's cross_attention_dim {}",
-                    te.hidden_size, cross
-                ),
-            ));
-        }
-        Ok(Self {
-            tokenizer,
-            text_encoder,
-            vae,
-            pixel_norm,
-            unet,
-            scheduler_config,
-            default_scheduler,
-            device: device.clone(),
-        })
+        Ok((sd, params))
     }
 
     /// Factor between image and latent resolution: the VAE's own ([`VaeConfig::downscale_factor`],

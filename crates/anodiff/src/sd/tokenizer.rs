@@ -19,6 +19,7 @@ mod bpe;
 mod nfc;
 mod nfc_tables;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -94,6 +95,17 @@ pub struct ClipTokenizer {
     pad: u32,
     unk: Option<u32>,
     max_length: usize,
+    /// What it was built from, so [`ClipTokenizer::save`] writes an equivalent folder.
+    files: SourceFiles,
+}
+
+/// The texts a tokenizer was built from (the built-in vocabulary is borrowed, not copied).
+struct SourceFiles {
+    vocab: Cow<'static, str>,
+    merges: Cow<'static, str>,
+    /// `tokenizer_config.json` / `special_tokens_map.json` as read; `None`: not in the folder.
+    config: Option<Value>,
+    special_tokens_map: Option<Value>,
 }
 
 impl ClipTokenizer {
@@ -158,7 +170,9 @@ impl ClipTokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let cfg_path = dir.join("tokenizer_config.json");
         let map_path = dir.join("special_tokens_map.json");
-        let cfg = read_json_if_exists(&cfg_path)?.unwrap_or(Value::Null);
+        let cfg_file = read_json_if_exists(&cfg_path)?;
+        let map_file = read_json_if_exists(&map_path)?;
+        let cfg = cfg_file.clone().unwrap_or(Value::Null);
         let mut specials: Vec<(&str, SpecialToken)> = SPECIAL_KEYS
             .iter()
             .map(|&k| {
@@ -191,7 +205,7 @@ impl ClipTokenizer {
                     *tok = t.clone();
                 }
             }
-        } else if let Some(map) = read_json_if_exists(&map_path)? {
+        } else if let Some(map) = &map_file {
             for (key, tok) in specials.iter_mut() {
                 if let Some(t) = map.get(*key).and_then(SpecialToken::from_json) {
                     *tok = t;
@@ -211,7 +225,7 @@ impl ClipTokenizer {
                 DEFAULT_MAX_LENGTH
             }
         };
-        Self::build(
+        let mut tok = Self::build(
             &dir.join("vocab.json"),
             &dir.join("merges.txt"),
             None,
@@ -219,20 +233,54 @@ impl ClipTokenizer {
             &extra,
             max_length,
             &cfg_path,
-        )
+        )?;
+        tok.files.config = cfg_file;
+        tok.files.special_tokens_map = map_file;
+        Ok(tok)
+    }
+
+    /// Writes a diffusers `tokenizer/` folder that [`ClipTokenizer::from_dir`] (and transformers'
+    /// `CLIPTokenizer`) read back as this tokenizer: `vocab.json` and `merges.txt` as they were
+    /// read, the folder's own `tokenizer_config.json` / `special_tokens_map.json` when it was
+    /// loaded from one, else a `tokenizer_config.json` with the SD-1 settings
+    /// [`ClipTokenizer::from_files`] uses. Every file is written atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let write = |name: &str, text: &str| {
+            crate::io::atomic::write_atomic(&dir.join(name), text.as_bytes())
+        };
+        let json = |name: &str, v: &Value| crate::io::json::write_json(&dir.join(name), v);
+        write("vocab.json", &self.files.vocab)?;
+        write("merges.txt", &self.files.merges)?;
+        match &self.files.config {
+            Some(cfg) => json("tokenizer_config.json", cfg)?,
+            None => json(
+                "tokenizer_config.json",
+                &serde_json::json!({
+                    "tokenizer_class": "CLIPTokenizer",
+                    "model_max_length": self.max_length,
+                    "bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "unk_token": EOS,
+                }),
+            )?,
+        }
+        if let Some(map) = &self.files.special_tokens_map {
+            json("special_tokens_map.json", map)?;
+        }
+        Ok(())
     }
 
     fn build(
         vocab_path: &Path,
         merges_path: &Path,
-        texts: Option<(&str, &str)>,
+        texts: Option<(&'static str, &'static str)>,
         specials: Vec<(&str, SpecialToken)>,
         extra: &[(SpecialToken, u32)],
         max_length: usize,
         config_path: &Path,
     ) -> Result<Self> {
-        let vocab = read_vocab(vocab_path, texts.map(|t| t.0))?;
-        let merges = read_merges(merges_path, texts.map(|t| t.1), &vocab)?;
+        let vocab_text = read_text(vocab_path, texts.map(|t| t.0))?;
+        let merges_text = read_text(merges_path, texts.map(|t| t.1))?;
+        let vocab = read_vocab(vocab_path, &vocab_text)?;
+        let merges = read_merges(merges_path, &merges_text, &vocab)?;
 
         // content -> (id, normalized); later registrations override earlier ones.
         let mut registered: Vec<(String, u32, bool)> = Vec::new();
@@ -285,6 +333,12 @@ impl ClipTokenizer {
             pad: ids["pad_token"],
             unk: Some(ids["unk_token"]),
             max_length,
+            files: SourceFiles {
+                vocab: vocab_text,
+                merges: merges_text,
+                config: None,
+                special_tokens_map: None,
+            },
         })
     }
 
@@ -404,16 +458,18 @@ fn read_json_if_exists(path: &Path) -> Result<Option<Value>> {
 }
 
 /// The file's text, or the given built-in text (`path` then only names it in errors).
-fn read_text(path: &Path, builtin: Option<&str>) -> Result<String> {
+fn read_text(path: &Path, builtin: Option<&'static str>) -> Result<Cow<'static, str>> {
     match builtin {
-        Some(t) => Ok(t.to_owned()),
-        None => std::fs::read_to_string(path).map_err(|e| Error::io(path, e)),
+        Some(t) => Ok(Cow::Borrowed(t)),
+        None => std::fs::read_to_string(path)
+            .map(Cow::Owned)
+            .map_err(|e| Error::io(path, e)),
     }
 }
 
-fn read_vocab(path: &Path, builtin: Option<&str>) -> Result<HashMap<String, u32>> {
-    let text = read_text(path, builtin)?;
-    let vocab: HashMap<String, u32> = serde_json::from_str(&text)
+/// Parses `vocab.json`'s text (`path` names the file in errors).
+fn read_vocab(path: &Path, text: &str) -> Result<HashMap<String, u32>> {
+    let vocab: HashMap<String, u32> = serde_json::from_str(text)
         .map_err(|e| Error::config(path, format!("not a JSON object of token -> id: {e}")))?;
     if vocab.is_empty() {
         return Err(Error::config(path, "vocabulary is empty"));
@@ -422,8 +478,7 @@ fn read_vocab(path: &Path, builtin: Option<&str>) -> Result<HashMap<String, u32>
 }
 
 /// `#version` header lines are skipped; every other line is `left right`, ranked by order.
-fn read_merges(path: &Path, builtin: Option<&str>, vocab: &HashMap<String, u32>) -> Result<Merges> {
-    let text = read_text(path, builtin)?;
+fn read_merges(path: &Path, text: &str, vocab: &HashMap<String, u32>) -> Result<Merges> {
     let mut merges = Merges::new();
     let mut rank = 0u32;
     let lines: Vec<&str> = text.lines().collect();

@@ -2,38 +2,54 @@
 //! its own keys with its own defaults, so a key missing from the file takes the default of the class
 //! named by `_class_name` (SD-1.5's values when there is no class name). Unknown keys are ignored;
 //! known options anodiff does not implement are rejected by [`SchedulerConfig::validate`] instead of
-//! being silently ignored.
+//! being silently ignored. Saving ([`ConfigFile`]) writes every key of the named class, as
+//! diffusers does, plus any other field whose value the class default would not restore.
 
 use super::SchedulerKind;
 use crate::error::{Error, Result};
-use serde::Deserialize;
+use crate::sd::config_file::{config_object, diffusers_keys, ConfigFile};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+/// How betas are spaced over the training timesteps (`beta_schedule`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum BetaSchedule {
+    /// Evenly spaced betas.
     Linear,
+    /// Evenly spaced square roots of the betas (Stable Diffusion's).
     ScaledLinear,
+    /// The cosine ᾱ schedule (Nichol & Dhariwal), betas capped at 0.999.
     #[serde(rename = "squaredcos_cap_v2")]
     SquaredcosCapV2,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+/// What the UNet predicts (`prediction_type`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum PredictionType {
+    /// The added noise ε.
     Epsilon,
+    /// v = √ᾱ·ε − √(1−ᾱ)·x0.
     VPrediction,
+    /// The clean sample x0.
     Sample,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+/// How inference timesteps are picked from the training ones (`timestep_spacing`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum TimestepSpacing {
+    /// Multiples of the step ratio from 0, plus `steps_offset`.
     Leading,
+    /// Counted down from the last training timestep.
     Trailing,
+    /// Evenly spaced over [0, T−1], including both ends.
     Linspace,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// Every scheduler setting anodiff reads (field names are diffusers' keys).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(from = "RawConfig")]
 pub struct SchedulerConfig {
     pub num_train_timesteps: usize,
@@ -53,6 +69,10 @@ pub struct SchedulerConfig {
     pub variance_type: Option<String>,
     /// Dynamic thresholding (DDPM/DDIM): not implemented, rejected when true.
     pub thresholding: bool,
+    /// Dynamic-thresholding settings; only read when `thresholding` is on (rejected).
+    pub dynamic_thresholding_ratio: f64,
+    /// See `dynamic_thresholding_ratio`.
+    pub sample_max_value: f64,
     /// Zero-terminal-SNR rescaling: not implemented, rejected when true.
     pub rescale_betas_zero_snr: bool,
     /// Euler: how inference sigmas are taken from the training sigmas (`linear` only).
@@ -61,11 +81,16 @@ pub struct SchedulerConfig {
     pub use_karras_sigmas: bool,
     pub use_exponential_sigmas: bool,
     pub use_beta_sigmas: bool,
+    /// Euler: bounds of the Karras / exponential / beta spacings (unused: those are rejected).
+    pub sigma_min: Option<f64>,
+    /// See `sigma_min`.
+    pub sigma_max: Option<f64>,
     /// Euler: `discrete` only.
     pub timestep_type: String,
     /// Euler: the sigma after the last step, `zero` or `sigma_min`.
     pub final_sigmas_type: String,
     /// The diffusers class that wrote the file (`_class_name`), if any.
+    #[serde(skip)]
     pub class_name: Option<String>,
     /// anodiff sampling option, not a diffusers config key: DDIM's eta (0 = deterministic).
     pub eta: f64,
@@ -95,11 +120,15 @@ impl Default for SchedulerConfig {
             timestep_spacing: TimestepSpacing::Leading,
             variance_type: None,
             thresholding: false,
+            dynamic_thresholding_ratio: 0.995,
+            sample_max_value: 1.0,
             rescale_betas_zero_snr: false,
             interpolation_type: "linear".into(),
             use_karras_sigmas: false,
             use_exponential_sigmas: false,
             use_beta_sigmas: false,
+            sigma_min: None,
+            sigma_max: None,
             timestep_type: "discrete".into(),
             final_sigmas_type: "zero".into(),
             class_name: None,
@@ -236,6 +265,82 @@ impl SchedulerConfig {
     }
 }
 
+/// The keys every supported diffusers class writes.
+const COMMON_KEYS: [&str; 7] = [
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "beta_schedule",
+    "trained_betas",
+    "prediction_type",
+    "steps_offset",
+];
+
+/// The keys the diffusers class of `kind` writes besides [`COMMON_KEYS`] (its other constructor
+/// arguments), not counting `_class_name` and `_diffusers_version`.
+fn class_keys(kind: SchedulerKind) -> &'static [&'static str] {
+    match kind {
+        SchedulerKind::Ddpm => &[
+            "variance_type",
+            "clip_sample",
+            "thresholding",
+            "dynamic_thresholding_ratio",
+            "clip_sample_range",
+            "sample_max_value",
+            "timestep_spacing",
+            "rescale_betas_zero_snr",
+        ],
+        SchedulerKind::Ddim => &[
+            "clip_sample",
+            "set_alpha_to_one",
+            "thresholding",
+            "dynamic_thresholding_ratio",
+            "clip_sample_range",
+            "sample_max_value",
+            "timestep_spacing",
+            "rescale_betas_zero_snr",
+        ],
+        SchedulerKind::Pndm => &["skip_prk_steps", "set_alpha_to_one", "timestep_spacing"],
+        SchedulerKind::Euler => &[
+            "interpolation_type",
+            "use_karras_sigmas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "sigma_min",
+            "sigma_max",
+            "timestep_spacing",
+            "timestep_type",
+            "rescale_betas_zero_snr",
+            "final_sigmas_type",
+        ],
+    }
+}
+
+impl ConfigFile for SchedulerConfig {
+    const FILE_NAME: &'static str = "scheduler_config.json";
+
+    /// The class's keys (all of them, as diffusers writes), and any other field that differs from
+    /// the default the loader would fill in for it: anodiff's sampling options (`eta`, `s_churn`,
+    /// …) and keys of other classes, which diffusers ignores. So `load(save(c)) == c` for every
+    /// config, and a plain diffusers config saves to exactly diffusers' keys.
+    fn to_json(&self) -> Value {
+        let kind = self.class_kind();
+        let is_class_key =
+            |k: &str| kind.is_some_and(|c| COMMON_KEYS.contains(&k) || class_keys(c).contains(&k));
+        let defaults = config_object(&Self::class_defaults(kind));
+        let mut out: serde_json::Map<String, Value> = config_object(self)
+            .into_iter()
+            .filter(|(k, v)| is_class_key(k) || defaults.get(k) != Some(v))
+            .collect();
+        if let Some(class) = &self.class_name {
+            for (k, v) in diffusers_keys(class) {
+                out.insert(k.into(), v);
+            }
+        }
+        Value::Object(out)
+    }
+}
+
 /// The file as written: every key optional, so missing keys can take the class's default.
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -256,11 +361,15 @@ struct RawConfig {
     timestep_spacing: Option<TimestepSpacing>,
     variance_type: Option<String>,
     thresholding: Option<bool>,
+    dynamic_thresholding_ratio: Option<f64>,
+    sample_max_value: Option<f64>,
     rescale_betas_zero_snr: Option<bool>,
     interpolation_type: Option<String>,
     use_karras_sigmas: Option<bool>,
     use_exponential_sigmas: Option<bool>,
     use_beta_sigmas: Option<bool>,
+    sigma_min: Option<f64>,
+    sigma_max: Option<f64>,
     timestep_type: Option<String>,
     final_sigmas_type: Option<String>,
     eta: Option<f64>,
@@ -292,11 +401,17 @@ impl From<RawConfig> for SchedulerConfig {
             timestep_spacing: r.timestep_spacing.unwrap_or(d.timestep_spacing),
             variance_type: r.variance_type.or(d.variance_type),
             thresholding: r.thresholding.unwrap_or(d.thresholding),
+            dynamic_thresholding_ratio: r
+                .dynamic_thresholding_ratio
+                .unwrap_or(d.dynamic_thresholding_ratio),
+            sample_max_value: r.sample_max_value.unwrap_or(d.sample_max_value),
             rescale_betas_zero_snr: r.rescale_betas_zero_snr.unwrap_or(d.rescale_betas_zero_snr),
             interpolation_type: r.interpolation_type.unwrap_or(d.interpolation_type),
             use_karras_sigmas: r.use_karras_sigmas.unwrap_or(d.use_karras_sigmas),
             use_exponential_sigmas: r.use_exponential_sigmas.unwrap_or(d.use_exponential_sigmas),
             use_beta_sigmas: r.use_beta_sigmas.unwrap_or(d.use_beta_sigmas),
+            sigma_min: r.sigma_min.or(d.sigma_min),
+            sigma_max: r.sigma_max.or(d.sigma_max),
             timestep_type: r.timestep_type.unwrap_or(d.timestep_type),
             final_sigmas_type: r.final_sigmas_type.unwrap_or(d.final_sigmas_type),
             class_name: r.class_name,
@@ -312,6 +427,61 @@ impl From<RawConfig> for SchedulerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_config_loads_back_equal_and_writes_the_class_keys() {
+        let dir = std::env::temp_dir().join(format!("anodiff-sched-cfg-{}", std::process::id()));
+        let kinds = [
+            SchedulerKind::Ddpm,
+            SchedulerKind::Ddim,
+            SchedulerKind::Pndm,
+            SchedulerKind::Euler,
+        ];
+        for kind in kinds {
+            let class = Some(kind.class_name().to_string());
+            let plain = SchedulerConfig {
+                class_name: class.clone(),
+                ..SchedulerConfig::class_defaults(Some(kind))
+            };
+            // Non-default values of other classes' keys and of anodiff's sampling options.
+            let odd = SchedulerConfig {
+                class_name: class,
+                eta: 0.3,
+                s_tmax: 80.0,
+                use_karras_sigmas: true,
+                skip_prk_steps: false,
+                variance_type: Some("fixed_large".into()),
+                trained_betas: Some(vec![0.01, 0.02]),
+                num_train_timesteps: 2,
+                ..SchedulerConfig::default()
+            };
+            for c in [plain, odd, SchedulerConfig::default()] {
+                c.save_config(&dir).unwrap();
+                assert_eq!(SchedulerConfig::load_config(&dir).unwrap(), c, "{kind:?}");
+            }
+            let plain = SchedulerConfig {
+                class_name: Some(kind.class_name().into()),
+                ..SchedulerConfig::class_defaults(Some(kind))
+            };
+            let Value::Object(m) = plain.to_json() else {
+                panic!()
+            };
+            let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();
+            let mut want: Vec<&str> = [&COMMON_KEYS[..], class_keys(kind)].concat();
+            want.extend(["_class_name", "_diffusers_version"]);
+            keys.sort();
+            want.sort();
+            assert_eq!(keys, want, "{kind:?}");
+        }
+        // Without a class name only what differs from SD-1.5's defaults is written.
+        let v = SchedulerConfig {
+            beta_end: 0.02,
+            ..SchedulerConfig::default()
+        }
+        .to_json();
+        assert_eq!(v, serde_json::json!({"beta_end": 0.02}));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn missing_keys_take_the_writing_class_defaults() {

@@ -116,6 +116,16 @@ impl SchedulerKind {
             _ => None,
         }
     }
+
+    /// The diffusers class implementing this scheduler (`_class_name` in its config).
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Self::Ddpm => "DDPMScheduler",
+            Self::Ddim => "DDIMScheduler",
+            Self::Pndm => "PNDMScheduler",
+            Self::Euler => "EulerDiscreteScheduler",
+        }
+    }
 }
 
 impl std::str::FromStr for SchedulerKind {

@@ -1,15 +1,19 @@
-//! `unet/config.json` of a diffusers `UNet2DConditionModel`, restricted to what SD-1.x / SD-2.x use.
-//! Missing fields take diffusers' constructor defaults; options this implementation does not have
-//! are rejected by [`UNetConfig::validate`] instead of being silently ignored.
+//! `unet/config.json` of a diffusers `UNet2DConditionModel`: every key diffusers 0.42.1 writes is a
+//! field, so a config is read and written ([`ConfigFile`]) without loss. Missing fields take
+//! diffusers' constructor defaults; options this implementation does not have are rejected by
+//! [`UNetConfig::validate`] instead of being silently ignored.
 
 use crate::error::{Error, Result};
-use serde::Deserialize;
+use crate::sd::config_file::{config_json, diffusers_keys, ConfigFile};
+use serde::{Deserialize, Serialize};
 
 /// A config value that is either one value for every block or one value per down block.
-#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(untagged)]
 pub enum PerBlock<T> {
+    /// The same value for every block (written as a bare value).
     One(T),
+    /// One value per down block (written as a list).
     Many(Vec<T>),
 }
 
@@ -38,18 +42,23 @@ impl<T: Clone> PerBlock<T> {
 /// Down-path block kinds (`down_block_types`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DownKind {
+    /// `CrossAttnDownBlock2D`.
     CrossAttn,
+    /// `DownBlock2D`.
     Plain,
 }
 
 /// Up-path block kinds (`up_block_types`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpKind {
+    /// `CrossAttnUpBlock2D`.
     CrossAttn,
+    /// `UpBlock2D`.
     Plain,
 }
 
-#[derive(Deserialize, Clone, Debug)]
+/// The UNet's `config.json`, field for field (field names are diffusers' keys).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct UNetConfig {
     #[serde(default)]
     pub sample_size: Option<usize>,
@@ -104,8 +113,19 @@ pub struct UNetConfig {
     pub upcast_attention: bool,
     #[serde(default)]
     pub class_embed_type: Option<String>,
+    /// A class-label embedding (diffusers builds one even without `class_embed_type`): rejected.
+    #[serde(default)]
+    pub num_class_embeds: Option<usize>,
     #[serde(default)]
     pub addition_embed_type: Option<String>,
+    /// Only read by `addition_embed_type` = `text_time` / `text_image`, which are rejected.
+    #[serde(default)]
+    pub addition_time_embed_dim: Option<usize>,
+    #[serde(default = "d_sixty_four")]
+    pub addition_embed_type_num_heads: usize,
+    /// Only read by `class_embed_type` = `projection`, which is rejected.
+    #[serde(default)]
+    pub projection_class_embeddings_input_dim: Option<usize>,
     #[serde(default = "d_positional")]
     pub time_embedding_type: String,
     #[serde(default)]
@@ -118,6 +138,12 @@ pub struct UNetConfig {
     pub time_cond_proj_dim: Option<usize>,
     #[serde(default = "d_default")]
     pub resnet_time_scale_shift: String,
+    /// Only used by the `ResnetDownsampleBlock2D` / `SimpleCrossAttn*` blocks, which are rejected.
+    #[serde(default)]
+    pub resnet_skip_time_act: bool,
+    /// Only used by the same unsupported blocks as `resnet_skip_time_act`.
+    #[serde(default = "d_one_f")]
+    pub resnet_out_scale_factor: f64,
     #[serde(default = "d_three")]
     pub conv_in_kernel: usize,
     #[serde(default = "d_three")]
@@ -143,6 +169,9 @@ pub struct UNetConfig {
 
 fn d_four() -> usize {
     4
+}
+fn d_sixty_four() -> usize {
+    64
 }
 fn d_three() -> usize {
     3
@@ -252,6 +281,7 @@ impl UNetConfig {
         }
     }
 
+    /// Number of resolution levels (`block_out_channels.len()`).
     pub fn num_blocks(&self) -> usize {
         self.block_out_channels.len()
     }
@@ -282,6 +312,7 @@ impl UNetConfig {
         self.norm_num_groups.unwrap_or(32)
     }
 
+    /// `down_block_types` parsed; an unsupported type is an error naming it.
     pub fn down_kinds(&self) -> Result<Vec<DownKind>> {
         self.down_block_types
             .iter()
@@ -295,6 +326,7 @@ impl UNetConfig {
             .collect()
     }
 
+    /// `up_block_types` parsed; an unsupported type is an error naming it.
     pub fn up_kinds(&self) -> Result<Vec<UpKind>> {
         self.up_block_types
             .iter()
@@ -360,12 +392,13 @@ impl UNetConfig {
         if self.norm_num_groups.is_none() {
             return bad("norm_num_groups = null is not supported".into());
         }
-        let unsupported: [(&str, bool); 16] = [
+        let unsupported: [(&str, bool); 17] = [
             (
                 "act_fn (only silu)",
                 self.act_fn != "silu" && self.act_fn != "swish",
             ),
             ("class_embed_type", self.class_embed_type.is_some()),
+            ("num_class_embeds", self.num_class_embeds.is_some()),
             ("addition_embed_type", self.addition_embed_type.is_some()),
             (
                 "time_embedding_type (only positional)",
@@ -435,9 +468,44 @@ impl UNetConfig {
     }
 }
 
+impl ConfigFile for UNetConfig {
+    const FILE_NAME: &'static str = "config.json";
+
+    fn to_json(&self) -> serde_json::Value {
+        config_json(self, &diffusers_keys("UNet2DConditionModel"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_config_loads_back_equal() {
+        let dir = std::env::temp_dir().join(format!("anodiff-unet-cfg-{}", std::process::id()));
+        let custom = UNetConfig {
+            sample_size: None,
+            mid_block_type: None,
+            layers_per_block: PerBlock::Many(vec![1, 2]),
+            block_out_channels: vec![32, 64],
+            down_block_types: strings(&["CrossAttnDownBlock2D", "DownBlock2D"]),
+            up_block_types: strings(&["UpBlock2D", "CrossAttnUpBlock2D"]),
+            norm_eps: 1e-6,
+            freq_shift: 1.0,
+            dropout: 0.1,
+            ..UNetConfig::sd15()
+        };
+        for c in [UNetConfig::sd15(), UNetConfig::sd2_base(), custom] {
+            let path = c.save_config(&dir).unwrap();
+            assert!(path.ends_with("config.json"));
+            assert_eq!(UNetConfig::load_config(&dir).unwrap(), c);
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            assert_eq!(v["_class_name"], "UNet2DConditionModel");
+            assert!(v["num_attention_heads"].is_null() && v.get("_diffusers_version").is_some());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn presets_validate_and_head_lists_resolve() {
@@ -467,6 +535,10 @@ mod tests {
             serde_json::from_str(r#"{"addition_embed_type": "text_time"}"#).unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("addition_embed_type"), "{e}");
+        // diffusers builds a class embedding from num_class_embeds alone.
+        let c: UNetConfig = serde_json::from_str(r#"{"num_class_embeds": 10}"#).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("num_class_embeds"), "{e}");
         let c: UNetConfig = serde_json::from_str(r#"{"num_attention_heads": 8}"#).unwrap();
         assert!(c
             .validate()

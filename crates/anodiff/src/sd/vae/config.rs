@@ -1,17 +1,22 @@
-//! `vae/config.json` of a diffusers `AutoencoderKL`. Missing fields take diffusers' constructor
-//! defaults, so a sparse config means the same thing here as in diffusers.
+//! `vae/config.json` of a diffusers `AutoencoderKL`, read and written ([`ConfigFile`]) with every
+//! key diffusers 0.42.1 writes. Missing fields take diffusers' constructor defaults, so a sparse
+//! config means the same thing here as in diffusers.
 
-use serde::Deserialize;
+use crate::sd::config_file::{config_json, diffusers_keys, ConfigFile};
+use serde::{Deserialize, Serialize};
 
 /// `sample_size` is an int in SD configs but diffusers also accepts `[h, w]`.
-#[derive(Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(untagged)]
 pub enum SampleSize {
+    /// One side length.
     Square(usize),
+    /// `[height, width]`.
     Rect(Vec<usize>),
 }
 
-#[derive(Deserialize, Clone, Debug)]
+/// The VAE's `config.json`, field for field (field names are diffusers' keys).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct VaeConfig {
     #[serde(default = "three")]
     pub in_channels: usize,
@@ -47,6 +52,13 @@ pub struct VaeConfig {
     pub use_post_quant_conv: bool,
     #[serde(default = "yes")]
     pub mid_block_add_attention: bool,
+    /// Per-channel latent statistics that later pipelines (SDXL-era) read; Stable Diffusion 1/2
+    /// pipelines ignore them, and so does anodiff (kept so a config saves unchanged).
+    #[serde(default)]
+    pub latents_mean: Option<Vec<f64>>,
+    /// See `latents_mean`.
+    #[serde(default)]
+    pub latents_std: Option<Vec<f64>>,
 }
 
 fn one() -> usize {
@@ -83,7 +95,9 @@ fn default_scaling() -> f64 {
     0.18215
 }
 
+/// The only encoder block type (`down_block_types` entries).
 pub const DOWN_BLOCK: &str = "DownEncoderBlock2D";
+/// The only decoder block type (`up_block_types` entries).
 pub const UP_BLOCK: &str = "UpDecoderBlock2D";
 
 impl VaeConfig {
@@ -107,6 +121,8 @@ impl VaeConfig {
             use_quant_conv: true,
             use_post_quant_conv: true,
             mid_block_add_attention: true,
+            latents_mean: None,
+            latents_std: None,
         }
     }
 
@@ -158,5 +174,40 @@ impl VaeConfig {
             return Err("in_channels, out_channels and latent_channels must be positive".into());
         }
         Ok(())
+    }
+}
+
+impl ConfigFile for VaeConfig {
+    const FILE_NAME: &'static str = "config.json";
+
+    fn to_json(&self) -> serde_json::Value {
+        config_json(self, &diffusers_keys("AutoencoderKL"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_config_loads_back_equal() {
+        let dir = std::env::temp_dir().join(format!("anodiff-vae-cfg-{}", std::process::id()));
+        let odd = VaeConfig {
+            sample_size: SampleSize::Rect(vec![64, 96]),
+            shift_factor: Some(0.0609),
+            latents_mean: Some(vec![0.1, -0.2, 0.3, 0.0]),
+            use_quant_conv: false,
+            ..VaeConfig::sd15()
+        };
+        for c in [VaeConfig::sd15(), odd] {
+            c.save_config(&dir).unwrap();
+            assert_eq!(VaeConfig::load_config(&dir).unwrap(), c);
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(v["_class_name"], "AutoencoderKL");
+        assert_eq!(v["sample_size"], serde_json::json!([64, 96]));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
