@@ -24,6 +24,8 @@ pub enum Init {
     Normal {
         std: f64,
     },
+    /// Every element the same value (learnable gates and scales).
+    Constant(f64),
 }
 
 impl Init {
@@ -250,6 +252,7 @@ fn init_tensor(shape: &[usize], init: Init, seed: u64, device: &Device) -> Resul
     let t = match init {
         Init::Zeros => Tensor::zeros(shape, DType::F32, device)?,
         Init::Ones => Tensor::ones(shape, DType::F32, device)?,
+        Init::Constant(c) => (Tensor::ones(shape, DType::F32, device)? * c)?,
         Init::Uniform { bound } => {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let v: Vec<f32> = (0..n)
