@@ -7,12 +7,14 @@
 //! - [`config`]: the model settings (`dual_config.json`);
 //! - [`saim`]: the Self-Attention Interaction Module (output-stage processor);
 //! - [`bcm`]: the Background Compensation Module (reference pass + `kv_source` processor);
-//! - [`model`]: [`model::DualModel`], the LoRA sets + SAIM + BCM of one model, its files and passes.
+//! - [`model`]: [`model::DualModel`], the LoRA sets + SAIM + BCM of one model, its files and passes;
+//! - [`train`]: the two-branch noise-prediction loss on the shared Trainer.
 
 pub mod bcm;
 pub mod config;
 pub mod model;
 pub mod saim;
+pub mod train;
 
 pub use bcm::Fusion;
 pub use config::DualConfig;

@@ -58,6 +58,7 @@ pub const NAMES: &[&str] = &[
     "tiny",
     "tiny-pixel",
     "small",
+    "small64",
     "sd15",
     "sd15-inpaint",
     "sd2-base",
@@ -69,6 +70,7 @@ impl Preset {
             "tiny" => tiny(),
             "tiny-pixel" => tiny_pixel(),
             "small" => small(),
+            "small64" => small64(),
             "sd15" => sd15(),
             "sd15-inpaint" => Preset {
                 name: "sd15-inpaint",
@@ -272,6 +274,40 @@ fn small() -> Preset {
         scheduler: pixel_schedule(),
         pixel_space: true,
         ..t
+    }
+}
+
+/// `small`'s family at 64 px, the resolution of the CPU localisation benchmark: one more level
+/// in front (UNet 16/32/64/64) so the 64×64 and 32×32 levels stay cheap, attention only at 16×16
+/// and 8×8 (256 and 64 tokens). Measured on 2 shared cores: a LoRA training step at batch 12
+/// (DualAnoDiff's 4 pairs + 4 reference rows) costs about what `small` costs at 64 px divided by
+/// the figure in the preset's doc in BENCHMARKS.md; pixel space for the reasons given at [`small`].
+fn small64() -> Preset {
+    let s = small();
+    let unet = UNetConfig {
+        sample_size: Some(64),
+        block_out_channels: vec![16, 32, 64, 64],
+        down_block_types: vec![
+            "DownBlock2D".into(),
+            "DownBlock2D".into(),
+            "CrossAttnDownBlock2D".into(),
+            "CrossAttnDownBlock2D".into(),
+        ],
+        up_block_types: vec![
+            "CrossAttnUpBlock2D".into(),
+            "CrossAttnUpBlock2D".into(),
+            "UpBlock2D".into(),
+            "UpBlock2D".into(),
+        ],
+        ..s.unet
+    };
+    Preset {
+        name: "small64",
+        description:
+            "CPU training from scratch at 64 px: pixel space, UNet 16/32/64/64, 2-layer CLIP width 64",
+        resolution: 64,
+        unet,
+        ..s
     }
 }
 

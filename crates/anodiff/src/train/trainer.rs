@@ -393,9 +393,19 @@ impl Trainer {
 
     /// Trains until `steps` updates are done, checkpointing every `checkpoint_every` updates and
     /// at the end. Returns the figures of the updates run by this call.
-    pub fn run<F>(&mut self, mut loss_fn: F) -> Result<Vec<StepStats>>
+    pub fn run<F>(&mut self, loss_fn: F) -> Result<Vec<StepStats>>
     where
         F: FnMut(&Batch) -> Result<Tensor>,
+    {
+        self.run_with(loss_fn, |_| Ok(()))
+    }
+
+    /// Like [`Trainer::run`], calling `after_step(step)` after every update (and its checkpoint):
+    /// sample grids, validation. An error stops the run.
+    pub fn run_with<F, H>(&mut self, mut loss_fn: F, mut after_step: H) -> Result<Vec<StepStats>>
+    where
+        F: FnMut(&Batch) -> Result<Tensor>,
+        H: FnMut(usize) -> Result<()>,
     {
         let mut out = Vec::with_capacity(self.cfg.steps.saturating_sub(self.step));
         let mut saved_at = None;
@@ -406,6 +416,7 @@ impl Trainer {
                 self.save_checkpoint()?;
                 saved_at = Some(self.step);
             }
+            after_step(self.step)?;
         }
         if saved_at != Some(self.step) && !out.is_empty() {
             self.save_checkpoint()?;

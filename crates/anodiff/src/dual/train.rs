@@ -1,0 +1,174 @@
+//! DualAnoDiff training (METHODS.md A.2–A.5) on the shared [`Trainer`]: per micro-batch, pairs
+//! (whole image, anomaly part) are encoded, interleaved `[whole_0, part_0, whole_1, part_1, …]`,
+//! noised with one timestep per pair and independent noise per row, and the noise-prediction MSE
+//! is taken over both branches with equal weight. With BCM, each pair's background image is
+//! noised to the pair's timestep (independent noise) and run through the reference pass first.
+//!
+//! The trainable variables are the two UNet LoRA sets, the text-encoder LoRA (the prompts are
+//! re-encoded every step, so its gradient flows), SAIM and BCM; the base model stays frozen.
+
+use super::model::{DualModel, ReferenceInput, PART, WHOLE};
+use crate::error::{Error, Result};
+use crate::nn::params::gaussian;
+use crate::sd::pipeline::StableDiffusion;
+use crate::sd::scheduler::NoiseSchedule;
+use crate::train::trainer::{Batch, StepStats, Trainer};
+use candle_core::{DType, Device, Tensor};
+use rand::Rng;
+
+/// Tensors of one batch of `n` training pairs, all `[n, 3, H, W]` in [-1, 1] (mask `[n, 1, H, W]`
+/// in {0, 1}), augmented identically.
+pub struct PairBatch {
+    /// The defect images `I`.
+    pub whole: Tensor,
+    /// The anomaly parts `I ⊙ M` (0 = mid-grey outside the defect).
+    pub part: Tensor,
+    /// The defect masks `M`.
+    pub mask: Tensor,
+    /// The background images `(1 − M_f) ⊙ I` (BCM's reference).
+    pub background: Tensor,
+}
+
+/// Where training pairs come from (the pair dataset; tests use synthetic ones).
+pub trait PairBatches {
+    /// Number of distinct training pairs.
+    fn len(&self) -> usize;
+    /// True when there is no pair.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The pairs `indices`, augmented with draws that depend only on `seed`.
+    fn batch(&self, indices: &[usize], seed: u64, device: &Device) -> Result<PairBatch>;
+}
+
+/// The per-step inputs of a training loss, built from a [`PairBatch`]; exposed so tests and
+/// benchmarks run exactly the training computation.
+pub struct DualLoss<'a> {
+    sd: &'a StableDiffusion,
+    model: &'a DualModel,
+    schedule: NoiseSchedule,
+    whole_ids: Tensor,
+    part_ids: Tensor,
+}
+
+impl<'a> DualLoss<'a> {
+    /// Binds the loss to a base model and its dual additions (installed by the caller).
+    pub fn new(sd: &'a StableDiffusion, model: &'a DualModel) -> Result<Self> {
+        let ids = |p: &str| -> Result<Tensor> {
+            Ok(Tensor::new(sd.tokenizer.encode(p).as_slice(), &sd.device)?.unsqueeze(0)?)
+        };
+        Ok(Self {
+            schedule: NoiseSchedule::new(&sd.scheduler_config)?,
+            whole_ids: ids(&model.config.whole_prompt)?,
+            part_ids: ids(&model.config.part_prompt)?,
+            sd,
+            model,
+        })
+    }
+
+    /// The noise-prediction MSE over both branches of `batch`, random draws from `rng`: main-row
+    /// noise, then one timestep per pair, then the reference noise.
+    pub fn loss(&self, batch: &PairBatch, rng: &mut impl Rng) -> Result<Tensor> {
+        let n = batch.whole.dim(0)?;
+        let sd = self.sd;
+        let whole = sd.encode_mean(&batch.whole)?;
+        let part = sd.encode_mean(&batch.part)?;
+        let x0 = interleave(&whole, &part)?;
+        let noise = randn_like(&x0, rng)?;
+        let t_pairs: Vec<usize> = (0..n)
+            .map(|_| rng.random_range(0..self.schedule.num_train_timesteps()))
+            .collect();
+        let t_rows: Vec<usize> = t_pairs.iter().flat_map(|&t| [t, t]).collect();
+        let noisy = self.schedule.add_noise(&x0, &noise, &t_rows)?;
+        let target = self.schedule.training_target(
+            sd.scheduler_config.prediction_type,
+            &x0,
+            &noise,
+            &t_rows,
+        )?;
+        // Prompts are encoded every step: the text-encoder LoRA is trained.
+        let emb = sd
+            .text_encoder
+            .forward(&Tensor::cat(&[&self.whole_ids, &self.part_ids], 0)?)?
+            .last_hidden_state;
+        let rows: Vec<u32> = (0..2 * n).map(|i| (i % 2) as u32).collect();
+        let emb_rows = emb.index_select(&Tensor::new(rows.as_slice(), &sd.device)?, 0)?;
+        let branch: Vec<usize> = (0..n).flat_map(|_| [WHOLE, PART]).collect();
+        let tt = timesteps(&t_rows, &sd.device)?;
+        let reference = if self.model.config.bcm {
+            let bg = sd.encode_mean(&batch.background)?;
+            let ref_noise = randn_like(&bg, rng)?;
+            let ref_noisy = self.schedule.add_noise(&bg, &ref_noise, &t_pairs)?;
+            let ref_emb = emb.get(0)?.unsqueeze(0)?.repeat((n, 1, 1))?;
+            Some((ref_noisy, timesteps(&t_pairs, &sd.device)?, ref_emb))
+        } else {
+            None
+        };
+        let pred = self.model.forward(
+            &sd.unet,
+            &noisy,
+            &tt,
+            &emb_rows,
+            &branch,
+            reference.as_ref().map(|(s, t, e)| ReferenceInput {
+                sample: s,
+                timesteps: t,
+                embeddings: e,
+            }),
+        )?;
+        Ok((pred.to_dtype(DType::F32)? - target)?.sqr()?.mean_all()?)
+    }
+}
+
+/// `[n, …]` and `[n, …]` → `[2n, …]` with rows `a_0, b_0, a_1, b_1, …`.
+pub fn interleave(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dims() != b.dims() {
+        return Err(Error::invalid(format!(
+            "interleave: shapes {:?} and {:?} differ",
+            a.dims(),
+            b.dims()
+        )));
+    }
+    let mut dims = a.dims().to_vec();
+    dims[0] *= 2;
+    Ok(Tensor::stack(&[a, b], 1)?.reshape(dims)?)
+}
+
+fn timesteps(t: &[usize], device: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = t.iter().map(|&x| x as f32).collect();
+    Ok(Tensor::from_vec(v, t.len(), device)?)
+}
+
+fn randn_like(x: &Tensor, rng: &mut impl Rng) -> Result<Tensor> {
+    let v: Vec<f32> = (0..x.elem_count()).map(|_| gaussian(rng) as f32).collect();
+    Ok(Tensor::from_vec(v, x.dims(), x.device())?)
+}
+
+/// Runs `trainer` over `data` with the dual loss (`model` must be installed on `sd`), calling
+/// `after_step(step)` after every update.
+pub fn run_dual_training(
+    sd: &StableDiffusion,
+    model: &DualModel,
+    data: &dyn PairBatches,
+    trainer: &mut Trainer,
+    after_step: impl FnMut(usize) -> Result<()>,
+) -> Result<Vec<StepStats>> {
+    if data.is_empty() {
+        return Err(Error::invalid("DualAnoDiff training: no training pairs"));
+    }
+    let loss = DualLoss::new(sd, model)?;
+    model.set_training(true);
+    let out = trainer.run_with(
+        |b: &Batch| {
+            // Augmentation and noise use separate streams derived from the micro-batch seed.
+            let batch = data.batch(&b.indices, b.seed ^ AUGMENT_STREAM, &sd.device)?;
+            loss.loss(&batch, &mut b.rng())
+        },
+        after_step,
+    );
+    model.set_training(false);
+    out
+}
+
+/// Distinguishes the augmentation stream from the noise stream of the same micro-batch.
+const AUGMENT_STREAM: u64 = 0xA076_1D64_78BD_642F;
