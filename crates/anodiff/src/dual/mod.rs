@@ -8,12 +8,14 @@
 //! - [`saim`]: the Self-Attention Interaction Module (output-stage processor);
 //! - [`bcm`]: the Background Compensation Module (reference pass + `kv_source` processor);
 //! - [`model`]: [`model::DualModel`], the LoRA sets + SAIM + BCM of one model, its files and passes;
+//! - [`sample`]: pairs through the public denoising loop, BCM reference pass in its step hook;
 //! - [`train`]: the two-branch noise-prediction loss on the shared Trainer.
 
 pub mod bcm;
 pub mod config;
 pub mod model;
 pub mod saim;
+pub mod sample;
 pub mod train;
 
 pub use bcm::Fusion;
