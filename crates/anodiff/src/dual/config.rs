@@ -3,6 +3,7 @@
 
 use super::bcm::Fusion;
 use crate::error::{Error, Result};
+use crate::io::json::{read_json, write_json};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -65,15 +66,12 @@ impl DualConfig {
 
     /// Writes `dir/dual_config.json` atomically.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let s = serde_json::to_string_pretty(self).map_err(|e| Error::invalid(e.to_string()))?;
-        crate::io::write_atomic(&dir.join(CONFIG_FILE), s.as_bytes())
+        write_json(&dir.join(CONFIG_FILE), self)
     }
 
     /// Reads `dir/dual_config.json`.
     pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join(CONFIG_FILE);
-        let s = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let c: Self = serde_json::from_str(&s).map_err(|e| Error::config(&path, e.to_string()))?;
+        let c: Self = read_json(&dir.join(CONFIG_FILE))?;
         c.validate()?;
         Ok(c)
     }
