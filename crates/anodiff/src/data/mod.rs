@@ -1,8 +1,10 @@
 //! Datasets: the MVTec-layout reader, the few-shot split, shared augmentation, a procedural
-//! synthetic defect dataset, and plain image folders for training.
+//! synthetic defect dataset, plain image folders for training, and foreground (object) masks.
 
 pub mod augment;
 pub mod folder;
+pub mod foreground;
+pub mod mask_ops;
 pub mod mvtec;
 pub mod split;
 pub mod synth;
