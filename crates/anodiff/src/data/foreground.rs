@@ -60,11 +60,11 @@
 //!
 //! [`ForegroundSpec`] parses the one-flag form (`classical` | `dir:PATH`) command lines take.
 
+use super::mask_folder::MaskFolder;
 use super::mask_ops::{BinaryMask, Connectivity, ScalarMap};
 use crate::error::{Error, Result};
 use image::imageops::{self, FilterType};
 use image::{GrayImage, Rgb, RgbImage};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Estimates which pixels of an image belong to the inspected object.
@@ -531,66 +531,23 @@ impl ForegroundEstimator for ClassicalForeground {
 }
 
 /// Masks supplied by the user: `DIR/<stem>.png` or `DIR/<stem>_mask.png` for an image
-/// `<stem>.<ext>`, binarised at half intensity, the size of the image.
+/// `<stem>.<ext>`, binarised at half intensity, the size of the image (see [`MaskFolder`]).
 #[derive(Debug, Clone)]
 pub struct FolderForeground {
-    dir: PathBuf,
-    /// File name (with extension) → path, for the `.png` files of the folder.
-    files: BTreeMap<String, PathBuf>,
+    masks: MaskFolder,
 }
 
 impl FolderForeground {
     /// Indexes the `.png` files of `dir` (an error names a missing or unreadable folder).
     pub fn open(dir: &Path) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(Error::invalid(format!(
-                "foreground masks: folder {} not found",
-                dir.display()
-            )));
-        }
-        let mut files = BTreeMap::new();
-        for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-            let p = e.map_err(|e| Error::io(dir, e))?.path();
-            let is_png = p
-                .extension()
-                .is_some_and(|x| x.to_string_lossy().eq_ignore_ascii_case("png"));
-            if p.is_file() && is_png {
-                if let Some(name) = p.file_name() {
-                    files.insert(name.to_string_lossy().into_owned(), p.clone());
-                }
-            }
-        }
         Ok(Self {
-            dir: dir.to_path_buf(),
-            files,
+            masks: MaskFolder::open(dir, "foreground mask")?,
         })
     }
 
     /// The folder the masks come from.
     pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The mask file for an image with file stem `stem`. Both naming forms present is an error
-    /// (which one is meant would be a guess); neither is `Ok(None)`.
-    pub fn mask_path(&self, stem: &str) -> Result<Option<&Path>> {
-        let find = |name: String| {
-            self.files
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(&name))
-                .map(|(_, p)| p.as_path())
-        };
-        match (
-            find(format!("{stem}.png")),
-            find(format!("{stem}_mask.png")),
-        ) {
-            (Some(a), Some(b)) => Err(Error::invalid(format!(
-                "foreground masks: both {} and {} exist for image `{stem}`; keep one",
-                a.display(),
-                b.display()
-            ))),
-            (a, b) => Ok(a.or(b)),
-        }
+        self.masks.dir()
     }
 }
 
@@ -600,43 +557,14 @@ impl ForegroundEstimator for FolderForeground {
             Error::invalid(format!(
                 "foreground masks from {}: masks are matched by the image's file name, but this \
                  image has none",
-                self.dir.display()
+                self.dir().display()
             ))
         })?;
-        let stem = src
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let path = self.mask_path(&stem)?.ok_or_else(|| Error::Image {
-            path: src.to_path_buf(),
-            msg: format!(
-                "no foreground mask for this image (looked for {} and {})",
-                self.dir.join(format!("{stem}.png")).display(),
-                self.dir.join(format!("{stem}_mask.png")).display()
-            ),
-        })?;
-        let mut m = crate::io::load_image(path)?.to_luma8();
-        if m.dimensions() != image.dimensions() {
-            return Err(Error::Image {
-                path: path.to_path_buf(),
-                msg: format!(
-                    "foreground mask is {}x{} but image {} is {}x{}",
-                    m.width(),
-                    m.height(),
-                    src.display(),
-                    image.width(),
-                    image.height()
-                ),
-            });
-        }
-        for v in m.iter_mut() {
-            *v = if *v >= 128 { 255 } else { 0 };
-        }
-        Ok(m)
+        self.masks.load(src, image.dimensions())
     }
 
     fn describe(&self) -> String {
-        format!("masks from {}", self.dir.display())
+        format!("masks from {}", self.dir().display())
     }
 }
 
