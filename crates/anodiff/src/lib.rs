@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod dual;
 pub mod error;
 pub mod eval;
 pub mod io;
