@@ -4,6 +4,8 @@
 //! read off.
 //!
 //! - [`pairs`]: the training data — real defects of one type, their masks and foreground masks,
-//!   augmented into whole / part / mask / background tensors.
+//!   augmented into whole / part / mask / background tensors;
+//! - [`mask`]: masks from generated part images, and automatic rejection of failed pairs.
 
+pub mod mask;
 pub mod pairs;
