@@ -379,6 +379,10 @@ fn vanishing_defects_are_dropped_or_refused() {
     let only = PairSet::from_examples("t", vec![ex("pit.png", 1)]).unwrap();
     let e = PairSampler::new(&only, opts).unwrap_err().to_string();
     assert!(e.contains("vanishes"), "{e}");
+    let e = PairSet::from_examples("t", vec![ex("none.png", 0)])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("none.png") && e.contains("empty"), "{e}");
     // DefectCrop at native scale keeps it.
     assert_eq!(
         PairSampler::new(&only, PairOptions::default())

@@ -24,14 +24,12 @@ pub enum Which {
 
 #[derive(clap::Args, Debug)]
 #[command(
-    long_about = "Preview a foreground (object) mask estimator on an MVTec-layout dataset.\n\n\
-                  Writes one PNG with a row per image: the image | the estimated foreground mask \
-                  (white = object) | the background image, i.e. the image with the foreground \
-                  blacked out, which is what DualAnoDiff's background compensation module sees. \
-                  Images are picked evenly spaced over the sorted list of the chosen split. For \
-                  each row the command prints the foreground share and, for the classical method, \
-                  why it fell back to the whole image (e.g. a texture, whose border is no \
-                  background).\n\n\
+    after_help = "Each row: the image | its estimated foreground mask (white = object) | the background \
+                  image, i.e. the image with the foreground blacked out, which is what DualAnoDiff's \
+                  background compensation sees. Images are picked evenly over the sorted list of the \
+                  chosen split. Per row the command prints the foreground share and, for the \
+                  classical method, the candidate background regions or why it fell back to the \
+                  whole image (e.g. a texture or a frame-filling crop has no distinct background).\n\n\
                   Example: anodiff foreground --dataset ../shared/data/mtd --split test --n 12 \
                   --out runs/foreground/mtd.png"
 )]
@@ -45,8 +43,8 @@ pub struct Args {
     /// Number of rows (images).
     #[arg(long, default_value_t = 12)]
     pub n: usize,
-    /// Foreground estimator: `classical` (weight-free, background modelled from the image
-    /// border) or `dir:PATH` (your masks: PATH/<stem>.png or PATH/<stem>_mask.png per image).
+    /// Foreground estimator: `classical` (weight-free: border vs centre colours, checked by
+    /// edges) or `dir:PATH` (your masks: PATH/<stem>.png or PATH/<stem>_mask.png per image).
     #[arg(long, default_value = "classical")]
     pub method: String,
     /// Height of each panel in pixels (its width follows the images' median aspect ratio).

@@ -222,7 +222,8 @@ impl std::fmt::Display for Reason {
                 outside_mean_distance,
             } => write!(
                 f,
-                "part image not grey outside the mask (mean distance {outside_mean_distance:.1} levels)"
+                "part image not grey outside the mask (mean distance \
+                 {outside_mean_distance:.1} levels)"
             ),
         }
     }

@@ -166,7 +166,8 @@ impl PairSet {
         Self::assemble(name, files.into_iter(), loaded, foreground)
     }
 
-    /// A set from examples already in memory (masks are re-binarised at half, sizes checked).
+    /// A set from examples already in memory (masks are re-binarised at half; sizes checked; an
+    /// empty defect mask is an error naming the example).
     pub fn from_examples(name: &str, examples: Vec<PairExample>) -> Result<Self> {
         let mut out = Vec::with_capacity(examples.len());
         for mut e in examples {
@@ -185,6 +186,12 @@ impl PairSet {
             }
             binarise(&mut e.mask);
             binarise(&mut e.foreground);
+            if e.mask.iter().all(|&v| v == 0) {
+                return Err(Error::Image {
+                    path: e.source.clone(),
+                    msg: "the defect mask is empty".into(),
+                });
+            }
             out.push(e);
         }
         if out.is_empty() {
@@ -222,7 +229,8 @@ impl PairSet {
         }
         if examples.is_empty() {
             return Err(Error::invalid(format!(
-                "{name}: every training defect has an empty mask ({} image(s)); nothing to learn from",
+                "{name}: every training defect has an empty mask ({} image(s)); nothing to \
+                 learn from",
                 report.empty_masks.len()
             )));
         }
@@ -339,7 +347,7 @@ pub enum Sampling {
         margin: u32,
     },
     /// The image scaled by `scale` (1 = native; raised when needed so the image covers
-    /// `size`² ), then a `size`² window at a random position among those that contain the
+    /// `size`²), then a `size`² window at a random position among those that contain the
     /// defect's bounding box — or, when the box is larger than the window along an axis, a
     /// randomly chosen defect pixel.
     DefectCrop {
