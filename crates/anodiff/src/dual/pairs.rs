@@ -14,8 +14,8 @@
 //!   mid-grey;
 //! - mask `M`, `[n, 1, H, W]`, in {0, 1};
 //! - background `(1 − M_f) ⊙ I`, `[n, 3, H, W]`: here "blacked out" means black pixels, -1 in
-//!   [-1, 1] space (not 0, which would be grey), so the reference shows the object as a black
-//!   hole the way the salient-object-masked reference images of the original look.
+//!   [-1, 1] space (not 0, which would be grey): METHODS.md A.5's "foreground blacked out"
+//!   taken literally, so the reference never confuses the object's place with a grey surface.
 //!
 //! [`interleave`] makes the `[whole_0, part_0, whole_1, part_1, …]` rows of the two-branch UNet.
 //!
