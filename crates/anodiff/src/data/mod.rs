@@ -1,8 +1,12 @@
 //! Datasets: the MVTec-layout reader, the few-shot split, shared augmentation, a procedural
-//! synthetic defect dataset, and plain image folders for training.
+//! synthetic defect dataset, plain image folders for training, foreground (object) masks, and
+//! mask folders matched by image name.
 
 pub mod augment;
 pub mod folder;
+pub mod foreground;
+pub mod mask_folder;
+pub mod mask_ops;
 pub mod mvtec;
 pub mod split;
 pub mod subsample;
