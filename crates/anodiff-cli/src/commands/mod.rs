@@ -4,6 +4,8 @@ pub mod bench;
 pub mod bench_localisation;
 pub mod dataset_check;
 pub mod demo;
+pub mod dual_generate;
+pub mod dual_train;
 pub mod eval;
 pub mod foreground;
 pub mod inpaint;

@@ -13,13 +13,17 @@
 //! - [`model`]: [`model::DualModel`], the LoRA sets + SAIM + BCM of one model, its files and passes;
 //! - [`train`]: the two-branch noise-prediction loss on the shared Trainer;
 //! - [`sample`]: pairs through the public denoising loop, BCM reference pass in its step hook;
-//! - [`mask`]: masks from generated part images, and automatic rejection of failed pairs.
+//! - [`mask`]: masks from generated part images, and automatic rejection of failed pairs;
+//! - [`run`]: the `dual-train` job (run folder, sample grids, resume);
+//! - [`generate`]: the `dual-generate` job (references, shards, masks, rejection, manifest).
 
 pub mod bcm;
 pub mod config;
+pub mod generate;
 pub mod mask;
 pub mod model;
 pub mod pairs;
+pub mod run;
 pub mod saim;
 pub mod sample;
 pub mod train;

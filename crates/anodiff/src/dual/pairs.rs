@@ -336,7 +336,8 @@ fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The geometry of a training sample.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
 pub enum Sampling {
     /// The whole image squashed to `(size + margin)`², then a random `size`² crop (no crop when
     /// `margin` is 0). Defects a few pixels wide at native scale may vanish: prefer `DefectCrop`.
@@ -368,7 +369,7 @@ impl Sampling {
 }
 
 /// How samples are drawn.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PairOptions {
     /// Geometry.
     pub sampling: Sampling,

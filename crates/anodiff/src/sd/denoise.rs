@@ -245,7 +245,11 @@ pub fn denoise(
         } else {
             None
         };
-        latents = sched.step(&pred, t, &latents, step_noise.as_ref())?;
+        // Sampling never back-propagates: without the detach, trainable weights (LoRA, SAIM, …)
+        // would keep every step's activations alive through the autograd graph (gigabytes).
+        latents = sched
+            .step(&pred, t, &latents, step_noise.as_ref())?
+            .detach();
         if let Some(progress) = o.progress.as_mut() {
             progress(i + 1, total);
         }

@@ -97,7 +97,8 @@ pub trait Scheduler: Send {
 }
 
 /// The schedulers anodiff ships, by the names used on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SchedulerKind {
     Ddpm,
     Ddim,

@@ -1,0 +1,483 @@
+//! The `dual-generate` job (METHODS.md A.6): a trained run → many defect images with masks.
+//!
+//! ```text
+//! DIR/image/<stem>.png   accepted whole images      (what `bench localisation --source dir:DIR` reads)
+//! DIR/mask/<stem>.png    their masks (0/255)
+//! DIR/part/<stem>.png    their anomaly parts
+//! DIR/rejected/{image,part,mask}/<stem>.png   failed pairs, kept apart, never silently dropped
+//! DIR/manifest.jsonl     one line per attempted sample (sharded runs: manifest.shard-I-of-N.jsonl,
+//!                        merged into manifest.jsonl by `merge_shards`)
+//! ```
+//! Sample `k` (stem `k` zero-padded to 6 digits) depends only on the run, the settings, `seed`
+//! and `k`: its noise comes from its own stream, and batches are fixed blocks of the global index
+//! range (`[b·batch, (b+1)·batch)`), so shards — which take whole blocks — compute every sample
+//! exactly as an unsharded run does, byte for byte.
+
+use super::mask::{
+    judge, AreaRange, DistanceMask, DistanceMaskOptions, MaskExtractor, Reason, RejectOptions,
+    Verdict,
+};
+use super::model::DualModel;
+use super::pairs::Sampling;
+use super::run::{
+    grey_to_rgb, open_pairs, read_run, training_mask_areas, zero_reference, DualTrainOptions,
+};
+use super::sample::{sample_pairs, Backbone, PairText, References, SampleSettings};
+use crate::data::foreground::{black_out_foreground, ForegroundSpec};
+use crate::error::{Error, Result};
+use crate::io::atomic::write_atomic;
+use crate::io::image::{is_image_file, load_rgb, save_png};
+use crate::io::image_tensor::{rgb_to_tensor, tensor_to_rgb};
+use crate::sd::noise::{NoiseSource, SeededNoise};
+use crate::sd::pipeline::StableDiffusion;
+use crate::sd::scheduler::SchedulerKind;
+use crate::seed::mix;
+use candle_core::{Device, Tensor};
+use image::imageops::{self, FilterType};
+use image::RgbImage;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One slice of a generation run: blocks `b` with `b % count == index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// This shard, 0-based.
+    pub index: usize,
+    /// Number of shards.
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole run.
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// Parses `I/N`; `env/N` (or `env`) takes `I` from the environment of a Kubernetes Indexed Job
+    /// (`JOB_COMPLETION_INDEX`) or a Slurm array task (`SLURM_ARRAY_TASK_ID` minus
+    /// `SLURM_ARRAY_TASK_MIN`, and `N` from `SLURM_ARRAY_TASK_COUNT` when not given).
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::parse_with(s, &|k| std::env::var(k).ok())
+    }
+
+    /// [`Shard::parse`] with an explicit environment (tests).
+    pub fn parse_with(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let bad = |why: String| Error::invalid(format!("--shard {s}: {why}"));
+        let num = |v: &str, what: &str| -> Result<usize> {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| bad(format!("{what} `{v}` is not a whole number")))
+        };
+        let (i, n) = match s.split_once('/') {
+            Some((i, n)) => (i, Some(n)),
+            None => (s, None),
+        };
+        let (index, env_count) = if i == "env" {
+            if let Some(k) = env("JOB_COMPLETION_INDEX") {
+                (num(&k, "JOB_COMPLETION_INDEX")?, None)
+            } else if let Some(k) = env("SLURM_ARRAY_TASK_ID") {
+                let min = env("SLURM_ARRAY_TASK_MIN")
+                    .map(|m| num(&m, "SLURM_ARRAY_TASK_MIN"))
+                    .transpose()?
+                    .unwrap_or(0);
+                let id = num(&k, "SLURM_ARRAY_TASK_ID")?;
+                let count = env("SLURM_ARRAY_TASK_COUNT")
+                    .map(|c| num(&c, "SLURM_ARRAY_TASK_COUNT"))
+                    .transpose()?;
+                (
+                    id.checked_sub(min)
+                        .ok_or_else(|| bad("task id below SLURM_ARRAY_TASK_MIN".into()))?,
+                    count,
+                )
+            } else {
+                return Err(bad(
+                    "neither JOB_COMPLETION_INDEX (Kubernetes Indexed Job) nor SLURM_ARRAY_TASK_ID (Slurm array) is set"
+                        .into(),
+                ));
+            }
+        } else {
+            (num(i, "shard index")?, None)
+        };
+        let count = match (n, env_count) {
+            (Some(n), _) => num(n, "shard count")?,
+            (None, Some(c)) => c,
+            (None, None) => return Err(bad("give the shard count as I/N".into())),
+        };
+        if count == 0 || index >= count {
+            return Err(bad(format!("index {index} is not below the count {count}")));
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// Manifest file of this shard.
+    pub fn manifest_name(&self) -> String {
+        if self.count == 1 {
+            MANIFEST.to_string()
+        } else {
+            format!("manifest.shard-{}-of-{}.jsonl", self.index, self.count)
+        }
+    }
+}
+
+/// The merged manifest's file name.
+pub const MANIFEST: &str = "manifest.jsonl";
+
+/// Settings of a generation run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GenerateOptions {
+    /// Samples attempted (paper: 500 per defect type).
+    pub n: usize,
+    /// BCM on (when the model has it).
+    pub bcm: bool,
+    /// Denoising steps (None: 50 with BCM, 100 without).
+    pub steps: Option<usize>,
+    /// Guidance (None: 2.0 with BCM, 2.5 without).
+    pub guidance: Option<f64>,
+    /// Scheduler (None: PNDM).
+    pub scheduler: Option<SchedulerKind>,
+    /// Seed of every sample's stream and of the reference order.
+    pub seed: u64,
+    /// Pairs per denoising batch (part of what defines a sample: keep it fixed across shards).
+    pub batch: usize,
+    /// Switch BCM's reference image every this many samples (paper: 50).
+    pub reference_every: usize,
+    /// This run's slice.
+    pub shard: Shard,
+    /// Area tolerance factor of the rejection range around the training masks' areas.
+    pub area_tolerance: f64,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            n: 500,
+            bcm: true,
+            steps: None,
+            guidance: None,
+            scheduler: None,
+            seed: 0,
+            batch: 8,
+            reference_every: 50,
+            shard: Shard::ALL,
+            area_tolerance: 4.0,
+        }
+    }
+}
+
+/// One line of `manifest.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ManifestLine {
+    /// Sample index.
+    pub index: usize,
+    /// File stem.
+    pub stem: String,
+    /// Seed of the sample's noise stream.
+    pub seed: u64,
+    /// BCM reference image (None without BCM).
+    pub reference: Option<String>,
+    /// Defect area of the extracted mask (fraction of the image).
+    pub mask_area: f64,
+    /// Accepted into image/ + mask/.
+    pub accepted: bool,
+    /// Why not.
+    pub rejected: Option<String>,
+    /// Steps, guidance, scheduler, BCM of the run.
+    pub settings: String,
+}
+
+/// What a generation run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct GenerateReport {
+    /// Samples attempted by this shard.
+    pub attempted: usize,
+    /// Accepted ones.
+    pub accepted: usize,
+    /// Rejections by reason: empty mask, area out of range, part not flat.
+    pub rejected_empty: usize,
+    /// See above.
+    pub rejected_area: usize,
+    /// See above.
+    pub rejected_not_flat: usize,
+    /// Seconds per sample (wall time / attempted).
+    pub secs_per_sample: f64,
+}
+
+/// BCM reference images: defect-free images with their foreground blacked out, at the training
+/// geometry.
+struct ReferencePool {
+    images: Vec<(String, RgbImage)>,
+}
+
+impl ReferencePool {
+    fn open(dir: &Path, run: &DualTrainOptions) -> Result<Self> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_image_file(p))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::invalid(format!(
+                "{}: no defect-free images for BCM's references",
+                dir.display()
+            )));
+        }
+        let fg = ForegroundSpec::parse(&run.foreground)?.build()?;
+        let mut images = Vec::with_capacity(files.len());
+        for p in files {
+            let img = load_rgb(&p)?;
+            let mask = fg.estimate(&img, Some(&p))?;
+            let bg = black_out_foreground(&img, &mask)?;
+            images.push((p.display().to_string(), bg));
+        }
+        Ok(Self { images })
+    }
+
+    /// The reference of block `r` (every `reference_every` samples): a seeded permutation of the
+    /// pool, at the training geometry (squashed, or a seeded native-scale window).
+    fn get(&self, r: usize, seed: u64, sampling: Sampling) -> Result<(String, RgbImage)> {
+        let n = self.images.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(mix(seed ^ 0x5EF5));
+        for i in (1..n).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        let (name, img) = &self.images[order[r % n]];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(mix(seed ^ r as u64 ^ 0xC0FF));
+        let out = match sampling {
+            Sampling::Resize { size, .. } => {
+                imageops::resize(img, size, size, FilterType::Triangle)
+            }
+            Sampling::DefectCrop { size, scale } => {
+                let (w, h) = img.dimensions();
+                let s = scale.max(size as f32 / w.min(h) as f32);
+                let (sw, sh) = ((w as f32 * s).round() as u32, (h as f32 * s).round() as u32);
+                let scaled =
+                    imageops::resize(img, sw.max(size), sh.max(size), FilterType::Triangle);
+                let x = rng.random_range(0..=scaled.width() - size);
+                let y = rng.random_range(0..=scaled.height() - size);
+                imageops::crop_imm(&scaled, x, y, size, size).to_image()
+            }
+        };
+        Ok((name.clone(), out))
+    }
+}
+
+/// Generates the shard's samples of a trained run into `out`; `progress(done, total)`.
+pub fn dual_generate(
+    run_dir: &Path,
+    o: &GenerateOptions,
+    out: &Path,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<GenerateReport> {
+    let dev = Device::Cpu;
+    let run = read_run(run_dir)?;
+    let sd = run.model.load(&dev)?;
+    let model = DualModel::load(run_dir, &sd.unet, &sd.text_encoder, false, &dev)?;
+    model.install(&sd.unet, &sd.text_encoder);
+    let bcm = o.bcm && model.config.bcm;
+    let paper = SampleSettings::paper(bcm);
+    let settings = SampleSettings {
+        steps: o.steps.unwrap_or(paper.steps),
+        guidance: o.guidance.unwrap_or(paper.guidance),
+        scheduler: o.scheduler.unwrap_or(paper.scheduler),
+        negative_prompt: String::new(),
+    };
+    if o.batch == 0 || o.reference_every == 0 {
+        return Err(Error::invalid(
+            "--batch and --reference-every must be at least 1",
+        ));
+    }
+    let sampling = run.pairs.sampling;
+    let size = sampling.size() as usize;
+    let refs = if bcm {
+        let dir = run.good_dir()?.ok_or_else(|| {
+            Error::invalid(
+                "BCM needs defect-free reference images: train with --good DIR or use --bcm off",
+            )
+        })?;
+        Some(ReferencePool::open(&dir, &run)?)
+    } else {
+        None
+    };
+    let (_, sampler) = open_pairs(&run)?;
+    let area = AreaRange::from_areas(&training_mask_areas(&sampler, run.seed)?, o.area_tolerance)?;
+    let reject = RejectOptions {
+        area: Some(area),
+        ..RejectOptions::default()
+    };
+    let extractor = DistanceMask::new(DistanceMaskOptions::default());
+    let text = PairText::encode(&sd, &model, &settings.negative_prompt)?;
+    let zero = zero_reference(&sd, size)?;
+    let described = format!(
+        "{:?} {} steps, guidance {}, BCM {}",
+        settings.scheduler,
+        settings.steps,
+        settings.guidance,
+        if bcm { "on" } else { "off" }
+    );
+    for sub in [
+        "image",
+        "mask",
+        "part",
+        "rejected/image",
+        "rejected/mask",
+        "rejected/part",
+    ] {
+        let d = out.join(sub);
+        std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+    }
+    let blocks: Vec<usize> = (0..o.n.div_ceil(o.batch))
+        .filter(|b| b % o.shard.count == o.shard.index)
+        .collect();
+    let total: usize = blocks
+        .iter()
+        .map(|b| (o.n - b * o.batch).min(o.batch))
+        .sum();
+    let mut lines = Vec::new();
+    let mut report = GenerateReport {
+        attempted: 0,
+        accepted: 0,
+        rejected_empty: 0,
+        rejected_area: 0,
+        rejected_not_flat: 0,
+        secs_per_sample: 0.0,
+    };
+    let t0 = std::time::Instant::now();
+    progress(0, total);
+    for b in blocks {
+        let idx: Vec<usize> = (b * o.batch..((b + 1) * o.batch).min(o.n)).collect();
+        let seeds: Vec<u64> = idx.iter().map(|&k| mix(o.seed ^ mix(k as u64))).collect();
+        let mut streams: Vec<Box<dyn NoiseSource>> = seeds
+            .iter()
+            .map(|&s| Box::new(SeededNoise::new(s)) as Box<dyn NoiseSource>)
+            .collect();
+        let mut ref_names = Vec::new();
+        let backgrounds = match &refs {
+            Some(pool) => {
+                let mut lat = Vec::new();
+                for &k in &idx {
+                    let (name, img) = pool.get(k / o.reference_every, o.seed, sampling)?;
+                    lat.push(sd.encode_mean(&rgb_to_tensor(&img, &dev)?)?);
+                    ref_names.push(Some(name));
+                }
+                Some(Tensor::cat(&lat, 0)?)
+            }
+            None => {
+                ref_names.resize(idx.len(), None);
+                None
+            }
+        };
+        let latents = sample_pairs(
+            &Backbone::of(&sd),
+            &model,
+            &text,
+            &settings,
+            backgrounds.as_ref().map(|bg| References {
+                backgrounds: bg,
+                zero: &zero,
+            }),
+            &mut streams,
+            (
+                sd.sample_channels(),
+                size / sd.vae_scale_factor(),
+                size / sd.vae_scale_factor(),
+            ),
+        )?;
+        let images = tensor_to_rgb(&decode(&sd, &latents)?)?;
+        for (j, pair) in images.chunks(2).enumerate() {
+            let k = idx[j];
+            let stem = format!("{k:06}");
+            let (whole, part) = (&pair[0], &pair[1]);
+            let mask = extractor.extract(part)?;
+            let area = mask.iter().filter(|&&v| v >= 128).count() as f64 / mask.len() as f64;
+            let verdict = judge(part, &mask, &reject)?;
+            let (dir, why) = match &verdict {
+                Verdict::Accepted => {
+                    report.accepted += 1;
+                    (out.to_path_buf(), None)
+                }
+                Verdict::Rejected(r) => {
+                    match r {
+                        Reason::EmptyMask => report.rejected_empty += 1,
+                        Reason::AreaOutOfRange { .. } => report.rejected_area += 1,
+                        Reason::PartNotFlat { .. } => report.rejected_not_flat += 1,
+                    }
+                    (out.join("rejected"), Some(r.to_string()))
+                }
+            };
+            save_png(&dir.join("image").join(format!("{stem}.png")), whole)?;
+            save_png(&dir.join("part").join(format!("{stem}.png")), part)?;
+            save_png(
+                &dir.join("mask").join(format!("{stem}.png")),
+                &grey_to_rgb(&mask),
+            )?;
+            lines.push(ManifestLine {
+                index: k,
+                stem,
+                seed: seeds[j],
+                reference: ref_names[j].clone(),
+                mask_area: area,
+                accepted: why.is_none(),
+                rejected: why,
+                settings: described.clone(),
+            });
+            report.attempted += 1;
+        }
+        progress(report.attempted, total);
+    }
+    report.secs_per_sample = t0.elapsed().as_secs_f64() / report.attempted.max(1) as f64;
+    write_manifest(&out.join(o.shard.manifest_name()), &lines)?;
+    Ok(report)
+}
+
+/// Decoded images in [-1, 1] of UNet samples.
+fn decode(sd: &StableDiffusion, latents: &Tensor) -> Result<Tensor> {
+    sd.decode(latents)
+}
+
+fn write_manifest(path: &Path, lines: &[ManifestLine]) -> Result<()> {
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(&serde_json::to_string(l).map_err(|e| Error::invalid(e.to_string()))?);
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())
+}
+
+/// Reads a manifest (JSON lines); errors name the file and line.
+pub fn read_manifest(path: &Path) -> Result<Vec<ManifestLine>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| Error::config(path, format!("line {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+/// Merges the shard manifests of `count` shards in `dir` into `manifest.jsonl`, ordered by
+/// sample index (what an unsharded run writes), and removes the shard files. Errors when a shard's
+/// manifest is missing or two shards claim the same sample.
+pub fn merge_shards(dir: &Path, count: usize) -> Result<usize> {
+    let mut all = Vec::new();
+    let mut paths = Vec::new();
+    for i in 0..count {
+        let p = dir.join(Shard { index: i, count }.manifest_name());
+        all.extend(read_manifest(&p)?);
+        paths.push(p);
+    }
+    all.sort_by_key(|l| l.index);
+    if let Some(w) = all.windows(2).find(|w| w[0].index == w[1].index) {
+        return Err(Error::invalid(format!(
+            "{}: sample {} appears in two shard manifests",
+            dir.display(),
+            w[0].index
+        )));
+    }
+    write_manifest(&dir.join(MANIFEST), &all)?;
+    for p in paths {
+        std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+    }
+    Ok(all.len())
+}
