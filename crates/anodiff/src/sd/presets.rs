@@ -40,8 +40,8 @@ pub struct Preset {
     pub text: ClipTextConfig,
     /// Noise-schedule config.
     pub scheduler: SchedulerConfig,
-    /// The UNet denoises RGB pixels directly (3 channels, no VAE; `vae` is unused). See
-    /// [`small`] for why CPU-trained presets work in pixel space.
+    /// The UNet denoises RGB pixels directly (3 channels, no VAE; `vae` is unused). The notes on
+    /// the `small` preset in `sd/presets.rs` say why CPU-trained presets work in pixel space.
     pub pixel_space: bool,
 }
 

@@ -1,6 +1,6 @@
 //! Pretraining from scratch: every weight of a pixel-space preset's UNet and text encoder is
 //! trained on the defect-free `train/good` images of one MVTec-layout category, all paired with
-//! the prompt "a photo of a <category>". The job behind `anodiff pretrain` and `anodiff demo`.
+//! the prompt `"a photo of a <category>"`. The job behind `anodiff pretrain` and `anodiff demo`.
 //! Writes a diffusers-style model folder without `vae/` (`StableDiffusion::save`) that
 //! `StableDiffusion::load` reads back; the held-out loss and the sample grid are measured by
 //! `pretrain_eval.rs`.
