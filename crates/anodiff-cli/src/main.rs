@@ -45,6 +45,8 @@ enum Command {
     SynthDataset(commands::synth_dataset::Args),
     /// Validate an MVTec-layout dataset and list every problem file.
     DatasetCheck(commands::dataset_check::Args),
+    /// Preview a foreground (object) mask estimator on a dataset: rows of image | mask | background.
+    Foreground(commands::foreground::Args),
     /// Score anomaly predictions against a split: image/pixel AUROC, AP, F1-max, AU-PRO.
     Eval(commands::eval::Args),
     /// Write report.html for an evaluation run: metrics per defect type, input / ground truth / anomaly map.
@@ -67,6 +69,7 @@ fn main() {
         Command::Split(a) => commands::split::run(a),
         Command::SynthDataset(a) => commands::synth_dataset::run(a),
         Command::DatasetCheck(a) => commands::dataset_check::run(a),
+        Command::Foreground(a) => commands::foreground::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Report(a) => commands::report::run(a),
     };

@@ -5,6 +5,7 @@ pub mod bench_localisation;
 pub mod dataset_check;
 pub mod demo;
 pub mod eval;
+pub mod foreground;
 pub mod inpaint;
 pub mod lora_train;
 pub mod presets;

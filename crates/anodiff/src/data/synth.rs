@@ -376,6 +376,21 @@ pub fn render_good(cat: Category, size: u32, seed: u64) -> RgbImage {
     render_scene(cat, size, &mut rng).img
 }
 
+/// Renders a defect-free image (the same one [`render_good`] returns for `seed`) with its exact
+/// object mask: 255 on the object, 0 on the background (all 255 for a texture category).
+pub fn render_good_with_object(cat: Category, size: u32, seed: u64) -> (RgbImage, GrayImage) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let scene = render_scene(cat, size, &mut rng);
+    let object = GrayImage::from_fn(size, size, |x, y| {
+        image::Luma([if scene.object[(y * size + x) as usize] {
+            255
+        } else {
+            0
+        }])
+    });
+    (scene.img, object)
+}
+
 /// Renders a defective image, the defect-free image beneath it and the exact mask.
 pub fn render_defect(cat: Category, kind: DefectKind, size: u32, seed: u64) -> SynthSample {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

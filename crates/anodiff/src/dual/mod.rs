@@ -1,19 +1,25 @@
 //! DualAnoDiff (METHODS.md part A): few-shot generation of defect images with pixel-aligned
-//! masks. One UNet runs two interleaved branches — the whole image and its anomaly part — with a
-//! LoRA set each, coupled by SAIM, while BCM feeds the whole-image branch a background reference.
-//! Everything plugs into the backbone through attention processors, the public denoising loop and
-//! the Trainer.
+//! masks. One UNet runs two interleaved branches — the whole defect image and the defect alone on
+//! grey (its anomaly part) — with a LoRA set each, coupled by SAIM, while BCM feeds the
+//! whole-image branch a background reference; every generated image comes with a matching part,
+//! from which the mask is read off. Everything plugs into the backbone through attention
+//! processors, the public denoising loop and the Trainer.
 //!
+//! - [`pairs`]: the training data — real defects of one type, their masks and foreground masks,
+//!   augmented into whole / part / mask / background tensors;
 //! - [`config`]: the model settings (`dual_config.json`);
 //! - [`saim`]: the Self-Attention Interaction Module (output-stage processor);
 //! - [`bcm`]: the Background Compensation Module (reference pass + `kv_source` processor);
 //! - [`model`]: [`model::DualModel`], the LoRA sets + SAIM + BCM of one model, its files and passes;
+//! - [`train`]: the two-branch noise-prediction loss on the shared Trainer;
 //! - [`sample`]: pairs through the public denoising loop, BCM reference pass in its step hook;
-//! - [`train`]: the two-branch noise-prediction loss on the shared Trainer.
+//! - [`mask`]: masks from generated part images, and automatic rejection of failed pairs.
 
 pub mod bcm;
 pub mod config;
+pub mod mask;
 pub mod model;
+pub mod pairs;
 pub mod saim;
 pub mod sample;
 pub mod train;

@@ -144,7 +144,7 @@ pub fn sample_pairs(
     let latents = (Tensor::cat(&init, 0)? * sched.init_noise_sigma())?;
 
     let rep = |t: &Tensor, n: usize| -> Result<Tensor> { Ok(t.repeat((n, 1, 1))?) };
-    let cond = super::train::interleave(&rep(&text.whole, m)?, &rep(&text.part, m)?)?;
+    let cond = super::pairs::interleave(&rep(&text.whole, m)?, &rep(&text.part, m)?)?;
     let conditioning = if cfg {
         Conditioning::guided(cond, rep(&text.negative, 2 * m)?)
     } else {

@@ -8,6 +8,7 @@
 //! re-encoded every step, so its gradient flows), SAIM and BCM; the base model stays frozen.
 
 use super::model::{DualModel, ReferenceInput, PART, WHOLE};
+use super::pairs::{interleave, PairBatch, PairSampler};
 use crate::error::{Error, Result};
 use crate::nn::params::gaussian;
 use crate::sd::pipeline::StableDiffusion;
@@ -15,19 +16,6 @@ use crate::sd::scheduler::NoiseSchedule;
 use crate::train::trainer::{Batch, StepStats, Trainer};
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
-
-/// Tensors of one batch of `n` training pairs, all `[n, 3, H, W]` in [-1, 1] (mask `[n, 1, H, W]`
-/// in {0, 1}), augmented identically.
-pub struct PairBatch {
-    /// The defect images `I`.
-    pub whole: Tensor,
-    /// The anomaly parts `I ⊙ M` (0 = mid-grey outside the defect).
-    pub part: Tensor,
-    /// The defect masks `M`.
-    pub mask: Tensor,
-    /// The background images `(1 − M_f) ⊙ I` (BCM's reference).
-    pub background: Tensor,
-}
 
 /// Where training pairs come from (the pair dataset; tests use synthetic ones).
 pub trait PairBatches {
@@ -39,6 +27,15 @@ pub trait PairBatches {
     }
     /// The pairs `indices`, augmented with draws that depend only on `seed`.
     fn batch(&self, indices: &[usize], seed: u64, device: &Device) -> Result<PairBatch>;
+}
+
+impl PairBatches for PairSampler {
+    fn len(&self) -> usize {
+        PairSampler::len(self)
+    }
+    fn batch(&self, indices: &[usize], seed: u64, device: &Device) -> Result<PairBatch> {
+        PairSampler::batch(self, indices, seed, device)
+    }
 }
 
 /// The per-step inputs of a training loss, built from a [`PairBatch`]; exposed so tests and
@@ -118,20 +115,6 @@ impl<'a> DualLoss<'a> {
         )?;
         Ok((pred.to_dtype(DType::F32)? - target)?.sqr()?.mean_all()?)
     }
-}
-
-/// `[n, …]` and `[n, …]` → `[2n, …]` with rows `a_0, b_0, a_1, b_1, …`.
-pub fn interleave(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.dims() != b.dims() {
-        return Err(Error::invalid(format!(
-            "interleave: shapes {:?} and {:?} differ",
-            a.dims(),
-            b.dims()
-        )));
-    }
-    let mut dims = a.dims().to_vec();
-    dims[0] *= 2;
-    Ok(Tensor::stack(&[a, b], 1)?.reshape(dims)?)
 }
 
 fn timesteps(t: &[usize], device: &Device) -> Result<Tensor> {
