@@ -9,9 +9,9 @@ per-round ratio. On a machine whose speed drifts by tens of percent within minut
 are not trustworthy.
 
 Usage (from the repository root, after `cargo build --release`):
-    /work/venv/bin/python tools/bench_compare.py ops [--rounds 5]
-    /work/venv/bin/python tools/bench_compare.py unet --preset sd15 --size 256 --batch 2 [--rounds 3]
-    /work/venv/bin/python tools/bench_compare.py unet --preset sd15 --size 256 --batch 2 --train-lora
+    python tools/bench_compare.py ops [--rounds 5]
+    python tools/bench_compare.py unet --preset sd15 --size 256 --batch 2 [--rounds 3]
+    python tools/bench_compare.py unet --preset sd15 --size 256 --batch 2 --train-lora
 """
 import json
 import os

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch reference timings for anodiff's op benchmarks (same shapes/keys as
-crates/anodiff/src/bench/ops.rs). Usage: /work/venv/bin/python tools/bench_reference.py ops [--json] [--iters N]
-       /work/venv/bin/python tools/bench_reference.py unet --preset sd15 --size 256 --batch 2 [--train-lora] [--json]
+crates/anodiff/src/bench/ops.rs). Usage: python tools/bench_reference.py ops [--json] [--iters N]
+       python tools/bench_reference.py unet --preset sd15 --size 256 --batch 2 [--train-lora] [--json]
 (unet: diffusers 0.42.1 UNet2DConditionModel with random weights; --train-lora adds peft 0.21.2 LoRA)
 Runs on 2 threads, reports the median of N runs after one warm-up."""
 import json

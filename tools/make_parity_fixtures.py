@@ -3,11 +3,9 @@
 vocabulary in crates/anodiff/assets/clip), by running the per-component scripts in tools/parity/ in
 dependency order: the tokenizer first (the pipeline fixture tokenizes with its vocabulary).
 
-Versions used for the committed fixtures: torch 2.15.0 (CPU), diffusers 0.42.1, transformers 5.23.0,
-open_clip_torch 3.3.0, safetensors 0.7. Install into a virtualenv outside the repo:
-    python3 -m venv /work/venv && /work/venv/bin/pip install torch==2.15.0 diffusers==0.42.1 \
-        transformers==5.23.0 open-clip-torch==3.3.0 safetensors numpy
-Usage: /work/venv/bin/python tools/make_parity_fixtures.py [component ...]
+Python packages and their versions: tools/requirements.txt (its header shows how to make the
+virtualenv, outside the repository). `python` below is that virtualenv's, activated.
+Usage: python tools/make_parity_fixtures.py [component ...]
        components: tokenizer clip scheduler vae unet pipeline config (default: all)
 The fixtures are only inputs of `cargo test`; nothing here is needed at run time or in CI.
 """

@@ -4,7 +4,7 @@ VAE 128/256/512/512, CLIP ViT-L/14 text encoder) plus reference outputs, for the
 (`cargo test --release --test full_size_sd15 -- --ignored`) and a diffusers timing of one UNet step.
 
 Versions: torch 2.15.0, diffusers 0.42.1, transformers 5.23.0.
-Usage: /work/venv/bin/python tools/make_sd15_random.py [OUT_DIR]   (default: runs/sd15-random, git-ignored; ~4.3 GB)
+Usage: python tools/make_sd15_random.py [OUT_DIR]   (default: runs/sd15-random, git-ignored; ~4.3 GB)
 Copies the CLIP vocabulary from crates/anodiff/assets/clip.
 """
 import json

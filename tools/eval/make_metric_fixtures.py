@@ -8,7 +8,7 @@ small cases) — not the incremental sweep the Rust code uses.
 
 Versions used: scikit-learn 1.9.1, scipy 1.17.1, numpy 2.4.6, safetensors (numpy API).
 Regenerate (from the repo root):
-    /work/venv/bin/python tools/eval/make_metric_fixtures.py
+    python tools/eval/make_metric_fixtures.py
 Writes tests/fixtures/eval/{binary.json, aupro.json, large.safetensors}.
 """
 

@@ -4,7 +4,7 @@
 Input: the folders written by the Rust example
     cargo run --release --example write_roundtrip_folders [OUT]      (OUT: target/config-roundtrip)
 Then, from the repository root:
-    /work/venv/bin/python tools/parity/check_config_roundtrip.py [OUT]
+    python tools/parity/check_config_roundtrip.py [OUT]
 
 Checks
   configs   for every fixture in tests/fixtures/configs (tools/parity/make_config_fixtures.py): the

@@ -3,7 +3,7 @@
 
 Generated with: torch 2.15 (CPU), transformers 5.23.0, safetensors, numpy.
 Regenerate (from the repository root):
-    /work/venv/bin/python tools/parity/make_clip_fixtures.py
+    python tools/parity/make_clip_fixtures.py
 
 Writes under tests/fixtures/clip/:
   sd1/text_encoder/{config.json, model.safetensors}

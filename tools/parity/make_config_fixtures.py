@@ -24,7 +24,7 @@ Writes tests/fixtures/configs/<kind>/<name>/<file>:
 
 Versions: torch 2.15.0 (CPU), diffusers 0.42.1, transformers 5.23.0.
 Regenerate from the repository root:
-    /work/venv/bin/python tools/parity/make_config_fixtures.py
+    python tools/parity/make_config_fixtures.py
 """
 import inspect
 import shutil

@@ -11,7 +11,7 @@ Second fixture (unet_sd1_lora.safetensors): the same UNet frozen, with the LoRA 
 diffusers+peft; gradients of lora_A/lora_B (self and cross attention, down/mid/up) and of the input.
 
 Versions: torch 2.15 (CPU), diffusers 0.42.1, peft 0.21.2.
-Regenerate: /work/venv/bin/python tools/parity/make_grad_fixtures.py   (needs the unet fixture)
+Regenerate: python tools/parity/make_grad_fixtures.py   (needs the unet fixture)
 """
 import re
 from pathlib import Path

@@ -23,11 +23,11 @@ Writes under tests/fixtures/lora/:
 
 Versions: torch 2.15 (CPU), diffusers 0.42.1, peft 0.21.2, transformers 5.23.0, safetensors.
 Regenerate (from the repository root):
-    /work/venv/bin/python tools/parity/make_lora_fixtures.py
+    python tools/parity/make_lora_fixtures.py
 
 Check that a file written by anodiff loads in diffusers and reproduces the references:
     ANODIFF_LORA_EXPORT=/tmp/anodiff_lora.safetensors cargo test --release -p anodiff --test lora save_load
-    /work/venv/bin/python tools/parity/make_lora_fixtures.py --check /tmp/anodiff_lora.safetensors
+    python tools/parity/make_lora_fixtures.py --check /tmp/anodiff_lora.safetensors
 """
 
 import json

@@ -9,7 +9,7 @@ recorded in order so the Rust pipeline can replay it through `ReplayNoise`.
 
 Versions: torch 2.15.0, diffusers 0.42.1, transformers 5.23.0.
 Uses the CLIP vocabulary in crates/anodiff/assets/clip (tools/parity/make_tokenizer_fixtures.py).
-Regenerate:  /work/venv/bin/python tools/parity/make_pipeline_fixtures.py [--keep-existing]
+Regenerate:  python tools/parity/make_pipeline_fixtures.py [--keep-existing]
 Writes tests/fixtures/pipeline/.
 
 Reference outputs computed on another machine differ in the last float bits (PyTorch's CPU kernels

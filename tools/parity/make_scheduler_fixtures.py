@@ -2,7 +2,7 @@
 """Parity fixtures for anodiff's schedulers (crates/anodiff/src/sd/scheduler/).
 
 Generated with diffusers 0.42.1, torch 2.x (CPU), numpy. Regenerate from the repo root with:
-    /work/venv/bin/python tools/parity/make_scheduler_fixtures.py
+    python tools/parity/make_scheduler_fixtures.py
 
 Writes tests/fixtures/scheduler/:
   configs/<cfg>_<class>.json  the scheduler_config.json each diffusers class writes (save_config)

@@ -1,7 +1,7 @@
 """Fixtures for the CLIP BPE tokenizer parity test (crates/anodiff/tests/parity_tokenizer.rs).
 
 Regenerate (from the repository root):
-    /work/venv/bin/python tools/parity/make_tokenizer_fixtures.py
+    python tools/parity/make_tokenizer_fixtures.py
 
 Versions used: transformers 5.23.0, tokenizers 0.23.3, open_clip_torch 3.3.0, Python 3.11
 (unicodedata 14.0.0).

@@ -20,7 +20,7 @@ norms start at 1/0), scaled so activations stay O(1).
 
 Versions used: torch 2.15 (CPU), diffusers 0.42.1, safetensors, numpy.
 Regenerate (from the repository root):
-    /work/venv/bin/python tools/parity/make_unet_fixtures.py
+    python tools/parity/make_unet_fixtures.py
 """
 
 import json

@@ -24,7 +24,7 @@ Every parameter is randomised, including GroupNorm affine parameters and biases 
 initialises some to 1/0, which would hide a missing affine or bias).
 
 Versions: torch 2.15.0, diffusers 0.42.1, safetensors (venv).
-Regenerate: /work/venv/bin/python tools/parity/make_vae_fixtures.py
+Regenerate: python tools/parity/make_vae_fixtures.py
 """
 import os
 import shutil

@@ -3,7 +3,7 @@
 torch.optim.AdamW (decoupled weight decay, bias correction, amsgrad=False) on a 4-element
 parameter for 3 steps with fixed gradients; prints the parameter and optimiser state after each
 step, pasted into the test as constants.
-Generated with torch 2.15 (CPU). Regenerate: /work/venv/bin/python tools/train/adamw_reference.py
+Generated with torch 2.15 (CPU). Regenerate: python tools/train/adamw_reference.py
 """
 import torch
 

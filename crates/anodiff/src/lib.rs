@@ -1,6 +1,8 @@
 //! anodiff: few-shot defect image generation (DualAnoDiff) and detection (AnomalySD) on
 //! Stable-Diffusion-class models, in Rust on candle. See ARCHITECTURE.md for the module map.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod data;
 pub mod dual;

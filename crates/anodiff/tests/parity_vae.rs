@@ -2,7 +2,7 @@
 //! random-weight models, plus the loader's error messages for broken `vae/` folders.
 //!
 //! Fixtures: tests/fixtures/vae/<case>/{vae/, reference.safetensors}, written by
-//! `/work/venv/bin/python tools/parity/make_vae_fixtures.py` (see its header for versions).
+//! `python tools/parity/make_vae_fixtures.py` (see its header for versions).
 
 mod common;
 

@@ -9,8 +9,11 @@ use std::time::Instant;
 /// One benchmarked op: median milliseconds of our kernel and of candle's path.
 #[derive(Debug, Clone)]
 pub struct OpTiming {
+    /// Op key, one of [`KEYS`].
     pub key: &'static str,
+    /// Median milliseconds with our kernels.
     pub ours_ms: f64,
+    /// Median milliseconds with candle's own ops (NaN when not measured).
     pub candle_ms: f64,
 }
 

@@ -1,5 +1,5 @@
-//! `anodiff bench unet`: a UNet forward (and, once LoRA training is wired, a LoRA step) of a preset
-//! with random weights — no files needed — timed as the median of several runs.
+//! `anodiff bench unet`: a UNet forward pass, or a LoRA training step, of a preset with random
+//! weights — no files needed — timed as the median of several runs.
 
 use super::{median_ms, peak_rss_mb};
 use crate::error::Result;
@@ -11,11 +11,14 @@ use crate::sd::unet::UNet2DConditionModel;
 use crate::train::{AdamW, AdamWConfig, Grads};
 use candle_core::{Device, Tensor};
 
+/// What `anodiff bench unet` times.
 #[derive(Clone, Debug)]
 pub struct UnetBenchOptions {
+    /// Preset name (see [`Preset::by_name`]).
     pub preset: String,
     /// Image side in pixels (the latent is size / VAE factor).
     pub size: usize,
+    /// Batch size of the timed input.
     pub batch: usize,
     /// Timed repetitions after one warm-up run.
     pub repeats: usize,
@@ -24,12 +27,18 @@ pub struct UnetBenchOptions {
     pub train_lora: bool,
 }
 
+/// Result of [`bench_unet`], serialised with the keys `tools/bench_reference.py unet` uses.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct UnetBenchResult {
+    /// Preset name.
     pub preset: String,
+    /// Image side in pixels.
     pub size: usize,
+    /// Batch size.
     pub batch: usize,
+    /// Timed repetitions actually run (at least one).
     pub repeats: usize,
+    /// Parameter count of the UNet.
     pub parameters: usize,
     /// Median milliseconds of one forward pass (absent with `train_lora`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,11 +46,15 @@ pub struct UnetBenchResult {
     /// Median milliseconds of one LoRA training step (with `train_lora`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora_step: Option<f64>,
+    /// Trainable LoRA parameters (with `train_lora`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lora_params: Option<usize>,
+    /// Peak resident set size of the process in MiB.
     pub peak_rss_mb: f64,
 }
 
+/// Builds the preset's UNet with random weights and times a forward pass or a LoRA step;
+/// `progress` receives one line per phase.
 pub fn bench_unet(o: &UnetBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<UnetBenchResult> {
     let dev = Device::Cpu;
     let preset = Preset::by_name(&o.preset)?;

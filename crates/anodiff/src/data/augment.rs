@@ -7,6 +7,7 @@ use image::imageops::{self, FilterType};
 use image::{GrayImage, RgbImage};
 use rand::{Rng, SeedableRng};
 
+/// What [`Augmenter`] does to each sample; the default is a horizontal flip half of the time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AugmentOptions {
     /// Resize to (width, height) first (bilinear for images, nearest for masks).
@@ -35,7 +36,9 @@ impl Default for AugmentOptions {
 pub struct AugmentParams {
     /// Top-left corner of the crop (in the resized image) and its size.
     pub crop: Option<(u32, u32, u32, u32)>,
+    /// Whether to flip left–right.
     pub hflip: bool,
+    /// Whether to flip top–bottom.
     pub vflip: bool,
 }
 
@@ -46,6 +49,7 @@ pub struct Augmenter {
 }
 
 impl Augmenter {
+    /// A stream seeded with `seed`.
     pub fn new(opts: AugmentOptions, seed: u64) -> Self {
         Self {
             opts,
@@ -53,6 +57,7 @@ impl Augmenter {
         }
     }
 
+    /// The options this stream applies.
     pub fn options(&self) -> &AugmentOptions {
         &self.opts
     }

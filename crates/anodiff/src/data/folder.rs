@@ -11,6 +11,7 @@ use image::imageops::FilterType;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 
+/// An indexed image folder; images are decoded on demand by [`ImageFolder::image`].
 pub struct ImageFolder {
     dir: PathBuf,
     files: Vec<PathBuf>,
@@ -48,22 +49,27 @@ impl ImageFolder {
         })
     }
 
+    /// The folder the images were listed from.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.files.len()
     }
 
+    /// Whether the folder has no image (never true for an opened folder).
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }
 
+    /// Image paths, sorted.
     pub fn paths(&self) -> &[PathBuf] {
         &self.files
     }
 
+    /// Side in pixels every image is brought to.
     pub fn size(&self) -> usize {
         self.size
     }

@@ -1,6 +1,7 @@
 //! Datasets: the MVTec-layout reader, the few-shot split, shared augmentation, a procedural
-//! synthetic defect dataset, plain image folders for training, foreground (object) masks, and
-//! mask folders matched by image name.
+//! synthetic defect dataset, plain image folders for training, foreground (object) masks, mask
+//! folders matched by image name, weight-free map/mask operations (`mask_ops`), and evenly spaced
+//! picks of a sorted list for display (`subsample`).
 
 pub mod augment;
 pub mod folder;

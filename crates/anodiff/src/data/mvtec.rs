@@ -17,7 +17,6 @@ use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Image file extensions the reader accepts (case-insensitive).
 /// Masks are binarised at half intensity: value >= 128 is defect.
 pub const MASK_THRESHOLD: u8 = 128;
 
@@ -41,26 +40,41 @@ pub enum Check {
     Full,
 }
 
+/// What kind of problem an [`Issue`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IssueKind {
+    /// A defect image has no `<stem>_mask.png` (error).
     MissingMask,
+    /// A mask, or mask folder, without an image (warning; ignored).
     ExtraMask,
+    /// Mask and image sizes differ (error).
     SizeMismatch,
+    /// Masks with values other than 0 and 255 (one warning per dataset).
     NonBinaryMask,
+    /// A mask with no defect pixel (warning).
     EmptyMask,
+    /// A folder with no images, or `test/` with no defect types (warning).
     EmptyFolder,
+    /// A required folder is missing (error).
     MissingFolder,
+    /// An image that cannot be read or decoded (error).
     UnreadableImage,
+    /// A mask that cannot be decoded (error).
     UnreadableMask,
+    /// Two images with the same stem in one folder (error: masks are matched by stem).
     DuplicateStem,
+    /// A file that is neither an image nor a mask (warning; ignored).
     UnexpectedFile,
 }
 
 /// One problem, naming the file or folder it concerns.
 #[derive(Debug, Clone)]
 pub struct Issue {
+    /// What went wrong.
     pub kind: IssueKind,
+    /// The file or folder concerned.
     pub path: PathBuf,
+    /// Human-readable explanation.
     pub msg: String,
 }
 
@@ -73,7 +87,9 @@ impl std::fmt::Display for Issue {
 /// Everything `open` found. Errors make a sample unusable; warnings do not.
 #[derive(Debug, Clone, Default)]
 pub struct ValidationReport {
+    /// Problems that make a sample unusable.
     pub errors: Vec<Issue>,
+    /// Problems that are reported but change nothing.
     pub warnings: Vec<Issue>,
     /// Masks with values other than 0 and 255 (binarised at [`MASK_THRESHOLD`] when loaded).
     pub non_binary_masks: Vec<PathBuf>,
@@ -84,9 +100,11 @@ pub struct ValidationReport {
 }
 
 impl ValidationReport {
+    /// No errors and no warnings.
     pub fn is_clean(&self) -> bool {
         self.errors.is_empty() && self.warnings.is_empty()
     }
+    /// Number of errors and warnings of `kind`.
     pub fn count(&self, kind: IssueKind) -> usize {
         self.errors
             .iter()
@@ -125,8 +143,11 @@ pub fn category_name(root: &Path) -> Option<String> {
 pub struct Sample {
     /// File name without extension; masks are `<stem>_mask.png`.
     pub stem: String,
+    /// Image file.
     pub path: PathBuf,
+    /// Width in pixels, from the header.
     pub width: u32,
+    /// Height in pixels, from the header.
     pub height: u32,
     /// Ground-truth mask; `None` for good images.
     pub mask: Option<PathBuf>,
@@ -135,15 +156,20 @@ pub struct Sample {
 /// The defective test images of one defect type, sorted by file name.
 #[derive(Debug, Clone)]
 pub struct DefectSet {
+    /// Defect type: the folder name under `test/`.
     pub name: String,
+    /// Its images, each with its mask.
     pub samples: Vec<Sample>,
 }
 
 /// An indexed MVTec-layout dataset (one category).
 #[derive(Debug, Clone)]
 pub struct MvtecDataset {
+    /// Dataset (category) folder.
     pub root: PathBuf,
+    /// `train/good`, sorted by file name.
     pub train_good: Vec<Sample>,
+    /// `test/good`, sorted by file name.
     pub test_good: Vec<Sample>,
     /// Sorted by defect name.
     pub defects: Vec<DefectSet>,
@@ -156,6 +182,7 @@ impl MvtecDataset {
         Self::open_with(root, policy, Check::Headers)
     }
 
+    /// Like [`MvtecDataset::open`], choosing how much of each image to decode.
     pub fn open_with(
         root: &Path,
         policy: OnBadFile,
@@ -209,6 +236,7 @@ impl MvtecDataset {
         self.defects.iter().map(|d| d.name.as_str()).collect()
     }
 
+    /// The defect set called `name`, if any.
     pub fn defect(&self, name: &str) -> Option<&DefectSet> {
         self.defects.iter().find(|d| d.name == name)
     }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 /// Bumped when the manifest format changes incompatibly.
 pub const MANIFEST_VERSION: u32 = 1;
 
+/// One-line description of the split rule, stored in every manifest.
 pub const PROTOCOL: &str =
     "few-shot: per defect type, images sorted by file name, first ceil(n/3) \
                             train, rest test; all test/good in eval; train/good for training";
@@ -21,21 +22,30 @@ pub const PROTOCOL: &str =
 /// One image, with paths relative to the dataset root ('/'-separated).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitEntry {
+    /// File name without extension.
     pub stem: String,
+    /// Image path.
     pub image: String,
+    /// Mask path (`None` for good images).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<String>,
 }
 
+/// One defect type's images, split into the few-shot training part and the evaluation part.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DefectSplit {
+    /// The first ceil(n/3) images by file name: the only real defects training may see.
     pub train: Vec<SplitEntry>,
+    /// The remaining images, for evaluation.
     pub test: Vec<SplitEntry>,
 }
 
+/// The whole split of one dataset, as stored in `split.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SplitManifest {
+    /// Format version ([`MANIFEST_VERSION`]).
     pub version: u32,
+    /// The rule that produced the split ([`PROTOCOL`]).
     pub protocol: String,
     /// Dataset root (absolute when the dataset could be canonicalised).
     pub dataset: PathBuf,

@@ -18,15 +18,20 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+/// A procedural category (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Category {
+    /// Brushed, noisy metal surface (texture category).
     MetalTexture,
+    /// Two-coloured pill on a dark background (object category).
     Capsule,
 }
 
 impl Category {
+    /// Every category, in the order they are written.
     pub const ALL: [Category; 2] = [Category::MetalTexture, Category::Capsule];
 
+    /// Folder name of the category.
     pub fn name(self) -> &'static str {
         match self {
             Category::MetalTexture => "metal_texture",
@@ -34,6 +39,7 @@ impl Category {
         }
     }
 
+    /// The defect types painted on this category.
     pub fn defects(self) -> &'static [DefectKind] {
         match self {
             Category::MetalTexture => &[DefectKind::Scratch, DefectKind::Spot, DefectKind::Crack],
@@ -47,15 +53,21 @@ impl Category {
     }
 }
 
+/// A procedural defect type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum DefectKind {
+    /// Thin curved line.
     Scratch,
+    /// Filled ellipse.
     Spot,
+    /// Branching random walk.
     Crack,
+    /// A bite out of the object showing the background (capsule only).
     Missing,
 }
 
 impl DefectKind {
+    /// Folder name of the defect type under `test/`.
     pub fn name(self) -> &'static str {
         match self {
             DefectKind::Scratch => "scratch",
@@ -66,11 +78,14 @@ impl DefectKind {
     }
 }
 
+/// Size and image counts of a synthetic dataset, per category.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SynthOptions {
     /// Square image side in pixels (>= 32).
     pub size: u32,
+    /// Defect-free training images.
     pub train_good: usize,
+    /// Defect-free test images.
     pub test_good: usize,
     /// Test images per defect type.
     pub per_defect: usize,
@@ -89,7 +104,9 @@ impl Default for SynthOptions {
 
 /// A rendered defective sample with the defect-free image it was painted on.
 pub struct SynthSample {
+    /// The defect-free rendering.
     pub good: RgbImage,
+    /// The same rendering with the defect painted on.
     pub image: RgbImage,
     /// 255 exactly where `image` differs from `good`.
     pub mask: GrayImage,
@@ -100,6 +117,7 @@ pub struct SynthSample {
 pub struct SynthSummary {
     /// One MVTec-layout folder per category.
     pub categories: Vec<PathBuf>,
+    /// Number of files written.
     pub files: usize,
 }
 

@@ -98,6 +98,7 @@ impl ProIntegrator {
         self.prev = (x, y);
     }
 
+    /// AU-PRO normalised by the FPR limit (at most 1); NaN without negatives or regions.
     pub fn finish(self) -> f64 {
         if self.neg == 0 || self.regions == 0 {
             return f64::NAN;
@@ -114,6 +115,7 @@ pub struct CompensatedSum {
 }
 
 impl CompensatedSum {
+    /// Adds `x`.
     pub fn add(&mut self, x: f64) {
         let t = self.sum + x;
         if self.sum.abs() >= x.abs() {
@@ -124,6 +126,7 @@ impl CompensatedSum {
         self.sum = t;
     }
 
+    /// The compensated total.
     pub fn value(&self) -> f64 {
         self.sum + self.c
     }

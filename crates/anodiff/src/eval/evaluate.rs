@@ -20,6 +20,7 @@ use std::path::Path;
 /// Defect name under which defect-free evaluation images are predicted.
 pub const GOOD: &str = "good";
 
+/// How [`evaluate`] computes pixel metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalOptions {
     /// `None`: exact pixel metrics (≈4 bytes per pixel). `Some(n)`: approximate, fixed-memory
@@ -41,36 +42,54 @@ impl Default for EvalOptions {
 /// Metrics in [0, 1]; NaN (JSON `null`, table "n/a") when undefined, e.g. a single class.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MetricSet {
+    /// Image-level AUROC from `scores.csv`.
     #[serde(with = "nan_as_null")]
     pub image_auroc: f64,
+    /// Image-level average precision.
     #[serde(with = "nan_as_null")]
     pub image_ap: f64,
+    /// Image-level best F1 over thresholds.
     #[serde(with = "nan_as_null")]
     pub image_f1_max: f64,
+    /// Pixel-level AUROC over the maps.
     #[serde(with = "nan_as_null")]
     pub pixel_auroc: f64,
+    /// Pixel-level average precision.
     #[serde(with = "nan_as_null")]
     pub pixel_ap: f64,
+    /// Pixel-level best F1 over thresholds.
     #[serde(with = "nan_as_null")]
     pub pixel_f1_max: f64,
+    /// Area under the per-region-overlap curve up to `pro_fpr_limit`, normalised.
     #[serde(with = "nan_as_null")]
     pub pixel_aupro: f64,
 }
 
+/// Sizes of the evaluation set, for the record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Counts {
+    /// Defect-free evaluation images.
     pub good_images: usize,
+    /// Evaluation images per defect type.
     pub defect_images: BTreeMap<String, usize>,
+    /// Ground-truth pixels over all evaluation images.
     pub pixels: u64,
+    /// Defect pixels among them.
     pub positive_pixels: u64,
+    /// Connected defect regions (what AU-PRO averages over).
     pub regions: u64,
 }
 
+/// What [`evaluate`] returns and `metrics.json` holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
+    /// Per defect type: that type's images with every defect-free evaluation image.
     pub per_defect: BTreeMap<String, MetricSet>,
+    /// All evaluation images together.
     pub overall: MetricSet,
+    /// Sizes of the evaluation set.
     pub counts: Counts,
+    /// The options used.
     pub options: EvalOptions,
 }
 
@@ -139,6 +158,7 @@ struct Item<'a> {
     width: usize,
 }
 
+/// Scores `pred` against the evaluation half of `split`; see the module doc.
 pub fn evaluate(
     split: &SplitManifest,
     pred: &Predictions,

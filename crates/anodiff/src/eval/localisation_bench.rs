@@ -22,35 +22,50 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// What `anodiff bench localisation` runs.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
+    /// MVTec-layout dataset folder.
     pub dataset: PathBuf,
     /// Anomaly source spec (`fewshot-real`, `cutpaste`, `cutpaste-scar`, `draem`, `dir:PATH`).
     pub source: String,
+    /// One run per seed, in this order.
     pub seeds: Vec<u64>,
-    /// `paper` or `cpu` (for the record) and its settings.
+    /// `paper` or `cpu`, for the record.
     pub protocol_name: String,
+    /// The protocol's settings.
     pub protocol: Protocol,
     /// Runs go to `out/<dataset>/<source>/seed<k>/`.
     pub out: PathBuf,
+    /// Pixel-metric options for `evaluate`.
     pub eval: EvalOptions,
+    /// Also write each seed's `report.html`.
     pub report: bool,
 }
 
 /// Wall times of one seed, in seconds.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Timings {
+    /// Training the network.
     pub train: f64,
+    /// Predicting every evaluation image.
     pub predict: f64,
+    /// Evaluating the predictions.
     pub eval: f64,
+    /// The whole seed, including split and set-up.
     pub total: f64,
 }
 
+/// One finished seed.
 #[derive(Debug, Clone)]
 pub struct SeedRun {
+    /// Its seed.
     pub seed: u64,
+    /// Its run folder.
     pub dir: PathBuf,
+    /// Its evaluation report.
     pub metrics: EvalReport,
+    /// How long it took.
     pub timings: Timings,
     /// True when an earlier, finished run was reused.
     pub reused: bool,
@@ -58,9 +73,25 @@ pub struct SeedRun {
 
 /// What the caller's progress display is told.
 pub enum Progress<'a> {
-    Seed { seed: u64, index: usize, of: usize },
+    /// A seed starts.
+    Seed {
+        /// The seed.
+        seed: u64,
+        /// Its position in the list, from 0.
+        index: usize,
+        /// Number of seeds.
+        of: usize,
+    },
+    /// A training step finished.
     Train(&'a StepStats),
-    Predicted { done: usize, of: usize },
+    /// An evaluation image was predicted.
+    Predicted {
+        /// Images predicted so far.
+        done: usize,
+        /// Images to predict.
+        of: usize,
+    },
+    /// The predictions are being scored.
     Evaluating,
 }
 
@@ -88,6 +119,7 @@ pub fn slug(s: &str) -> String {
         .collect()
 }
 
+/// The dataset's category name (its folder name), or `dataset`.
 pub fn dataset_name(dataset: &Path) -> String {
     crate::data::mvtec::category_name(dataset).unwrap_or_else(|| "dataset".into())
 }

@@ -16,9 +16,13 @@ use rayon::slice::ParallelSliceMut;
 /// exactly the score `threshold`, and (for AU-PRO) the sum of 1/region-size over its positives.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Step {
+    /// The tied score.
     pub threshold: f32,
+    /// Positives with this score.
     pub tp: u64,
+    /// Negatives with this score.
     pub fp: u64,
+    /// Sum of 1/region-size over the positives (0 when unused).
     pub pro: f64,
 }
 
@@ -38,12 +42,16 @@ pub struct BinaryIntegrator {
 /// The three scalar metrics; NaN when a class is missing.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BinaryMetrics {
+    /// Area under the ROC curve.
     pub auroc: f64,
+    /// Average precision (scikit-learn's step-wise sum).
     pub ap: f64,
+    /// Best F1 over thresholds.
     pub f1_max: f64,
 }
 
 impl BinaryIntegrator {
+    /// A sweep over `pos` positives and `neg` negatives in all.
     pub fn new(pos: u64, neg: u64) -> Self {
         Self {
             pos,
@@ -56,6 +64,7 @@ impl BinaryIntegrator {
         }
     }
 
+    /// Adds the next tie group (lower score than the previous one).
     pub fn push(&mut self, tp: u64, fp: u64) {
         if tp == 0 && fp == 0 {
             return;
@@ -74,6 +83,7 @@ impl BinaryIntegrator {
         }
     }
 
+    /// The metrics of the sweep so far (complete once every group is pushed).
     pub fn finish(self) -> BinaryMetrics {
         if self.pos == 0 || self.neg == 0 {
             return BinaryMetrics {
@@ -187,8 +197,11 @@ pub fn f1_max(scores: &[f32], labels: &[bool]) -> f64 {
 /// with threshold +inf, then one point per distinct score, descending.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RocCurve {
+    /// False-positive rate per point.
     pub fpr: Vec<f64>,
+    /// True-positive rate per point.
     pub tpr: Vec<f64>,
+    /// Score threshold per point (+inf first).
     pub thresholds: Vec<f32>,
 }
 
@@ -196,8 +209,11 @@ pub struct RocCurve {
 /// threshold first, i.e. reversed w.r.t. scikit-learn) without its final (P=1, R=0) point.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrCurve {
+    /// Precision per point.
     pub precision: Vec<f64>,
+    /// Recall per point.
     pub recall: Vec<f64>,
+    /// Score threshold per point, descending.
     pub thresholds: Vec<f32>,
 }
 

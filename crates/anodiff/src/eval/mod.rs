@@ -1,6 +1,7 @@
-//! Evaluation toolkit: anomaly-detection metrics, the prediction format any detector writes,
-//! anomaly sources (the baselines DualAnoDiff must beat) and the downstream localisation network
-//! of the generation papers' protocol (METHODS.md A.7).
+//! Evaluation toolkit: anomaly-detection metrics, the prediction format any detector writes and
+//! its evaluation, anomaly sources (the baselines DualAnoDiff must beat), the downstream
+//! localisation network of the generation papers' protocol (METHODS.md A.7) with its multi-seed
+//! benchmark, and the run-folder layout and HTML report.
 
 pub mod aupro;
 pub mod evaluate;

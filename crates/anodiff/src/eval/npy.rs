@@ -9,12 +9,16 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 /// A row-major H×W float32 map.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Map2 {
+    /// Rows.
     pub height: usize,
+    /// Columns.
     pub width: usize,
+    /// `height * width` values, row-major.
     pub data: Vec<f32>,
 }
 
 impl Map2 {
+    /// A map from row-major `data`; its length must be `height * width`.
     pub fn new(height: usize, width: usize, data: Vec<f32>) -> Result<Self> {
         if data.len() != height * width {
             return Err(Error::invalid(format!(

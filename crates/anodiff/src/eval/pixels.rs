@@ -40,12 +40,19 @@ pub struct PixelScores {
 /// Pixel metrics; NaN where undefined (one class missing, no region, NaN score).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PixelMetrics {
+    /// Pixel AUROC.
     pub auroc: f64,
+    /// Pixel average precision.
     pub ap: f64,
+    /// Pixel best F1 over thresholds.
     pub f1_max: f64,
+    /// AU-PRO up to the FPR limit, normalised.
     pub aupro: f64,
+    /// Pixels scored.
     pub pixels: u64,
+    /// Defect pixels among them.
     pub positives: u64,
+    /// Connected defect regions.
     pub regions: u64,
 }
 

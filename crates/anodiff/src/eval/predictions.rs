@@ -9,7 +9,9 @@ use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Image-score file inside a prediction folder.
 pub const SCORES_FILE: &str = "scores.csv";
+/// First line of [`SCORES_FILE`].
 pub const HEADER: &str = "defect,stem,score";
 
 /// Names become path components and CSV fields: no separators, no dots-only names.
@@ -35,6 +37,7 @@ pub struct PredictionWriter {
 }
 
 impl PredictionWriter {
+    /// Creates `dir` (and parents) to write into.
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         Ok(Self {
@@ -129,6 +132,7 @@ impl Predictions {
         })
     }
 
+    /// The prediction folder.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -16,6 +16,7 @@ use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+/// What the report page shows.
 #[derive(Debug, Clone)]
 pub struct ReportOptions {
     /// Test images shown per defect type (and from `good`), evenly spaced over the sorted list.

@@ -4,12 +4,15 @@
 
 use std::path::PathBuf;
 
+/// Paths of the files of one run folder.
 #[derive(Debug, Clone)]
 pub struct RunLayout {
+    /// The run folder.
     pub root: PathBuf,
 }
 
 impl RunLayout {
+    /// The layout under `root` (nothing is created).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
     }
@@ -33,6 +36,7 @@ impl RunLayout {
     pub fn train_dir(&self) -> PathBuf {
         self.root.join("train")
     }
+    /// The report page.
     pub fn report_html(&self) -> PathBuf {
         self.root.join("report.html")
     }

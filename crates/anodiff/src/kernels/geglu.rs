@@ -10,7 +10,7 @@ use super::{slice, supported};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
 
-/// `h: [.., 2·n]` → `[.., n]`. Falls back to [`reference`] when the kernels are off, off CPU or
+/// `h: [.., 2·n]` → `[.., n]`. Falls back to [`reference()`] when the kernels are off, off CPU or
 /// for dtypes other than f32/f64.
 pub fn geglu(h: &Tensor) -> Result<Tensor> {
     let last = h.dims().last().copied().unwrap_or(0);

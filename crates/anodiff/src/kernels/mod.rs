@@ -1,7 +1,17 @@
 //! Hand-written CPU kernels (candle custom ops with analytic backward) for the hot spots of SD
-//! training: conv2d via im2col + `gemm`, fused GroupNorm(+SiLU). Non-CPU devices and dtypes other
-//! than f32/f64 fall back to candle's composition. `ANODIFF_KERNELS=candle` disables them at run time
-//! (A/B tests, benchmarks).
+//! training:
+//!
+//! - [`conv2d`]: convolution via im2col + `gemm`, or [`winograd`] F(2,3)/F(4,3) for stride-1 3×3
+//!   (`ANODIFF_WINOGRAD=0` keeps im2col, `=2` caps at F(2,3)); bias fused;
+//! - [`groupnorm`]: fused GroupNorm (+ optional SiLU), also used for LayerNorm over the last dim;
+//! - [`attention`]: scaled-dot-product attention over blocks of query rows, no stored score matrix;
+//! - [`lowrank`]: a frozen linear layer, alone or with one LoRA term, as a single graph node;
+//! - [`geglu`]: the feed-forward gate `a · gelu(b)` with its own backward;
+//! - `gemm` (strided matrix-multiply wrapper) and `simd` (AVX2 element-wise helpers, with
+//!   [`force_scalar`] to test the plain paths), shared by the others.
+//!
+//! Non-CPU devices and dtypes other than f32/f64 fall back to candle's composition.
+//! `ANODIFF_KERNELS=candle` disables the kernels at run time (A/B tests, benchmarks).
 
 pub mod attention;
 pub mod conv2d;

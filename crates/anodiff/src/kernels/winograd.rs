@@ -324,11 +324,17 @@ fn weight_row<const M: usize, const A: usize, T: Transforms<M, A>>(
 /// Geometry of one Winograd convolution: `x: [N, C, H, W]` → `[N, O, Ho, Wo]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
+    /// Batch size.
     pub n: usize,
+    /// Input channels.
     pub c: usize,
+    /// Input height.
     pub h: usize,
+    /// Input width.
     pub w: usize,
+    /// Output channels.
     pub o: usize,
+    /// Zero padding on every side.
     pub pad: usize,
 }
 

@@ -5,14 +5,20 @@ use super::params::{Init, Params};
 use crate::error::Result;
 use candle_core::{Module, Tensor};
 
+/// A 2-D convolution layer (square kernel, same stride and padding on both axes).
 pub struct Conv2d {
+    /// `[out, in, k, k]`.
     pub weight: Tensor,
+    /// `[out]`, if any.
     pub bias: Option<Tensor>,
+    /// Stride on both axes.
     pub stride: usize,
+    /// Zero padding on every side.
     pub padding: usize,
 }
 
 impl Conv2d {
+    /// Loads or creates `p.weight [out, inp, kernel, kernel]` and `p.bias [out]` (PyTorch init when fresh).
     pub fn new(
         p: &Params,
         inp: usize,

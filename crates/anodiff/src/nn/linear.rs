@@ -10,11 +10,15 @@ use std::sync::{Arc, RwLock};
 /// deltas, probes). It gets the layer itself, not just its output, so it can fuse its change with
 /// the base computation (`Linear::forward_base` is the unadapted layer).
 pub trait LinearAdapter: Send + Sync {
+    /// The adapted output for `input` (`base` is the layer being adapted).
     fn forward(&self, base: &Linear, input: &Tensor) -> candle_core::Result<Tensor>;
 }
 
+/// A fully connected layer, `y = x Wᵀ + b` over the last dimension, with an adapter slot.
 pub struct Linear {
+    /// `[out, in]`.
     pub weight: Tensor,
+    /// `[out]`, if any.
     pub bias: Option<Tensor>,
     /// Full dotted name (`…attn1.to_q`), used for targeting adapters by pattern.
     pub name: String,
@@ -34,6 +38,7 @@ impl Linear {
         Ok(Self::from_tensors(weight, bias, p.prefix()))
     }
 
+    /// A layer from existing tensors; `name` is its full dotted name.
     pub fn from_tensors(weight: Tensor, bias: Option<Tensor>, name: &str) -> Self {
         Self {
             weight,
@@ -43,18 +48,22 @@ impl Linear {
         }
     }
 
+    /// Input features.
     pub fn in_dim(&self) -> usize {
         self.weight.dims()[1]
     }
 
+    /// Output features.
     pub fn out_dim(&self) -> usize {
         self.weight.dims()[0]
     }
 
+    /// Installs (or, with `None`, removes) the adapter that replaces this layer's forward.
     pub fn set_adapter(&self, adapter: Option<Arc<dyn LinearAdapter>>) {
         *self.adapter.write().unwrap() = adapter;
     }
 
+    /// The installed adapter, if any.
     pub fn adapter(&self) -> Option<Arc<dyn LinearAdapter>> {
         self.adapter.read().unwrap().clone()
     }

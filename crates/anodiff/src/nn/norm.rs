@@ -4,14 +4,20 @@ use super::params::{Init, Params};
 use crate::error::Result;
 use candle_core::{Module, Tensor, D};
 
+/// Group normalisation with a per-channel affine (diffusers' `GroupNorm`).
 pub struct GroupNorm {
+    /// Number of channel groups.
     pub groups: usize,
+    /// Added to the variance.
     pub eps: f64,
+    /// Per-channel scale `[C]`.
     pub weight: Tensor,
+    /// Per-channel shift `[C]`.
     pub bias: Tensor,
 }
 
 impl GroupNorm {
+    /// Loads or creates `weight`/`bias` `[channels]` (ones / zeros when fresh); `channels` must split into `groups`.
     pub fn new(p: &Params, groups: usize, channels: usize, eps: f64) -> Result<Self> {
         if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(crate::Error::invalid(format!(
@@ -79,13 +85,18 @@ impl Module for GroupNorm {
     }
 }
 
+/// Layer normalisation over the last dimension.
 pub struct LayerNorm {
+    /// Added to the variance.
     pub eps: f64,
+    /// Scale `[dim]`; `None` without affine parameters.
     pub weight: Option<Tensor>,
+    /// Shift `[dim]`; `None` without affine parameters.
     pub bias: Option<Tensor>,
 }
 
 impl LayerNorm {
+    /// Loads or creates `weight`/`bias` `[dim]` (ones / zeros when fresh).
     pub fn new(p: &Params, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             eps,

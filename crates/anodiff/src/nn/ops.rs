@@ -11,10 +11,12 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     e.broadcast_div(&s)
 }
 
+/// `x · sigmoid(x)`.
 pub fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
     x.silu()
 }
 
+/// `1 / (1 + e^-x)`.
 pub fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
     // 1 / (1 + e^-x) from basic ops so it has a backward.
     (x.neg()?.exp()? + 1.0)?.recip()

@@ -15,13 +15,18 @@ use std::sync::{Arc, Mutex};
 /// How a parameter is initialised when it is not loaded from a checkpoint.
 #[derive(Clone, Copy, Debug)]
 pub enum Init {
+    /// All zeros (biases, norm shifts).
     Zeros,
+    /// All ones (norm scales).
     Ones,
     /// PyTorch's default for Linear/Conv weights and biases: U(-1/√fan_in, 1/√fan_in).
     Uniform {
+        /// Half-width of the interval.
         bound: f64,
     },
+    /// N(0, std²).
     Normal {
+        /// Standard deviation.
         std: f64,
     },
     /// Every element the same value (learnable gates and scales).
@@ -60,6 +65,7 @@ struct Inner {
     elems: std::sync::atomic::AtomicUsize,
 }
 
+/// A parameter store viewed under a name prefix; cheap to clone (clones share the store).
 #[derive(Clone)]
 pub struct Params {
     inner: Arc<Inner>,
@@ -134,6 +140,7 @@ impl Params {
         }
     }
 
+    /// The dtype parameters are handed out in.
     pub fn dtype(&self) -> DType {
         self.inner.dtype
     }
@@ -146,10 +153,12 @@ impl Params {
         }
     }
 
+    /// The dotted name prefix of this view (empty at the root).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
+    /// Device parameters live on.
     pub fn device(&self) -> &Device {
         &self.inner.device
     }
@@ -171,6 +180,7 @@ impl Params {
         }
     }
 
+    /// True for a freshly initialised store.
     pub fn is_fresh(&self) -> bool {
         matches!(self.inner.source, Source::Fresh { .. })
     }

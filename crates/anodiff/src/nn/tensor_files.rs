@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Tensors by name, each remembering its source file.
 pub struct TensorFiles {
     tensors: HashMap<String, (Tensor, usize)>,
     files: Vec<PathBuf>,
@@ -40,24 +41,29 @@ impl TensorFiles {
         }
     }
 
+    /// The tensor called `name` with the file it came from.
     pub fn get(&self, name: &str) -> Option<(&Tensor, &Path)> {
         self.tensors
             .get(name)
             .map(|(t, i)| (t, self.files[*i].as_path()))
     }
 
+    /// Whether a tensor called `name` exists.
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
 
+    /// Every tensor name, in no particular order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(|s| s.as_str())
     }
 
+    /// Number of tensors.
     pub fn len(&self) -> usize {
         self.tensors.len()
     }
 
+    /// Whether there is no tensor.
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
     }

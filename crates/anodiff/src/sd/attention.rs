@@ -2,15 +2,17 @@
 //! delegated, stage by stage, to an [`AttnProcessor`] chosen per layer.
 //!
 //! This is the one hook through which everything that customises attention plugs in — LoRA sets
-//! (`project`), BCM reference attention (`kv_source`), attention-map capture or a fast kernel
-//! (`attend`), SAIM (`output`) — so the UNet is never forked. Processors compose with
-//! [`ProcessorStack`]; they keep state across passes through interior mutability.
+//! (`linear`), BCM reference attention (`kv_source`), probes of a projection (`project`),
+//! attention-map capture or a fast kernel (`attend`), SAIM (`output`) — so the UNet is never
+//! forked. Processors compose with [`ProcessorStack`]; they keep state across passes through
+//! interior mutability.
 
 use crate::error::Result;
 use crate::nn::{ops, Linear, Params};
 use candle_core::{Module, Tensor};
 use std::sync::{Arc, RwLock};
 
+/// Which of a transformer block's two attention layers this is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttnKind {
     /// `attn1`: keys/values from the hidden states themselves.
@@ -26,10 +28,15 @@ pub struct AttnLayerInfo {
     pub name: String,
     /// Position of the layer in forward order among the model's attention layers (0-based).
     pub index: usize,
+    /// Self- or cross-attention.
     pub kind: AttnKind,
+    /// Number of heads.
     pub heads: usize,
+    /// Channels per head.
     pub head_dim: usize,
+    /// Channels of the hidden states (query input and output).
     pub query_dim: usize,
+    /// Channels of the key/value input (the text states for cross-attention).
     pub context_dim: usize,
 }
 
@@ -58,7 +65,9 @@ pub struct ForwardCtx {
 
 /// What a processor sees about the current call.
 pub struct AttnCall<'a> {
+    /// The layer being called.
     pub layer: &'a AttnLayerInfo,
+    /// The forward pass it belongs to.
     pub ctx: &'a ForwardCtx,
     /// Spatial size (h, w) of the token grid for UNet layers; None for text layers.
     pub hw: Option<(usize, usize)>,
@@ -67,9 +76,13 @@ pub struct AttnCall<'a> {
 /// The four projections of an attention layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proj {
+    /// Query (`to_q`).
     Q,
+    /// Key (`to_k`).
     K,
+    /// Value (`to_v`).
     V,
+    /// Output (`to_out.0`).
     Out,
 }
 
@@ -138,7 +151,8 @@ pub trait AttnProcessor: Send + Sync {
 pub struct DefaultProcessor;
 impl AttnProcessor for DefaultProcessor {}
 
-/// Several processors applied in order at every stage; for `attend` the first that answers wins.
+/// Several processors applied in order at every stage; for `linear` and `attend` the first that
+/// answers wins.
 pub struct ProcessorStack(pub Vec<Arc<dyn AttnProcessor>>);
 
 impl AttnProcessor for ProcessorStack {
@@ -197,11 +211,17 @@ impl AttnProcessor for ProcessorStack {
     }
 }
 
+/// One attention layer: four projections plus the processor that runs them.
 pub struct Attention {
+    /// Static facts about the layer.
     pub info: AttnLayerInfo,
+    /// Query projection `[query_dim → heads·head_dim]`, no bias.
     pub to_q: Linear,
+    /// Key projection `[context_dim → heads·head_dim]`, no bias.
     pub to_k: Linear,
+    /// Value projection `[context_dim → heads·head_dim]`, no bias.
     pub to_v: Linear,
+    /// Output projection `[heads·head_dim → query_dim]`, with bias.
     pub to_out: Linear,
     processor: RwLock<Arc<dyn AttnProcessor>>,
 }
@@ -230,10 +250,12 @@ impl Attention {
         }
     }
 
+    /// Replaces the layer's processor (the default is [`DefaultProcessor`]).
     pub fn set_processor(&self, p: Arc<dyn AttnProcessor>) {
         *self.processor.write().unwrap() = p;
     }
 
+    /// The layer's current processor.
     pub fn processor(&self) -> Arc<dyn AttnProcessor> {
         self.processor.read().unwrap().clone()
     }
@@ -292,6 +314,7 @@ impl Attention {
 /// Anything that holds attention layers lets callers visit them in forward order (to install
 /// processors by name or index).
 pub trait HasAttention {
+    /// Calls `f` on every attention layer in forward order.
     fn visit_attention(&self, f: &mut dyn FnMut(&Attention));
 
     /// Installs `make(info)` as the processor of every attention layer.
@@ -299,6 +322,7 @@ pub trait HasAttention {
         self.visit_attention(&mut |a| a.set_processor(make(&a.info)));
     }
 
+    /// Every layer's [`AttnLayerInfo`], in forward order.
     fn attention_infos(&self) -> Vec<AttnLayerInfo> {
         let mut v = Vec::new();
         self.visit_attention(&mut |a| v.push(a.info.clone()));

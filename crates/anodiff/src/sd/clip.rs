@@ -31,21 +31,31 @@ pub enum ClipActivation {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(default)]
 pub struct ClipTextConfig {
+    /// Token vocabulary size.
     pub vocab_size: usize,
+    /// Width of the token embeddings and every layer.
     pub hidden_size: usize,
+    /// Width of each layer's MLP.
     pub intermediate_size: usize,
+    /// Number of transformer layers.
     pub num_hidden_layers: usize,
+    /// Attention heads per layer.
     pub num_attention_heads: usize,
+    /// Longest token sequence (77 for SD).
     pub max_position_embeddings: usize,
+    /// MLP activation.
     pub hidden_act: ClipActivation,
+    /// LayerNorm epsilon.
     pub layer_norm_eps: f64,
     /// Only used by the projection head, which SD does not load; kept for completeness.
     pub projection_dim: Option<usize>,
+    /// Begin-of-text token id.
     #[serde(deserialize_with = "first_id")]
     pub bos_token_id: Option<u32>,
     /// Decides the pooling position (see [`ClipTextModel::pool_positions`]).
     #[serde(deserialize_with = "first_id")]
     pub eos_token_id: Option<u32>,
+    /// Padding token id.
     #[serde(deserialize_with = "first_id")]
     pub pad_token_id: Option<u32>,
     /// Training-time attention dropout; not applied by this implementation.
@@ -263,6 +273,7 @@ impl ClipLayer {
     }
 }
 
+/// The CLIP text transformer (token + position embeddings, causal pre-LN layers, final LayerNorm).
 pub struct ClipTextModel {
     cfg: ClipTextConfig,
     token_embedding: Tensor,
@@ -328,6 +339,7 @@ impl ClipTextModel {
         Self::new(&cfg, &p)
     }
 
+    /// The config the model was built from.
     pub fn config(&self) -> &ClipTextConfig {
         &self.cfg
     }

@@ -15,7 +15,12 @@ pub enum ModelSource {
     /// A diffusers folder (`model_index.json`, `unet/`, …).
     Folder(PathBuf),
     /// A preset name and the seed of its random weights.
-    Preset { name: String, seed: u64 },
+    Preset {
+        /// Preset name (see [`Preset::by_name`]).
+        name: String,
+        /// Seed of the random weights.
+        seed: u64,
+    },
 }
 
 impl ModelSource {

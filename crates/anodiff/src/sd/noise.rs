@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use std::collections::VecDeque;
 
+/// Hands out the random tensors of a run, in the order they are asked for.
 pub trait NoiseSource {
     /// A standard-normal f32 tensor of the given shape.
     fn draw(&mut self, shape: &[usize], device: &Device) -> Result<Tensor>;
@@ -19,6 +20,7 @@ pub struct SeededNoise {
 }
 
 impl SeededNoise {
+    /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Self {
             rng: rand::rngs::StdRng::seed_from_u64(seed),
@@ -40,11 +42,13 @@ pub struct ReplayNoise {
 }
 
 impl ReplayNoise {
+    /// Replays `tensors` in order.
     pub fn new(tensors: Vec<Tensor>) -> Self {
         Self {
             queue: tensors.into(),
         }
     }
+    /// Tensors not yet handed out.
     pub fn remaining(&self) -> usize {
         self.queue.len()
     }

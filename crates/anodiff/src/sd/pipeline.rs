@@ -18,9 +18,11 @@ use super::vae::AutoencoderKL;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 
-/// A complete diffusers model folder, loaded.
+/// A complete model — from a diffusers folder or a preset — ready to sample.
 pub struct StableDiffusion {
+    /// Turns prompts into token ids.
     pub tokenizer: ClipTokenizer,
+    /// Token ids → text states for cross-attention.
     pub text_encoder: ClipTextModel,
     /// The image <-> UNet-sample codec: `Some` for latent-space models (SD), `None` for
     /// pixel-space models, whose UNet denoises 3-channel images in [-1, 1] directly.
@@ -28,19 +30,26 @@ pub struct StableDiffusion {
     /// Pixel-space models only: the UNet denoises standardised pixels (see `pixel_norm.rs`);
     /// `None` = plain [-1, 1].
     pub pixel_norm: Option<PixelNorm>,
+    /// The denoiser.
     pub unet: UNet2DConditionModel,
+    /// Noise schedule and sampler settings (`scheduler/scheduler_config.json`).
     pub scheduler_config: SchedulerConfig,
     /// The scheduler class named in `scheduler_config.json`, used when the caller names none.
     pub default_scheduler: SchedulerKind,
+    /// Device every model lives on.
     pub device: Device,
 }
 
 /// Settings shared by both pipelines.
 #[derive(Clone, Debug)]
 pub struct SampleOptions {
+    /// What to render.
     pub prompt: String,
+    /// What to steer away from under guidance (often empty).
     pub negative_prompt: String,
+    /// Denoising steps.
     pub steps: usize,
+    /// Classifier-free guidance scale; 1 or below turns guidance off.
     pub guidance: f64,
     /// Image width in pixels. `None`: txt2img renders at the model's native size
     /// ([`StableDiffusion::native_size`]), inpaint at the image's own size.
@@ -130,6 +139,7 @@ impl StableDiffusion {
         self.unet.config().sample_size.unwrap_or(64) * self.vae_scale_factor()
     }
 
+    /// True for a model without a VAE.
     pub fn is_pixel_space(&self) -> bool {
         self.vae.is_none()
     }

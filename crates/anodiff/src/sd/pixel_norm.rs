@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 /// Below this the std is floored, so a flat channel does not blow values up.
 const MIN_STD: f32 = 0.05;
 
+/// Per-channel mean and std of a pixel-space model's training images.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PixelNorm {
     /// Per-channel mean in [-1, 1] units.

@@ -12,33 +12,47 @@ use super::vae::{config::SampleSize, VaeConfig};
 use crate::error::{Error, Result};
 use crate::nn::Params;
 
+/// Parameter counts of a preset's models.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct ParameterCounts {
+    /// UNet parameters.
     pub unet: usize,
+    /// VAE parameters.
     pub vae: usize,
+    /// Text-encoder parameters.
     pub text_encoder: usize,
 }
 
+/// A named model configuration; see [`NAMES`].
 #[derive(Clone, Debug)]
 pub struct Preset {
+    /// Its name in [`NAMES`].
     pub name: &'static str,
+    /// One-line description for listings.
     pub description: &'static str,
     /// Native image side in pixels.
     pub resolution: usize,
+    /// UNet config.
     pub unet: UNetConfig,
+    /// VAE config (unused when `pixel_space`).
     pub vae: VaeConfig,
+    /// Text-encoder config.
     pub text: ClipTextConfig,
+    /// Noise-schedule config.
     pub scheduler: SchedulerConfig,
-    /// The UNet denoises RGB pixels directly (3 channels, no VAE; `vae` is unused). See
-    /// [`small`] for why CPU-trained presets work in pixel space.
+    /// The UNet denoises RGB pixels directly (3 channels, no VAE; `vae` is unused). The notes on
+    /// the `small` preset in `sd/presets.rs` say why CPU-trained presets work in pixel space.
     pub pixel_space: bool,
 }
 
 /// The models of a preset, numbered for the seeds of their fresh weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Component {
+    /// The CLIP text encoder.
     TextEncoder = 1,
+    /// The VAE.
     Vae = 2,
+    /// The UNet.
     Unet = 3,
 }
 
@@ -65,6 +79,7 @@ pub const NAMES: &[&str] = &[
 ];
 
 impl Preset {
+    /// The preset called `name`; an unknown name is an error listing the known ones.
     pub fn by_name(name: &str) -> Result<Self> {
         Ok(match name {
             "tiny" => tiny(),
@@ -94,6 +109,7 @@ impl Preset {
         })
     }
 
+    /// Every preset, in [`NAMES`] order.
     pub fn all() -> Vec<Self> {
         NAMES
             .iter()
@@ -279,9 +295,7 @@ fn small() -> Preset {
 
 /// `small`'s family at 64 px, the resolution of the CPU localisation benchmark: one more level
 /// in front (UNet 16/32/64/64) so the 64×64 and 32×32 levels stay cheap, attention only at 16×16
-/// and 8×8 (256 and 64 tokens). Measured on 2 shared cores: a LoRA training step at batch 12
-/// (DualAnoDiff's 4 pairs + 4 reference rows) costs about what `small` costs at 64 px divided by
-/// the figure in the preset's doc in BENCHMARKS.md; pixel space for the reasons given at [`small`].
+/// and 8×8 (256 and 64 tokens). Pixel space for the reasons given at [`small`].
 fn small64() -> Preset {
     let s = small();
     let unet = UNetConfig {

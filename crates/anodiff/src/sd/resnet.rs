@@ -7,12 +7,19 @@ use candle_core::{Module, Tensor};
 /// GroupNorm → SiLU → conv3×3 → (+ time embedding) → GroupNorm → SiLU → conv3×3, plus a 1×1
 /// shortcut when the channel count changes.
 pub struct ResnetBlock2D {
+    /// First GroupNorm (SiLU fused).
     pub norm1: GroupNorm,
+    /// First 3×3 convolution.
     pub conv1: Conv2d,
+    /// Time-embedding projection to `out_ch` (UNet only).
     pub time_emb_proj: Option<Linear>,
+    /// Second GroupNorm (SiLU fused).
     pub norm2: GroupNorm,
+    /// Second 3×3 convolution.
     pub conv2: Conv2d,
+    /// 1×1 shortcut when the channel count changes.
     pub conv_shortcut: Option<Conv2d>,
+    /// The sum is divided by this (1 in SD).
     pub output_scale_factor: f64,
 }
 
@@ -68,11 +75,14 @@ impl ResnetBlock2D {
 /// Stride-2 3×3 convolution. The VAE encoder pads asymmetrically (right/bottom by one, no conv
 /// padding); the UNet uses symmetric padding 1.
 pub struct Downsample2D {
+    /// The stride-2 convolution.
     pub conv: Conv2d,
+    /// Pad right/bottom by one instead of symmetric padding (VAE encoder).
     pub asymmetric_pad: bool,
 }
 
 impl Downsample2D {
+    /// `ch → out_ch` at stride 2.
     pub fn new(p: &Params, ch: usize, out_ch: usize, asymmetric_pad: bool) -> Result<Self> {
         let padding = if asymmetric_pad { 0 } else { 1 };
         Ok(Self {
@@ -95,10 +105,12 @@ impl Module for Downsample2D {
 
 /// Nearest-neighbour ×2 (or to an explicit size) followed by a 3×3 convolution.
 pub struct Upsample2D {
+    /// The 3×3 convolution after upsampling.
     pub conv: Conv2d,
 }
 
 impl Upsample2D {
+    /// `ch → out_ch` after ×2 nearest upsampling.
     pub fn new(p: &Params, ch: usize, out_ch: usize) -> Result<Self> {
         Ok(Self {
             conv: Conv2d::new(&p.pp("conv"), ch, out_ch, 3, 1, 1)?,

@@ -80,6 +80,7 @@ impl SpecialToken {
 /// share the same text, e.g. SD-1's `pad_token` string overrides `eos_token`'s normalized flag).
 const SPECIAL_KEYS: [&str; 4] = ["bos_token", "eos_token", "unk_token", "pad_token"];
 
+/// CLIP's byte-level BPE tokenizer, built from `vocab.json` + `merges.txt` (+ the tokenizer config).
 pub struct ClipTokenizer {
     vocab: HashMap<String, u32>,
     merges: Merges,
@@ -363,15 +364,19 @@ impl ClipTokenizer {
         ids
     }
 
+    /// Length every encoding is padded or truncated to (77 for SD).
     pub fn max_length(&self) -> usize {
         self.max_length
     }
+    /// Id of the padding token.
     pub fn pad_id(&self) -> u32 {
         self.pad
     }
+    /// Id of `<|startoftext|>`.
     pub fn bos_id(&self) -> u32 {
         self.bos
     }
+    /// Id of `<|endoftext|>`.
     pub fn eos_id(&self) -> u32 {
         self.eos
     }

@@ -13,10 +13,12 @@ use std::path::{Path, PathBuf};
 /// A diffusers model folder.
 #[derive(Clone, Debug)]
 pub struct ModelDir {
+    /// The folder holding `model_index.json`.
     pub root: PathBuf,
 }
 
 impl ModelDir {
+    /// A model folder; fails if `root` is not a folder.
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
         if !root.is_dir() {
@@ -40,6 +42,7 @@ impl ModelDir {
         Ok(Component { dir })
     }
 
+    /// Whether the component sub-folder `name` exists.
     pub fn has_component(&self, name: &str) -> bool {
         self.root.join(name).is_dir()
     }
@@ -48,10 +51,12 @@ impl ModelDir {
 /// One component folder with its config and weights.
 #[derive(Clone, Debug)]
 pub struct Component {
+    /// The component folder.
     pub dir: PathBuf,
 }
 
 impl Component {
+    /// The component at `dir` (not checked until read).
     pub fn at(dir: impl AsRef<Path>) -> Self {
         Self {
             dir: dir.as_ref().to_path_buf(),
@@ -63,6 +68,7 @@ impl Component {
         read_json(&self.dir.join(file))
     }
 
+    /// Parses the component's `config.json` into `T`.
     pub fn config<T: DeserializeOwned>(&self) -> Result<T> {
         self.json("config.json")
     }

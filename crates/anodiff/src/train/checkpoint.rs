@@ -23,25 +23,34 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Version of the checkpoint layout; a checkpoint of another version is refused.
 pub const FORMAT_VERSION: u32 = 1;
 const LATEST: &str = "LATEST";
 
+/// The resumable state of a run (`state.json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CheckpointState {
+    /// [`FORMAT_VERSION`] of the writer.
     pub format: u32,
     /// Completed optimiser updates.
     pub step: usize,
     /// AdamW step count per variable.
     pub adam_steps: HashMap<String, u64>,
+    /// Where the data order stands.
     pub data_order: DataOrder,
 }
 
 /// A checkpoint read back from disk.
 pub struct Checkpoint {
+    /// The checkpoint folder.
     pub dir: PathBuf,
+    /// Its `state.json`.
     pub state: CheckpointState,
+    /// Its `config.json` (training configuration + caller metadata).
     pub config: serde_json::Value,
+    /// Trainable tensors by full name.
     pub weights: HashMap<String, Tensor>,
+    /// AdamW moments (`exp_avg.<name>`, `exp_avg_sq.<name>`).
     pub optimizer: HashMap<String, Tensor>,
 }
 

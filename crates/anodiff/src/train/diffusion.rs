@@ -11,12 +11,14 @@ use crate::sd::unet::UNet2DConditionModel;
 use candle_core::{DType, Tensor};
 use rand::Rng;
 
+/// The SD denoising loss for one noise schedule and prediction type.
 pub struct DiffusionLoss {
     schedule: NoiseSchedule,
     prediction: PredictionType,
 }
 
 impl DiffusionLoss {
+    /// The loss for `cfg`'s training schedule and `prediction_type`.
     pub fn new(cfg: &SchedulerConfig) -> Result<Self> {
         Ok(Self {
             schedule: NoiseSchedule::new(cfg)?,
@@ -30,10 +32,12 @@ impl DiffusionLoss {
         self
     }
 
+    /// What the UNet is trained to predict.
     pub fn prediction(&self) -> PredictionType {
         self.prediction
     }
 
+    /// Length T of the training schedule (timesteps are drawn from 0..T).
     pub fn num_train_timesteps(&self) -> usize {
         self.schedule.num_train_timesteps()
     }

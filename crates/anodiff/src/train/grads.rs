@@ -28,14 +28,17 @@ impl Grads {
         Self { g }
     }
 
+    /// Number of variables (some may have no gradient).
     pub fn len(&self) -> usize {
         self.g.len()
     }
 
+    /// Whether there are no variables.
     pub fn is_empty(&self) -> bool {
         self.g.is_empty()
     }
 
+    /// Gradient of variable `i`, if it took part in the loss.
     pub fn get(&self, i: usize) -> Option<&Tensor> {
         self.g.get(i).and_then(|g| g.as_ref())
     }

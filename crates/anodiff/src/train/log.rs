@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// An append-only JSON-lines log.
 pub struct JsonLog {
     path: PathBuf,
     file: std::fs::File,
@@ -28,10 +29,12 @@ impl JsonLog {
         })
     }
 
+    /// The log file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Appends `record` as one line and flushes.
     pub fn write(&mut self, record: &serde_json::Value) -> Result<()> {
         let mut line = record.to_string();
         line.push('\n');

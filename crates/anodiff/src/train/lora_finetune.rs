@@ -18,23 +18,36 @@ use std::path::PathBuf;
 /// looks for by default).
 pub const LORA_FILE: &str = "pytorch_lora_weights.safetensors";
 
+/// What `anodiff lora-train` does.
 #[derive(Clone, Debug)]
 pub struct LoraTrainOptions {
+    /// Folder of training images.
     pub data: PathBuf,
+    /// The one prompt every image is trained with.
     pub prompt: String,
+    /// LoRA rank.
     pub rank: usize,
     /// None: alpha = rank (scale 1).
     pub alpha: Option<f64>,
+    /// Optimiser updates.
     pub steps: usize,
+    /// Peak learning rate.
     pub lr: f64,
+    /// Images per micro-batch.
     pub batch: usize,
+    /// Micro-batches per update.
     pub grad_accum: usize,
+    /// Linear warmup updates (0: constant rate).
     pub warmup: usize,
     /// Training image side; None: the model's native resolution.
     pub size: Option<usize>,
+    /// Seed of the LoRA init, data order and noise.
     pub seed: u64,
+    /// Checkpoint every this many updates (0: only at the end).
     pub checkpoint_every: usize,
+    /// Output folder: the LoRA file, checkpoints, log.
     pub out: PathBuf,
+    /// Checkpoint folder to resume from.
     pub resume: Option<PathBuf>,
     /// After training, sample this many images with and without the LoRA (same noise) and
     /// measure how close each is to its nearest training image in latent space (0: skip).
@@ -44,6 +57,7 @@ pub struct LoraTrainOptions {
 /// Before/after comparison written by `eval_samples`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LoraEffect {
+    /// Number of samples compared.
     pub samples: usize,
     /// Mean over samples of the RMS distance to the nearest training latent, without the LoRA.
     pub nearest_rms_without: f64,
@@ -53,15 +67,24 @@ pub struct LoraEffect {
     pub grid: PathBuf,
 }
 
+/// What a LoRA training run produced.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LoraTrainReport {
+    /// The trained LoRA ([`LORA_FILE`] in the output folder).
     pub lora_file: PathBuf,
+    /// Training images.
     pub images: usize,
+    /// Training image side in pixels.
     pub size: usize,
+    /// LoRA parameters trained.
     pub trainable_parameters: usize,
+    /// Loss of the first update run.
     pub first_loss: f64,
+    /// Loss of the last update run.
     pub last_loss: f64,
+    /// Figures of every update run.
     pub steps: Vec<StepStats>,
+    /// The before/after comparison, with `eval_samples`.
     pub effect: Option<LoraEffect>,
 }
 

@@ -2,7 +2,8 @@
 //! gradient accumulation and clipping, learning-rate schedules, seeded resumable data order,
 //! atomic checkpoints with exact resume, NaN/Inf stop and a JSON-lines log. Nothing here knows
 //! about LoRA or any model: a fine-tune collects its trainable `Var`s (e.g. `Params::vars()`),
-//! writes a loss closure (e.g. with [`diffusion::DiffusionLoss`]) and calls [`Trainer::run`].
+//! writes a loss closure (e.g. with [`diffusion::DiffusionLoss`]) and calls [`Trainer::run`]
+//! (or [`Trainer::run_with`] to act after every update, e.g. sample grids).
 //!
 //! ```no_run
 //! // A DreamBooth/LoRA-style fine-tune in outline (`train/lora_finetune.rs` is the full job):

@@ -10,13 +10,18 @@ use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 
+/// AdamW hyper-parameters (torch's names and defaults, lr aside).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
     /// Peak learning rate (the schedule scales it).
     pub lr: f64,
+    /// First-moment decay.
     pub beta1: f64,
+    /// Second-moment decay.
     pub beta2: f64,
+    /// Added to the denominator.
     pub eps: f64,
+    /// Decoupled weight decay.
     pub weight_decay: f64,
 }
 
@@ -39,6 +44,7 @@ struct Slot {
     step: u64,
 }
 
+/// AdamW over a named list of `Var`s, with per-variable state.
 pub struct AdamW {
     cfg: AdamWConfig,
     vars: Vec<(String, Var)>,
@@ -72,10 +78,12 @@ impl AdamW {
         Ok(Self { cfg, vars, slots })
     }
 
+    /// The hyper-parameters.
     pub fn config(&self) -> &AdamWConfig {
         &self.cfg
     }
 
+    /// The optimised variables, in state order.
     pub fn vars(&self) -> &[(String, Var)] {
         &self.vars
     }

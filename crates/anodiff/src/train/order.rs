@@ -14,11 +14,14 @@ pub fn stream_seed(seed: u64, step: u64, micro: u64) -> u64 {
     mix(mix(mix(seed) ^ step) ^ micro.wrapping_add(0x5151))
 }
 
+/// Epoch-wise shuffled example order; its state is (epoch, position).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DataOrder {
+    /// Run seed (with the epoch, it fixes each permutation).
     pub seed: u64,
     /// Number of examples.
     pub len: usize,
+    /// Current epoch, from 0.
     pub epoch: u64,
     /// Examples of this epoch already handed out.
     pub pos: usize,
@@ -36,6 +39,7 @@ impl PartialEq for DataOrder {
 impl Eq for DataOrder {}
 
 impl DataOrder {
+    /// The order for `len` examples; an empty set is an error.
     pub fn new(seed: u64, len: usize) -> Result<Self> {
         if len == 0 {
             return Err(Error::invalid("the training set is empty"));

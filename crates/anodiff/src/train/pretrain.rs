@@ -1,6 +1,6 @@
 //! Pretraining from scratch: every weight of a pixel-space preset's UNet and text encoder is
 //! trained on the defect-free `train/good` images of one MVTec-layout category, all paired with
-//! the prompt "a photo of a <category>". The job behind `anodiff pretrain` and `anodiff demo`.
+//! the prompt `"a photo of a <category>"`. The job behind `anodiff pretrain` and `anodiff demo`.
 //! Writes a diffusers-style model folder without `vae/` (`StableDiffusion::save`) that
 //! `StableDiffusion::load` reads back; the held-out loss and the sample grid are measured by
 //! `pretrain_eval.rs`.
@@ -26,20 +26,28 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// What `anodiff pretrain` (and `anodiff demo`) trains.
 #[derive(Clone, Debug)]
 pub struct PretrainOptions {
     /// One MVTec-layout category folder (with `train/good`, optionally `test/good`).
     pub dataset: PathBuf,
-    /// A pixel-space preset name (`small`, `tiny-pixel`).
+    /// A pixel-space preset name (`small`, `small64`, `tiny-pixel`).
     pub preset: String,
+    /// Output folder: the model folder, checkpoints, log, grid.
     pub out: PathBuf,
+    /// Optimiser updates.
     pub steps: usize,
+    /// Images per update.
     pub batch: usize,
     /// Peak learning rate (linear warmup, then cosine to 0).
     pub lr: f64,
+    /// Warmup updates.
     pub warmup: usize,
+    /// Seed of the weights, data order and noise.
     pub seed: u64,
+    /// Checkpoint every this many updates (0: only at the end).
     pub checkpoint_every: usize,
+    /// Checkpoint folder to resume from.
     pub resume: Option<PathBuf>,
     /// Images sampled after training for the grid (0: no grid).
     pub samples: usize,
@@ -69,18 +77,26 @@ impl Default for PretrainOptions {
     }
 }
 
+/// What a pretraining run produced.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PretrainReport {
     /// The trained model folder (`anodiff txt2img --model` loads it).
     pub model_dir: PathBuf,
+    /// Category name (the dataset folder's name).
     pub category: String,
+    /// The prompt the model was trained with ([`category_prompt`]).
     pub prompt: String,
+    /// `train/good` images used.
     pub train_images: usize,
+    /// `test/good` images used for the held-out loss.
     pub test_images: usize,
+    /// Image side in pixels.
     pub size: usize,
+    /// Parameters trained (UNet + text encoder).
     pub trainable_parameters: usize,
     /// `train_log.jsonl`: one line per update (loss, lr, grad norm, time).
     pub log: PathBuf,
+    /// Loss of the first update run.
     pub first_loss: f64,
     /// Mean of the last 20 updates' losses.
     pub last_loss: f64,
@@ -91,8 +107,11 @@ pub struct PretrainReport {
     pub held_out_untrained: Vec<(usize, f64)>,
     /// PNG: samples on top, real training images below.
     pub grid: Option<PathBuf>,
+    /// Training wall time in seconds.
     pub train_secs: f64,
+    /// Sampling wall time in seconds.
     pub sample_secs: f64,
+    /// Figures of every update run (not serialised).
     #[serde(skip)]
     pub steps: Vec<StepStats>,
 }

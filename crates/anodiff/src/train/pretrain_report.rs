@@ -12,9 +12,11 @@ const CSS: &str = "body{font-family:sans-serif;max-width:60em;margin:2em auto}\
 /// Everything the demo page shows.
 #[derive(Clone, Debug, Default)]
 pub struct DemoPage {
+    /// Page title.
     pub title: String,
     /// Free HTML paragraph describing the run.
     pub summary: String,
+    /// (step, loss) points of the loss curve.
     pub losses: Vec<(usize, f64)>,
     /// (t, trained loss, untrained loss).
     pub held_out: Vec<(usize, f64, Option<f64>)>,

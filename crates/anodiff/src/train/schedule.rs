@@ -4,20 +4,25 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A learning-rate schedule as a factor of the peak rate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum LrSchedule {
+    /// Always the peak rate.
     Constant,
     /// Linear ramp from 0 to the peak over `warmup` updates, then constant
     /// (diffusers' `constant_with_warmup`).
     LinearWarmup {
+        /// Updates to reach the peak.
         warmup: usize,
     },
     /// Linear warmup, then a half cosine from the peak to 0 at update `total`
     /// (diffusers' `cosine`, `num_cycles = 0.5`); stays at 0 after `total` (where diffusers'
     /// formula would rise again).
     Cosine {
+        /// Updates to reach the peak.
         warmup: usize,
+        /// Update at which the rate reaches 0.
         total: usize,
     },
 }

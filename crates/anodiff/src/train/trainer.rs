@@ -19,6 +19,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// Settings of one training run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// Total optimiser updates of the run (a resumed run continues up to this number).
@@ -29,7 +30,9 @@ pub struct TrainConfig {
     pub grad_accum: usize,
     /// Seeds the data order and every per-step random stream.
     pub seed: u64,
+    /// AdamW settings (its `lr` is the peak rate).
     pub optimizer: AdamWConfig,
+    /// How the rate varies over the run.
     pub lr_schedule: LrSchedule,
     /// Clip the global gradient norm to this value (None: no clipping; the norm is still logged).
     pub max_grad_norm: Option<f64>,
@@ -72,6 +75,7 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A generator seeded with [`Batch::seed`].
     pub fn rng(&self) -> rand::rngs::StdRng {
         rand::rngs::StdRng::seed_from_u64(self.seed)
     }
@@ -80,10 +84,13 @@ impl Batch {
 /// Figures of one completed update, given to the progress callback and written to the log.
 #[derive(Clone, Debug, Serialize)]
 pub struct StepStats {
+    /// This update, counted from 1.
     pub step: usize,
+    /// Updates of the whole run.
     pub total_steps: usize,
     /// Mean of the micro-batch losses.
     pub loss: f64,
+    /// Learning rate used.
     pub lr: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
@@ -91,11 +98,13 @@ pub struct StepStats {
     pub secs: f64,
     /// Updates per second since this process started training.
     pub its_per_sec: f64,
+    /// Peak resident memory of the process, where /proc reports it.
     pub peak_rss_bytes: Option<u64>,
 }
 
 type Progress = Box<dyn FnMut(&StepStats)>;
 
+/// The training loop over a set of trainable `Var`s (see the module doc).
 pub struct Trainer {
     cfg: TrainConfig,
     opt: AdamW,
@@ -154,22 +163,27 @@ impl Trainer {
         self.step
     }
 
+    /// The run's settings.
     pub fn config(&self) -> &TrainConfig {
         &self.cfg
     }
 
+    /// The trained variables.
     pub fn vars(&self) -> &[(String, Var)] {
         self.opt.vars()
     }
 
+    /// The optimiser and its state.
     pub fn optimizer(&self) -> &AdamW {
         &self.opt
     }
 
+    /// The data order and where it stands.
     pub fn data_order(&self) -> &DataOrder {
         &self.order
     }
 
+    /// The last checkpoint written or resumed from, if any.
     pub fn last_checkpoint(&self) -> Option<&Path> {
         self.last_checkpoint.as_deref()
     }

@@ -18,11 +18,15 @@ use std::path::Path;
 
 /// Encoder levels; the input side must be divisible by 2^(LEVELS-1).
 const LEVELS: usize = 6;
+/// The input side must be a multiple of this (one halving per encoder level below the first).
 pub const SIZE_MULTIPLE: usize = 1 << (LEVELS - 1);
 
+/// Shape of a [`LocalisationNet`], stored next to its weights.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NetConfig {
+    /// Base width w (encoder channels w, 2w, 4w, 8w, 8w, 8w).
     pub width: usize,
+    /// Input channels (3 for RGB).
     pub in_ch: usize,
     /// Standardise each input image (subtract its mean, divide by its std): MTD's defective images
     /// are systematically brighter than the good ones, so raw intensity would be a shortcut.
@@ -96,7 +100,9 @@ fn upsample2(x: &Tensor) -> candle_core::Result<Tensor> {
         .reshape((b, c, 2 * h, 2 * w))
 }
 
+/// The localisation U-Net (see the module doc); built fresh for training or loaded from a run.
 pub struct LocalisationNet {
+    /// Its shape.
     pub config: NetConfig,
     encoder: Vec<ConvBlock>,
     /// Per decoder level (deepest first): the upsampling conv block and the fusion block.
@@ -118,6 +124,7 @@ impl LocalisationNet {
         )
     }
 
+    /// Builds the network described by `config` with weights from `p`.
     pub fn with_config(p: &Params, config: NetConfig) -> Result<Self> {
         let (w, in_ch) = (config.width, config.in_ch);
         if w == 0 || in_ch == 0 {

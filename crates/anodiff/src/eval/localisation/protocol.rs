@@ -3,19 +3,24 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+/// Training budget and input size of the localisation network (`paper` or `cpu`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Protocol {
     /// Network input side (images are resized to size×size); a multiple of 32.
     pub size: usize,
     /// Base width w of the U-Net (channels w, 2w, 4w, 8w, 8w, 8w).
     pub width: usize,
+    /// Training epochs.
     pub epochs: usize,
+    /// Training examples per epoch (each a good image or an anomaly-source pair, 50/50).
     pub samples_per_epoch: usize,
+    /// Batch size.
     pub batch: usize,
     /// Adam learning rate (AdamW with weight decay 0).
     pub lr: f64,
     /// Fractions of the run after which the learning rate is multiplied by `lr_decay`.
     pub lr_decay_at: Vec<f64>,
+    /// Learning-rate factor applied at each `lr_decay_at` point.
     pub lr_decay: f64,
     /// Per-image input standardisation (see `NetConfig::standardise`).
     #[serde(default = "yes")]
@@ -67,6 +72,7 @@ impl Protocol {
         }
     }
 
+    /// `paper` or `cpu`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "paper" => Ok(Self::paper()),
@@ -77,6 +83,7 @@ impl Protocol {
         }
     }
 
+    /// Checks that every setting is usable (size multiple, positive counts and rates).
     pub fn validate(&self) -> Result<()> {
         let m = super::net::SIZE_MULTIPLE;
         if self.size == 0 || !self.size.is_multiple_of(m) {

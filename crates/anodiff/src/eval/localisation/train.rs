@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 /// Weights file written into the run directory.
 pub const WEIGHTS_FILE: &str = "localisation.safetensors";
+/// The protocol a run was trained with, written next to the weights; a resumed run must match it.
 pub const PROTOCOL_FILE: &str = "protocol.json";
 
 /// One training example drawn from `rng`: (image, mask), both `size`×`size`.

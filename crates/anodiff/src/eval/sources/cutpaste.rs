@@ -8,6 +8,7 @@ use image::{imageops, GrayImage, Luma, RgbImage};
 use rand::rngs::StdRng;
 use rand::Rng;
 
+/// Shape of the pasted patch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CutPasteKind {
     /// Rectangle of 2–15 % of the image area, aspect ratio log-uniform in [0.3, 3.3].
@@ -16,12 +17,14 @@ pub enum CutPasteKind {
     Scar,
 }
 
+/// The `cutpaste` and `cutpaste-scar` sources.
 pub struct CutPaste {
     ctx: SourceContext,
     kind: CutPasteKind,
 }
 
 impl CutPaste {
+    /// A source pasting `kind` patches into the context's good images.
     pub fn new(ctx: &SourceContext, kind: CutPasteKind) -> Self {
         Self {
             ctx: ctx.clone(),

@@ -14,6 +14,7 @@ use rand::Rng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The `dir:PATH` source: pairs decoded once, then flipped at random per draw.
 pub struct DirSource {
     name: String,
     size: u32,
@@ -114,10 +115,12 @@ impl DirSource {
         })
     }
 
+    /// Number of pairs.
     pub fn len(&self) -> usize {
         self.files.len()
     }
 
+    /// Whether the folder has no pair (never true for an opened source).
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }

@@ -21,11 +21,13 @@ use rand::Rng;
 /// Noise redraws before giving up on a non-empty mask.
 const MASK_TRIES: usize = 64;
 
+/// The `draem` source (see the module doc).
 pub struct Draem {
     ctx: SourceContext,
 }
 
 impl Draem {
+    /// A source blending textures into the context's good images.
     pub fn new(ctx: &SourceContext) -> Self {
         Self { ctx: ctx.clone() }
     }
@@ -34,15 +36,23 @@ impl Draem {
 /// The colour augmentations the texture may get (3 distinct ones per sample).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextureAug {
+    /// Power curve with γ in [0.5, 2).
     Gamma,
+    /// Scale in [0.8, 1.2) and offset in [-30, 30).
     Brightness,
+    /// Invert values at or above a threshold in [32, 128].
     Solarize,
+    /// Keep the top 1–4 bits.
     Posterize,
+    /// 255 − v.
     Invert,
+    /// Stretch each channel to [0, 255].
     Autocontrast,
+    /// Histogram-equalise each channel.
     Equalize,
 }
 
+/// Every texture augmentation, in a fixed order for seeded draws.
 pub const TEXTURE_AUGS: [TextureAug; 7] = [
     TextureAug::Gamma,
     TextureAug::Brightness,

@@ -15,6 +15,7 @@ pub fn cache_side(size: u32) -> u32 {
     (size * 9).div_ceil(8).max(size)
 }
 
+/// The `fewshot-real` source: the real training defects, randomly cropped and flipped.
 pub struct FewShotReal {
     /// (image, mask) resized to `cache_side(size)` squared.
     pairs: Vec<(RgbImage, GrayImage)>,
@@ -81,6 +82,7 @@ impl FewShotReal {
         self.pairs.len()
     }
 
+    /// Whether no pair was loaded (never true for a constructed source).
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
     }

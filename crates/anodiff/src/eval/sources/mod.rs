@@ -21,7 +21,9 @@ use std::sync::Arc;
 /// One defective training example: `mask` is 0/255, same size as `image`.
 #[derive(Debug, Clone)]
 pub struct AnomalyPair {
+    /// The defective image.
     pub image: RgbImage,
+    /// Its defect mask.
     pub mask: GrayImage,
 }
 
@@ -29,11 +31,15 @@ pub struct AnomalyPair {
 /// images already resized to `size`×`size`.
 #[derive(Clone)]
 pub struct SourceContext {
+    /// The few-shot split.
     pub split: Arc<SplitManifest>,
+    /// Defect-free training images at `size`×`size`.
     pub good: Arc<Vec<RgbImage>>,
+    /// Training side in pixels.
     pub size: u32,
 }
 
+/// A generator of defective (image, mask) pairs for the localisation trainer.
 pub trait AnomalySource: Send {
     /// The spec string this source was built from (e.g. `cutpaste`, `dir:/path`).
     fn name(&self) -> &str;

@@ -7,12 +7,15 @@ use candle_core::Tensor;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// A [`LoraLayer`] as a [`LinearAdapter`]: the base layer plus the active set's term.
 pub struct LoraLinearAdapter {
+    /// The layer's LoRA weights.
     pub layer: Arc<LoraLayer>,
     active: AtomicUsize,
 }
 
 impl LoraLinearAdapter {
+    /// Adapts with `layer`, set 0 active.
     pub fn new(layer: Arc<LoraLayer>) -> Self {
         Self {
             layer,

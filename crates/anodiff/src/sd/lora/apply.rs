@@ -10,6 +10,7 @@ use std::path::Path;
 
 /// What [`apply_file`] installed.
 pub struct AppliedLora {
+    /// The UNet part, installed.
     pub unet: Lora,
     /// `None` when the file has no usable text-encoder part.
     pub text_encoder: Option<Lora>,

@@ -64,6 +64,7 @@ fn dims(targets: &[Target]) -> LayerDims {
 
 /// The LoRA of one model. Cheap to share: layers are `Arc`s holding `Var`s.
 pub struct Lora {
+    /// Which model it adapts.
     pub component: LoraComponent,
     /// In model order.
     layers: Vec<Arc<LoraLayer>>,
@@ -242,10 +243,12 @@ impl Lora {
         })
     }
 
+    /// Every LoRA layer, in model order.
     pub fn layers(&self) -> &[Arc<LoraLayer>] {
         &self.layers
     }
 
+    /// Independent sets per layer.
     pub fn num_sets(&self) -> usize {
         self.sets
     }

@@ -18,12 +18,15 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+/// safetensors header entry holding peft's adapter config (JSON), read and written.
 pub const METADATA_KEY: &str = "lora_adapter_metadata";
 
 /// Which model a LoRA belongs to; gives the file-name prefixes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoraComponent {
+    /// The UNet (`unet.` prefix).
     Unet,
+    /// The CLIP text encoder (`text_encoder.` prefix).
     TextEncoder,
 }
 
@@ -58,9 +61,13 @@ impl LoraComponent {
 /// The weights of one layer as read from a file (f32, shapes checked against the model).
 #[derive(Clone, Debug)]
 pub struct LoraEntry {
+    /// Canonical module name of the adapted layer.
     pub module: String,
+    /// `[r, in]`.
     pub down: Tensor,
+    /// `[out, r]`.
     pub up: Tensor,
+    /// Scale of the term, from the file's alpha (1 without).
     pub scale: f64,
 }
 

@@ -13,12 +13,15 @@ use std::sync::{Arc, Mutex, RwLock};
 
 /// One LoRA set of one layer. `down`/`up` are trainable `Var`s; the scale is `alpha / rank`.
 pub struct LoraSet {
+    /// `[r, in]`.
     pub down: Var,
+    /// `[out, r]`.
     pub up: Var,
     scale: RwLock<f64>,
 }
 
 impl LoraSet {
+    /// A set from existing weights.
     pub fn new(down: Var, up: Var, scale: f64) -> Self {
         Self {
             down,
@@ -27,14 +30,17 @@ impl LoraSet {
         }
     }
 
+    /// Rank r.
     pub fn rank(&self) -> usize {
         self.down.as_tensor().dims()[0]
     }
 
+    /// Current scale of the term.
     pub fn scale(&self) -> f64 {
         *self.scale.read().unwrap()
     }
 
+    /// Changes the scale (e.g. to sample with a weaker LoRA).
     pub fn set_scale(&self, s: f64) {
         *self.scale.write().unwrap() = s;
     }
@@ -48,9 +54,13 @@ impl LoraSet {
 /// LoRA of one linear layer (`module` is its diffusers path inside the component, e.g.
 /// `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`).
 pub struct LoraLayer {
+    /// The adapted layer's module name.
     pub module: String,
+    /// Input features of the layer.
     pub in_dim: usize,
+    /// Output features of the layer.
     pub out_dim: usize,
+    /// The independent sets (one per branch).
     pub sets: Vec<LoraSet>,
     dropout: f64,
     training: Arc<AtomicBool>,
@@ -93,6 +103,7 @@ impl LoraLayer {
         Self::from_sets(module, in_dim, out_dim, sets, dropout, seed, training)
     }
 
+    /// A layer from existing sets, checking their shapes against `[out_dim, in_dim]`.
     pub fn from_sets(
         module: &str,
         in_dim: usize,

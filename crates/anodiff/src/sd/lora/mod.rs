@@ -38,6 +38,7 @@ pub const CLIP_TARGETS: &str = r"q_proj|k_proj|v_proj|out_proj";
 /// How to create fresh LoRA weights.
 #[derive(Clone, Debug)]
 pub struct LoraConfig {
+    /// Rank r of `down: [r, in]` and `up: [out, r]`.
     pub rank: usize,
     /// Scale = alpha / rank; `None` means scale 1.
     pub alpha: Option<f64>,
@@ -48,6 +49,7 @@ pub struct LoraConfig {
     pub targets: String,
     /// Number of independent sets per layer (row `i` uses set `ForwardCtx::branch[i]`).
     pub sets: usize,
+    /// Seed of the fresh `down` weights (each layer's values also depend on its name).
     pub seed: u64,
 }
 
@@ -72,6 +74,7 @@ impl LoraConfig {
         }
     }
 
+    /// `alpha / rank`, or 1 without `alpha`.
     pub fn scale(&self) -> f64 {
         self.alpha.map_or(1.0, |a| a / self.rank as f64)
     }

@@ -52,18 +52,29 @@ pub enum TimestepSpacing {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(from = "RawConfig")]
 pub struct SchedulerConfig {
+    /// Length T of the training schedule.
     pub num_train_timesteps: usize,
+    /// First beta.
     pub beta_start: f64,
+    /// Last beta.
     pub beta_end: f64,
+    /// How betas go from `beta_start` to `beta_end`.
     pub beta_schedule: BetaSchedule,
     /// Explicit betas; replaces `beta_schedule` when present (diffusers' `trained_betas`).
     pub trained_betas: Option<Vec<f64>>,
+    /// What the model predicts (ε, v or x0).
     pub prediction_type: PredictionType,
+    /// Added to every `leading` timestep.
     pub steps_offset: usize,
+    /// DDIM/PNDM: ᾱ past the last step is 1 instead of ᾱ_0.
     pub set_alpha_to_one: bool,
+    /// PNDM: PLMS only (must be true).
     pub skip_prk_steps: bool,
+    /// DDPM/DDIM: clamp the x0 estimate to ±`clip_sample_range`.
     pub clip_sample: bool,
+    /// Bound of `clip_sample`.
     pub clip_sample_range: f64,
+    /// How `set_timesteps` spaces the run's timesteps.
     pub timestep_spacing: TimestepSpacing,
     /// DDPM variance type (`fixed_small` is SD's; `None` means `fixed_small`).
     pub variance_type: Option<String>,
@@ -79,7 +90,9 @@ pub struct SchedulerConfig {
     pub interpolation_type: String,
     /// Euler: Karras / exponential / beta sigma spacings (not implemented, rejected when true).
     pub use_karras_sigmas: bool,
+    /// See `use_karras_sigmas`.
     pub use_exponential_sigmas: bool,
+    /// See `use_karras_sigmas`.
     pub use_beta_sigmas: bool,
     /// Euler: bounds of the Karras / exponential / beta spacings (unused: those are rejected).
     pub sigma_min: Option<f64>,
@@ -97,8 +110,11 @@ pub struct SchedulerConfig {
     /// anodiff sampling options, not diffusers config keys: Euler's churn (diffusers' `step`
     /// arguments `s_churn`, `s_tmin`, `s_tmax`, `s_noise`). `s_churn = 0` is deterministic.
     pub s_churn: f64,
+    /// Euler churn: lowest sigma it applies to.
     pub s_tmin: f64,
+    /// Euler churn: highest sigma it applies to.
     pub s_tmax: f64,
+    /// Euler churn: scale of the added noise.
     pub s_noise: f64,
 }
 

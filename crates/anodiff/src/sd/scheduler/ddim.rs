@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use candle_core::Tensor;
 use std::borrow::Cow;
 
+/// DDIM sampler.
 pub struct DdimScheduler {
     cfg: SchedulerConfig,
     schedule: NoiseSchedule,
@@ -19,6 +20,7 @@ pub struct DdimScheduler {
 }
 
 impl DdimScheduler {
+    /// A sampler for `cfg`; rejects settings DDIM does not implement.
     pub fn new(cfg: &SchedulerConfig) -> Result<Self> {
         cfg.validate(super::SchedulerKind::Ddim)?;
         let schedule = NoiseSchedule::new(cfg)?;
@@ -32,6 +34,7 @@ impl DdimScheduler {
         })
     }
 
+    /// The configured eta.
     pub fn eta(&self) -> f64 {
         self.cfg.eta
     }

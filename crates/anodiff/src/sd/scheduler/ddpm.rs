@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use candle_core::Tensor;
 use std::borrow::Cow;
 
+/// DDPM (ancestral) sampler.
 pub struct DdpmScheduler {
     cfg: SchedulerConfig,
     schedule: NoiseSchedule,
@@ -14,6 +15,7 @@ pub struct DdpmScheduler {
 }
 
 impl DdpmScheduler {
+    /// A sampler for `cfg`; rejects settings DDPM does not implement.
     pub fn new(cfg: &SchedulerConfig) -> Result<Self> {
         cfg.validate(super::SchedulerKind::Ddpm)?;
         let schedule = NoiseSchedule::new(cfg)?;

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use candle_core::Tensor;
 use std::borrow::Cow;
 
+/// Euler discrete sampler.
 pub struct EulerScheduler {
     cfg: SchedulerConfig,
     schedule: NoiseSchedule,
@@ -26,6 +27,7 @@ pub struct EulerScheduler {
 }
 
 impl EulerScheduler {
+    /// A sampler for `cfg`; rejects settings Euler does not implement.
     pub fn new(cfg: &SchedulerConfig) -> Result<Self> {
         cfg.validate(super::SchedulerKind::Euler)?;
         let schedule = NoiseSchedule::new(cfg)?;

@@ -21,6 +21,8 @@ use crate::error::Result;
 use candle_core::Tensor;
 use std::borrow::Cow;
 
+/// A diffusers-compatible sampler: prepares a run's timesteps, then steps the sample back one
+/// timestep at a time. Defaults implement the training-side helpers from [`NoiseSchedule`].
 pub trait Scheduler: Send {
     /// Prepares a sampling run of `steps` steps.
     fn set_timesteps(&mut self, steps: usize) -> Result<()>;
@@ -59,6 +61,7 @@ pub trait Scheduler: Send {
     }
     /// Forward process q(x_t | x_0) with the training schedule; `t` holds one timestep per row.
     fn add_noise(&self, original: &Tensor, noise: &Tensor, t: &[usize]) -> Result<Tensor>;
+    /// The config the scheduler was built from.
     fn config(&self) -> &SchedulerConfig;
 
     /// The training noise schedule (betas, ᾱ). Implementations return their cached copy.
@@ -100,9 +103,13 @@ pub trait Scheduler: Send {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SchedulerKind {
+    /// `DDPMScheduler`.
     Ddpm,
+    /// `DDIMScheduler`.
     Ddim,
+    /// `PNDMScheduler` (PLMS).
     Pndm,
+    /// `EulerDiscreteScheduler`.
     Euler,
 }
 

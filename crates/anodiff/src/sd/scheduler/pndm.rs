@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use candle_core::Tensor;
 use std::borrow::Cow;
 
+/// PNDM sampler in PLMS mode.
 pub struct PndmScheduler {
     cfg: SchedulerConfig,
     schedule: NoiseSchedule,
@@ -25,6 +26,7 @@ pub struct PndmScheduler {
 }
 
 impl PndmScheduler {
+    /// A sampler for `cfg`; rejects settings PNDM does not implement.
     pub fn new(cfg: &SchedulerConfig) -> Result<Self> {
         cfg.validate(super::SchedulerKind::Pndm)?;
         let schedule = NoiseSchedule::new(cfg)?;

@@ -10,6 +10,7 @@ use super::config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpaci
 use crate::error::{Error, Result};
 use candle_core::Tensor;
 
+/// Betas and cumulative alphas ᾱ of the training schedule, as f32 tables indexed by timestep.
 #[derive(Clone, Debug)]
 pub struct NoiseSchedule {
     betas: Vec<f32>,
@@ -19,11 +20,14 @@ pub struct NoiseSchedule {
 /// A model output split into the clean-sample and noise estimates.
 #[derive(Clone, Debug)]
 pub struct Prediction {
+    /// Clean-sample estimate.
     pub x0: Tensor,
+    /// Noise estimate.
     pub eps: Tensor,
 }
 
 impl NoiseSchedule {
+    /// Builds the tables from `cfg` (`trained_betas` or `beta_schedule`).
     pub fn new(cfg: &SchedulerConfig) -> Result<Self> {
         let n = cfg.num_train_timesteps;
         if n == 0 {
@@ -63,14 +67,17 @@ impl NoiseSchedule {
         })
     }
 
+    /// Number of training timesteps T.
     pub fn num_train_timesteps(&self) -> usize {
         self.betas.len()
     }
 
+    /// β_t for t in 0..T.
     pub fn betas(&self) -> &[f32] {
         &self.betas
     }
 
+    /// ᾱ_t for t in 0..T.
     pub fn alphas_cumprod(&self) -> &[f32] {
         &self.alphas_cumprod
     }

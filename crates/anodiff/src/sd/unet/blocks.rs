@@ -11,16 +11,23 @@ use candle_core::{Module, Tensor};
 
 /// Shape facts shared by every block of one UNet.
 pub struct BlockCommon {
+    /// Width of the time embedding fed to every resnet.
     pub temb_channels: usize,
+    /// GroupNorm groups.
     pub groups: usize,
+    /// GroupNorm epsilon.
     pub eps: f64,
+    /// Transformers use linear `proj_in`/`proj_out` instead of 1×1 convolutions.
     pub linear_projection: bool,
 }
 
 /// Attention settings of one block (None for plain blocks).
 pub struct BlockAttn {
+    /// Attention heads.
     pub heads: usize,
+    /// Width of the text states.
     pub context_dim: usize,
+    /// Transformer blocks per transformer.
     pub transformer_layers: usize,
 }
 
@@ -47,13 +54,18 @@ fn transformer(
     )
 }
 
+/// A down block: (resnet → transformer?)×layers, then an optional stride-2 downsampler.
 pub struct DownBlock {
+    /// One per layer.
     pub resnets: Vec<ResnetBlock2D>,
+    /// One per layer for cross-attention blocks, empty otherwise.
     pub attentions: Vec<Transformer2DModel>,
+    /// `None` for the last block.
     pub downsampler: Option<Downsample2D>,
 }
 
 impl DownBlock {
+    /// Builds the block at `p`; `next_index` numbers its attention layers in forward order.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         p: &Params,
@@ -135,11 +147,14 @@ impl DownBlock {
 
 /// resnet → (transformer → resnet)×1; the resnets use `mid_block_scale_factor`.
 pub struct MidBlock {
+    /// The two resnets.
     pub resnets: Vec<ResnetBlock2D>,
+    /// The transformer between them.
     pub attentions: Vec<Transformer2DModel>,
 }
 
 impl MidBlock {
+    /// Builds the block at `p`; `next_index` numbers its attention layers in forward order.
     pub fn new(
         p: &Params,
         ch: usize,
@@ -169,6 +184,7 @@ impl MidBlock {
         })
     }
 
+    /// `x: [B, C, h, w]` → `[B, C, h, w]`.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -185,9 +201,13 @@ impl MidBlock {
     }
 }
 
+/// An up block: (concat skip → resnet → transformer?)×layers, then an optional ×2 upsampler.
 pub struct UpBlock {
+    /// One per layer.
     pub resnets: Vec<ResnetBlock2D>,
+    /// One per layer for cross-attention blocks, empty otherwise.
     pub attentions: Vec<Transformer2DModel>,
+    /// `None` for the last block.
     pub upsampler: Option<Upsample2D>,
 }
 

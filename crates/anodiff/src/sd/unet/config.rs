@@ -60,42 +60,61 @@ pub enum UpKind {
 /// The UNet's `config.json`, field for field (field names are diffusers' keys).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct UNetConfig {
+    /// Latent side the model was trained at (defaults the pipelines' image size).
     #[serde(default)]
     pub sample_size: Option<usize>,
+    /// Channels of the noisy input (4; 9 for inpainting).
     #[serde(default = "d_four")]
     pub in_channels: usize,
+    /// Channels of the prediction.
     #[serde(default = "d_four")]
     pub out_channels: usize,
+    /// Map the input `x` to `2x − 1` before `conv_in`.
     #[serde(default)]
     pub center_input_sample: bool,
+    /// Cosine half first in the timestep embedding.
     #[serde(default = "d_true")]
     pub flip_sin_to_cos: bool,
+    /// Frequency shift of the timestep embedding.
     #[serde(default)]
     pub freq_shift: f64,
+    /// `CrossAttnDownBlock2D` or `DownBlock2D`, one per level.
     #[serde(default = "d_down_types")]
     pub down_block_types: Vec<String>,
+    /// `UNetMidBlock2DCrossAttn`, or `None` for no mid block.
     #[serde(default = "d_mid_type")]
     pub mid_block_type: Option<String>,
+    /// `CrossAttnUpBlock2D` or `UpBlock2D`, one per level (deepest first).
     #[serde(default = "d_up_types")]
     pub up_block_types: Vec<String>,
+    /// Must be false (rejected otherwise).
     #[serde(default = "d_false_pb")]
     pub only_cross_attention: PerBlock<bool>,
+    /// Channels per level.
     #[serde(default = "d_block_out")]
     pub block_out_channels: Vec<usize>,
+    /// Resnets per down block (up blocks have one more).
     #[serde(default = "d_two_pb")]
     pub layers_per_block: PerBlock<usize>,
+    /// Padding of the down-sampling convolutions (0 or 1).
     #[serde(default = "d_one")]
     pub downsample_padding: usize,
+    /// Mid-block resnets divide their output by this.
     #[serde(default = "d_one_f")]
     pub mid_block_scale_factor: f64,
+    /// Resnet activation; only `silu`.
     #[serde(default = "d_silu")]
     pub act_fn: String,
+    /// GroupNorm groups (required).
     #[serde(default = "d_groups")]
     pub norm_num_groups: Option<usize>,
+    /// GroupNorm epsilon.
     #[serde(default = "d_eps")]
     pub norm_eps: f64,
+    /// Width of the text states cross-attention reads.
     #[serde(default = "d_cross")]
     pub cross_attention_dim: PerBlock<usize>,
+    /// Transformer blocks inside each transformer.
     #[serde(default = "d_one_pb")]
     pub transformer_layers_per_block: PerBlock<usize>,
     /// diffusers' naming quirk: for SD models this is the number of heads per block.
@@ -104,38 +123,49 @@ pub struct UNetConfig {
     /// diffusers 0.42.1 refuses any non-null value (see `validate`).
     #[serde(default)]
     pub num_attention_heads: Option<PerBlock<usize>>,
+    /// Rejected when true.
     #[serde(default)]
     pub dual_cross_attention: bool,
+    /// Linear `proj_in`/`proj_out` in the transformers (SD-2) instead of 1×1 convolutions.
     #[serde(default)]
     pub use_linear_projection: bool,
     /// Only affects half-precision attention in diffusers; we compute in f32, so it is ignored.
     #[serde(default)]
     pub upcast_attention: bool,
+    /// Rejected when set.
     #[serde(default)]
     pub class_embed_type: Option<String>,
     /// A class-label embedding (diffusers builds one even without `class_embed_type`): rejected.
     #[serde(default)]
     pub num_class_embeds: Option<usize>,
+    /// Rejected when set.
     #[serde(default)]
     pub addition_embed_type: Option<String>,
     /// Only read by `addition_embed_type` = `text_time` / `text_image`, which are rejected.
     #[serde(default)]
     pub addition_time_embed_dim: Option<usize>,
+    /// Only read with `addition_embed_type` (rejected).
     #[serde(default = "d_sixty_four")]
     pub addition_embed_type_num_heads: usize,
     /// Only read by `class_embed_type` = `projection`, which is rejected.
     #[serde(default)]
     pub projection_class_embeddings_input_dim: Option<usize>,
+    /// Only `positional`.
     #[serde(default = "d_positional")]
     pub time_embedding_type: String,
+    /// Width of the time embedding (default 4 × the first block's channels).
     #[serde(default)]
     pub time_embedding_dim: Option<usize>,
+    /// Rejected when set.
     #[serde(default)]
     pub time_embedding_act_fn: Option<String>,
+    /// Rejected when set.
     #[serde(default)]
     pub timestep_post_act: Option<String>,
+    /// Rejected when set.
     #[serde(default)]
     pub time_cond_proj_dim: Option<usize>,
+    /// Only `default`.
     #[serde(default = "d_default")]
     pub resnet_time_scale_shift: String,
     /// Only used by the `ResnetDownsampleBlock2D` / `SimpleCrossAttn*` blocks, which are rejected.
@@ -144,22 +174,31 @@ pub struct UNetConfig {
     /// Only used by the same unsupported blocks as `resnet_skip_time_act`.
     #[serde(default = "d_one_f")]
     pub resnet_out_scale_factor: f64,
+    /// Kernel size of `conv_in` (odd).
     #[serde(default = "d_three")]
     pub conv_in_kernel: usize,
+    /// Kernel size of `conv_out` (odd).
     #[serde(default = "d_three")]
     pub conv_out_kernel: usize,
+    /// Rejected when set.
     #[serde(default)]
     pub encoder_hid_dim: Option<usize>,
+    /// Rejected when set.
     #[serde(default)]
     pub encoder_hid_dim_type: Option<String>,
+    /// Only `default`.
     #[serde(default = "d_default")]
     pub attention_type: String,
+    /// Rejected when true.
     #[serde(default)]
     pub class_embeddings_concat: bool,
+    /// Only false or `None`.
     #[serde(default)]
     pub mid_block_only_cross_attention: Option<bool>,
+    /// Rejected when set.
     #[serde(default)]
     pub cross_attention_norm: Option<String>,
+    /// Rejected when set.
     #[serde(default)]
     pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
     /// Training-time dropout; not applied by this implementation.

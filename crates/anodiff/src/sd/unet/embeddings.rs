@@ -41,11 +41,14 @@ pub fn timestep_embedding(
 
 /// `linear_1 → SiLU → linear_2` (diffusers `TimestepEmbedding` without its optional extras).
 pub struct TimestepEmbedding {
+    /// Sinusoid width → time-embedding width.
     pub linear_1: Linear,
+    /// Time-embedding width → time-embedding width.
     pub linear_2: Linear,
 }
 
 impl TimestepEmbedding {
+    /// Loads or creates `linear_1` and `linear_2`.
     pub fn new(p: &Params, in_dim: usize, time_embed_dim: usize) -> Result<Self> {
         Ok(Self {
             linear_1: Linear::new(&p.pp("linear_1"), in_dim, time_embed_dim, true)?,

@@ -10,14 +10,23 @@ use crate::sd::attention::{Attention, ForwardCtx, HasAttention};
 use crate::sd::weights::Component;
 use candle_core::{Device, Module, Tensor};
 
+/// The SD UNet; its attention layers take [`AttnProcessor`](crate::sd::attention::AttnProcessor)s
+/// (see [`HasAttention`]).
 pub struct UNet2DConditionModel {
     cfg: UNetConfig,
+    /// Sinusoid → MLP time embedding.
     pub time_embedding: TimestepEmbedding,
+    /// Input convolution.
     pub conv_in: Conv2d,
+    /// Down path, highest resolution first.
     pub down_blocks: Vec<DownBlock>,
+    /// Mid block, if the config has one.
     pub mid_block: Option<MidBlock>,
+    /// Up path, lowest resolution first.
     pub up_blocks: Vec<UpBlock>,
+    /// Final GroupNorm (SiLU fused).
     pub conv_norm_out: GroupNorm,
+    /// Output convolution.
     pub conv_out: Conv2d,
     /// Context widths the cross-attention layers expect (one per distinct value).
     context_dims: Vec<usize>,
@@ -25,6 +34,7 @@ pub struct UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
+    /// Builds the model from `cfg` with weights from `p` (scoped at the component root).
     pub fn new(cfg: &UNetConfig, p: &Params) -> Result<Self> {
         cfg.validate()?;
         let n = cfg.num_blocks();
@@ -160,14 +170,17 @@ impl UNet2DConditionModel {
         Self::new(&cfg, &p)
     }
 
+    /// The config the model was built from.
     pub fn config(&self) -> &UNetConfig {
         &self.cfg
     }
 
+    /// Channels the input `sample` must have.
     pub fn in_channels(&self) -> usize {
         self.cfg.in_channels
     }
 
+    /// Number of attention layers (self + cross), e.g. 32 for SD-1.5.
     pub fn num_attention_layers(&self) -> usize {
         self.num_attention_layers
     }

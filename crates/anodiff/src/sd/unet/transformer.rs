@@ -9,11 +9,14 @@ use candle_core::{Module, Tensor};
 
 /// Feed-forward with a GEGLU gate: `ff.net.0.proj` (C → 2·4C), `a · gelu(b)`, `ff.net.2` (4C → C).
 pub struct FeedForward {
+    /// `C → 8C`: the value and gate halves.
     pub proj_in: Linear,
+    /// `4C → C`.
     pub proj_out: Linear,
 }
 
 impl FeedForward {
+    /// Loads or creates both projections for width `dim`.
     pub fn new(p: &Params, dim: usize) -> Result<Self> {
         let inner = 4 * dim;
         Ok(Self {
@@ -32,17 +35,27 @@ impl Module for FeedForward {
 
 /// What a transformer needs to know to name and number its attention layers.
 pub struct AttnSpec {
+    /// Attention heads.
     pub heads: usize,
+    /// Channels per head.
     pub head_dim: usize,
+    /// Width of the text states.
     pub context_dim: usize,
 }
 
+/// LayerNorm → self-attention, LayerNorm → cross-attention, LayerNorm → GEGLU MLP, each residual.
 pub struct BasicTransformerBlock {
+    /// Before self-attention.
     pub norm1: LayerNorm,
+    /// Self-attention.
     pub attn1: Attention,
+    /// Before cross-attention.
     pub norm2: LayerNorm,
+    /// Cross-attention on the text states.
     pub attn2: Attention,
+    /// Before the feed-forward.
     pub norm3: LayerNorm,
+    /// GEGLU feed-forward.
     pub ff: FeedForward,
 }
 
@@ -101,7 +114,9 @@ impl BasicTransformerBlock {
 /// `proj_in` / `proj_out`: a 1×1 convolution (SD-1) or a linear map on tokens (SD-2,
 /// `use_linear_projection`).
 pub enum Projection {
+    /// 1×1 convolution on `[B, C, h, w]`.
     Conv(Conv2d),
+    /// Linear map on tokens `[B, h·w, C]`.
     Linear(Linear),
 }
 
@@ -115,10 +130,15 @@ impl Projection {
     }
 }
 
+/// GroupNorm → `proj_in` → transformer blocks → `proj_out`, plus the input as residual.
 pub struct Transformer2DModel {
+    /// Input GroupNorm.
     pub norm: GroupNorm,
+    /// Into the transformer width.
     pub proj_in: Projection,
+    /// The transformer blocks.
     pub transformer_blocks: Vec<BasicTransformerBlock>,
+    /// Back to the input width.
     pub proj_out: Projection,
 }
 

@@ -6,16 +6,23 @@ use crate::error::Result;
 use crate::nn::{ops, GroupNorm, Linear, Params};
 use candle_core::{Module, Tensor};
 
+/// Single-head self-attention of the VAE mid block, with GroupNorm in front and a residual.
 pub struct VaeAttention {
+    /// Input GroupNorm.
     pub group_norm: GroupNorm,
+    /// Query projection (with bias).
     pub to_q: Linear,
+    /// Key projection (with bias).
     pub to_k: Linear,
+    /// Value projection (with bias).
     pub to_v: Linear,
+    /// Output projection (with bias).
     pub to_out: Linear,
     channels: usize,
 }
 
 impl VaeAttention {
+    /// Loads or creates the layer for `channels` channels (either weight spelling).
     pub fn new(p: &Params, channels: usize, groups: usize, eps: f64) -> Result<Self> {
         // Checkpoints written before diffusers 0.14 use `query/key/value/proj_attn`; diffusers
         // renames them on load, so we accept both spellings.

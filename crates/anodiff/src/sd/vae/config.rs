@@ -18,26 +18,37 @@ pub enum SampleSize {
 /// The VAE's `config.json`, field for field (field names are diffusers' keys).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct VaeConfig {
+    /// Image channels in.
     #[serde(default = "three")]
     pub in_channels: usize,
+    /// Image channels out.
     #[serde(default = "three")]
     pub out_channels: usize,
+    /// `DownEncoderBlock2D` per level (the only kind).
     #[serde(default = "default_down")]
     pub down_block_types: Vec<String>,
+    /// `UpDecoderBlock2D` per level (the only kind).
     #[serde(default = "default_up")]
     pub up_block_types: Vec<String>,
+    /// Channels per level; the downscale factor is 2^(levels − 1).
     #[serde(default = "default_channels")]
     pub block_out_channels: Vec<usize>,
+    /// Resnets per encoder block (decoder blocks have one more).
     #[serde(default = "one")]
     pub layers_per_block: usize,
+    /// Activation; only `silu`.
     #[serde(default = "default_act")]
     pub act_fn: String,
+    /// Latent channels.
     #[serde(default = "four")]
     pub latent_channels: usize,
+    /// GroupNorm groups.
     #[serde(default = "default_groups")]
     pub norm_num_groups: usize,
+    /// Image size the VAE was trained at.
     #[serde(default = "default_sample_size")]
     pub sample_size: SampleSize,
+    /// Latents are multiplied by this after encoding.
     #[serde(default = "default_scaling")]
     pub scaling_factor: f64,
     /// None for SD-1.x/2.x; latents are `(z - shift) * scale` when set.
@@ -46,10 +57,13 @@ pub struct VaeConfig {
     /// Only about fp16 inference in diffusers; we compute in f32, so it is read and ignored.
     #[serde(default = "yes")]
     pub force_upcast: bool,
+    /// Whether there is a `quant_conv`.
     #[serde(default = "yes")]
     pub use_quant_conv: bool,
+    /// Whether there is a `post_quant_conv`.
     #[serde(default = "yes")]
     pub use_post_quant_conv: bool,
+    /// Whether the mid block has its attention layer.
     #[serde(default = "yes")]
     pub mid_block_add_attention: bool,
     /// Per-channel latent statistics that later pipelines (SDXL-era) read; Stable Diffusion 1/2

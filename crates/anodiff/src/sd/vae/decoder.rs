@@ -11,7 +11,9 @@ use candle_core::{Module, Tensor};
 /// `UpDecoderBlock2D`: `layers_per_block + 1` resnets, then ×2 nearest upsampling + conv on all
 /// blocks but the last.
 pub struct UpDecoderBlock {
+    /// `layers_per_block + 1` resnets.
     pub resnets: Vec<ResnetBlock2D>,
+    /// ×2 upsampling, on every block but the last.
     pub upsample: Option<Upsample2D>,
 }
 
@@ -28,15 +30,22 @@ impl UpDecoderBlock {
     }
 }
 
+/// VAE decoder (see the module doc).
 pub struct Decoder {
+    /// Latent → widest channels.
     pub conv_in: Conv2d,
+    /// Mid block.
     pub mid_block: VaeMidBlock,
+    /// Up blocks, lowest resolution first.
     pub up_blocks: Vec<UpDecoderBlock>,
+    /// Final GroupNorm (followed by SiLU).
     pub conv_norm_out: GroupNorm,
+    /// To image channels.
     pub conv_out: Conv2d,
 }
 
 impl Decoder {
+    /// Builds the decoder for `cfg` at `p` (`decoder.` scope).
     pub fn new(cfg: &VaeConfig, p: &Params) -> Result<Self> {
         let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
         let g = cfg.norm_num_groups;
@@ -69,6 +78,7 @@ impl Decoder {
         })
     }
 
+    /// `z: [B, latent, h, w]` → `[B, out, h·f, w·f]`.
     pub fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = self.mid_block.forward(&self.conv_in.forward(z)?)?;
         for b in &self.up_blocks {

@@ -10,7 +10,9 @@ use candle_core::{Module, Tensor};
 
 /// `DownEncoderBlock2D`: resnets, then a stride-2 conv on all blocks but the last.
 pub struct DownEncoderBlock {
+    /// `layers_per_block` resnets.
     pub resnets: Vec<ResnetBlock2D>,
+    /// Stride-2 convolution, on every block but the last.
     pub downsample: Option<Downsample2D>,
 }
 
@@ -27,15 +29,22 @@ impl DownEncoderBlock {
     }
 }
 
+/// VAE encoder (see the module doc).
 pub struct Encoder {
+    /// Image → first level's channels.
     pub conv_in: Conv2d,
+    /// Down blocks, highest resolution first.
     pub down_blocks: Vec<DownEncoderBlock>,
+    /// Mid block.
     pub mid_block: VaeMidBlock,
+    /// Final GroupNorm (followed by SiLU).
     pub conv_norm_out: GroupNorm,
+    /// To `2·latent` moment channels.
     pub conv_out: Conv2d,
 }
 
 impl Encoder {
+    /// Builds the encoder for `cfg` at `p` (`encoder.` scope).
     pub fn new(cfg: &VaeConfig, p: &Params) -> Result<Self> {
         let ch = &cfg.block_out_channels;
         let g = cfg.norm_num_groups;
@@ -76,6 +85,7 @@ impl Encoder {
         })
     }
 
+    /// `x: [B, in, H, W]` → moments `[B, 2·latent, H/f, W/f]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = self.conv_in.forward(x)?;
         for b in &self.down_blocks {

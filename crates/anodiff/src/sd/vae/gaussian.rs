@@ -3,7 +3,9 @@
 
 use candle_core::{Tensor, D};
 
+/// Per-element Gaussian over latents, from the encoder's moments.
 pub struct DiagonalGaussian {
+    /// Mean, `[B, C, h, w]`.
     pub mean: Tensor,
     /// Clamped to [-30, 20] as diffusers does, so `exp` never overflows or underflows to 0.
     pub logvar: Tensor,
@@ -21,10 +23,12 @@ impl DiagonalGaussian {
         Ok(Self { mean, logvar })
     }
 
+    /// `exp(logvar / 2)`.
     pub fn std(&self) -> candle_core::Result<Tensor> {
         (&self.logvar * 0.5)?.exp()
     }
 
+    /// `exp(logvar)`.
     pub fn var(&self) -> candle_core::Result<Tensor> {
         self.logvar.exp()
     }
@@ -34,6 +38,7 @@ impl DiagonalGaussian {
         self.mean.add(&self.std()?.mul(noise)?)
     }
 
+    /// The mean (the deterministic latent).
     pub fn mode(&self) -> Tensor {
         self.mean.clone()
     }

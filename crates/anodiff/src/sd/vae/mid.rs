@@ -6,13 +6,18 @@ use crate::nn::Params;
 use crate::sd::resnet::ResnetBlock2D;
 use candle_core::Tensor;
 
+/// resnet → attention (optional) → resnet at the lowest resolution.
 pub struct VaeMidBlock {
+    /// First resnet.
     pub resnet_in: ResnetBlock2D,
+    /// Self-attention, unless disabled in the config.
     pub attention: Option<VaeAttention>,
+    /// Second resnet.
     pub resnet_out: ResnetBlock2D,
 }
 
 impl VaeMidBlock {
+    /// Loads or creates the block for `ch` channels.
     pub fn new(p: &Params, ch: usize, groups: usize, add_attention: bool) -> Result<Self> {
         let r = p.pp("resnets");
         Ok(Self {
@@ -31,6 +36,7 @@ impl VaeMidBlock {
         })
     }
 
+    /// `x: [B, C, h, w]` → same shape.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = self.resnet_in.forward(x, None)?;
         if let Some(a) = &self.attention {

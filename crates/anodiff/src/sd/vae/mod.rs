@@ -26,10 +26,15 @@ use candle_core::{Device, Module, Tensor};
 /// GroupNorm epsilon used everywhere in the diffusers VAE.
 const EPS: f64 = 1e-6;
 
+/// The SD VAE (`AutoencoderKL`): images ⇄ latents `f` times smaller per side.
 pub struct AutoencoderKL {
+    /// Image → posterior moments.
     pub encoder: Encoder,
+    /// Latents → image.
     pub decoder: Decoder,
+    /// 1×1 convolution on the moments, if the config has one.
     pub quant_conv: Option<Conv2d>,
+    /// 1×1 convolution on the latents before decoding, if the config has one.
     pub post_quant_conv: Option<Conv2d>,
     cfg: VaeConfig,
 }
@@ -66,10 +71,12 @@ impl AutoencoderKL {
         Self::new(&cfg, &c.params(device)?)
     }
 
+    /// The config the model was built from.
     pub fn config(&self) -> &VaeConfig {
         &self.cfg
     }
 
+    /// Latents are multiplied by this after encoding (0.18215 for SD-1.x).
     pub fn scaling_factor(&self) -> f64 {
         self.cfg.scaling_factor
     }
