@@ -28,7 +28,7 @@ enum Command {
     /// Offline end-to-end run: synthetic dataset, pretraining from scratch, samples; writes demo-out/report.html.
     Demo(commands::demo::Args),
     /// Train DualAnoDiff (two LoRA branches + SAIM + BCM) on the few training defects of one type.
-    DualTrain(commands::dual_train::Args),
+    DualTrain(Box<commands::dual_train::Args>),
     /// Generate defect images with pixel-aligned masks from a dual-train run.
     DualGenerate(commands::dual_generate::Args),
     /// Train a pixel-space preset (UNet + text encoder) from scratch on an MVTec-layout category.
@@ -66,7 +66,7 @@ fn main() {
         Command::Demo(a) => commands::demo::run(a),
         Command::Presets(a) => commands::presets::run(a),
         Command::Pretrain(a) => commands::pretrain::run(a),
-        Command::DualTrain(a) => commands::dual_train::run(a),
+        Command::DualTrain(a) => commands::dual_train::run(*a),
         Command::DualGenerate(a) => commands::dual_generate::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::LoraTrain(a) => commands::lora_train::run(a),
