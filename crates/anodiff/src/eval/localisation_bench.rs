@@ -96,8 +96,12 @@ pub enum Progress<'a> {
 }
 
 /// A name usable as a folder: the dataset folder name, and the source with `dir:` paths
-/// reduced to their last component.
+/// reduced to their last component (a mixture `A+B`: each part so, joined by `+`).
 pub fn slug(s: &str) -> String {
+    let parts = crate::eval::sources::mix::split_mix(s, &crate::eval::sources::spec::NAMED);
+    if parts.len() > 1 {
+        return parts.iter().map(|p| slug(p)).collect::<Vec<_>>().join("+");
+    }
     let s = match s.strip_prefix("dir:") {
         Some(p) => format!(
             "dir-{}",

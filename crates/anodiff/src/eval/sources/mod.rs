@@ -6,6 +6,7 @@ pub mod cutpaste;
 pub mod dir;
 pub mod draem;
 pub mod fewshot;
+pub mod mix;
 pub mod perlin;
 pub mod spec;
 

@@ -4,6 +4,7 @@ use super::cutpaste::{CutPaste, CutPasteKind};
 use super::dir::DirSource;
 use super::draem::Draem;
 use super::fewshot::FewShotReal;
+use super::mix::{split_mix, MixSource};
 use super::{AnomalyPair, AnomalySource, SourceContext};
 use crate::error::{Error, Result};
 use image::{Rgb, RgbImage};
@@ -12,16 +13,33 @@ use rand::SeedableRng;
 use std::path::Path;
 
 /// The accepted spec forms.
-pub const SOURCE_SPECS: [&str; 5] = [
+pub const SOURCE_SPECS: [&str; 6] = [
     "fewshot-real",
     "cutpaste",
     "cutpaste-scar",
     "draem",
     "dir:PATH",
+    "A+B (a uniform mixture, e.g. fewshot-real+dir:PATH)",
 ];
 
-/// Parses `fewshot-real | cutpaste | cutpaste-scar | draem | dir:PATH` into a source.
+/// The named sources (everything but `dir:` and mixtures).
+pub const NAMED: [&str; 4] = ["fewshot-real", "cutpaste", "cutpaste-scar", "draem"];
+
+/// Parses `fewshot-real | cutpaste | cutpaste-scar | draem | dir:PATH`, or a mixture `A+B[+…]`
+/// of them (each draw from one part chosen uniformly), into a source.
 pub fn from_spec(spec: &str, ctx: &SourceContext) -> Result<Box<dyn AnomalySource>> {
+    let parts = split_mix(spec, &NAMED);
+    if parts.len() > 1 {
+        let built = parts
+            .iter()
+            .map(|p| single(p, ctx))
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Box::new(MixSource::new(spec, built)));
+    }
+    single(spec, ctx)
+}
+
+fn single(spec: &str, ctx: &SourceContext) -> Result<Box<dyn AnomalySource>> {
     if ctx.size < 2 {
         return Err(Error::invalid(format!(
             "anomaly source `{spec}`: size {} is too small",
