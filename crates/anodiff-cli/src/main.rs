@@ -31,6 +31,8 @@ enum Command {
     DualTrain(Box<commands::dual_train::Args>),
     /// Generate defect images with pixel-aligned masks from a dual-train run.
     DualGenerate(commands::dual_generate::Args),
+    /// Write report.html for a dual-train run and its generated pairs (grids, rejection, mask alignment, benchmarks).
+    DualReport(commands::dual_report::Args),
     /// Train a pixel-space preset (UNet + text encoder) from scratch on an MVTec-layout category.
     Pretrain(commands::pretrain::Args),
     /// List the built-in model configurations with parameter counts.
@@ -68,6 +70,7 @@ fn main() {
         Command::Pretrain(a) => commands::pretrain::run(a),
         Command::DualTrain(a) => commands::dual_train::run(*a),
         Command::DualGenerate(a) => commands::dual_generate::run(a),
+        Command::DualReport(a) => commands::dual_report::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::LoraTrain(a) => commands::lora_train::run(a),
         Command::Txt2img(a) => commands::txt2img::run(a),

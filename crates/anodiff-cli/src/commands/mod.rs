@@ -5,6 +5,7 @@ pub mod bench_localisation;
 pub mod dataset_check;
 pub mod demo;
 pub mod dual_generate;
+pub mod dual_report;
 pub mod dual_train;
 pub mod eval;
 pub mod foreground;

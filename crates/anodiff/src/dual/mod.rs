@@ -15,14 +15,18 @@
 //! - [`sample`]: pairs through the public denoising loop, BCM reference pass in its step hook;
 //! - [`mask`]: masks from generated part images, and automatic rejection of failed pairs;
 //! - [`run`]: the `dual-train` job (run folder, sample grids, resume);
-//! - [`generate`]: the `dual-generate` job (references, shards, masks, rejection, manifest).
+//! - [`alignment`]: how well generated masks sit on the generated defects (reference-free);
+//! - [`generate`]: the `dual-generate` job (references, shards, masks, rejection, manifest);
+//! - [`report`]: `report.html` of a run and its generated pairs (grids, rejection, alignment, benchmarks).
 
+pub mod alignment;
 pub mod bcm;
 pub mod config;
 pub mod generate;
 pub mod mask;
 pub mod model;
 pub mod pairs;
+pub mod report;
 pub mod run;
 pub mod saim;
 pub mod sample;
