@@ -66,6 +66,8 @@ fn setup(root: &Path, out: &str) -> DualTrainOptions {
     };
     o.batch = 2;
     o.lr = 1e-3;
+    // Exercised so exact resume also covers the dropout coins.
+    o.prompt_dropout = 0.5;
     o.checkpoint_every = 0;
     o.sample_every = 0;
     o.sample_count = 1;

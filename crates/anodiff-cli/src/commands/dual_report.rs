@@ -46,6 +46,7 @@ pub fn run(a: Args) -> Result<()> {
         benches,
         out: out.clone(),
         show: a.show,
+        intro: String::new(),
     })?;
     println!(
         "{} of {} accepted; mask contrast {:.1} vs {:.1} moved (ratio {:.2})",

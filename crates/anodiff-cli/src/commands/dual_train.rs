@@ -100,6 +100,14 @@ pub struct Args {
     /// Linear warm-up updates.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
+    /// Probability that a pair trains the unconditional mode (empty prompts, all-zero BCM
+    /// reference) that guidance needs. 0 as the paper (SD-1.5 has that mode); 0.1 for small models
+    /// pretrained here, whose pretraining never saw an empty prompt.
+    #[arg(long, default_value_t = 0.0)]
+    pub prompt_dropout: f64,
+    /// Guidance scale of the sample grids (1 = off).
+    #[arg(long, default_value_t = 2.0)]
+    pub sample_guidance: f64,
     /// AdamW weight decay.
     #[arg(long, default_value_t = 1e-2)]
     pub weight_decay: f64,
@@ -192,6 +200,8 @@ fn options(a: &Args) -> Result<DualTrainOptions> {
     o.batch = a.batch;
     o.lr = a.lr;
     o.warmup = a.warmup;
+    o.prompt_dropout = a.prompt_dropout;
+    o.sample_guidance = a.sample_guidance;
     o.weight_decay = a.weight_decay;
     o.max_grad_norm = a.clip;
     o.checkpoint_every = a.checkpoint_every;

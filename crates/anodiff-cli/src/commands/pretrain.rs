@@ -46,6 +46,10 @@ pub struct Args {
     /// per-channel mean and std (stored in model_index.json as `anodiff_pixel_norm`).
     #[arg(long)]
     pub no_pixel_norm: bool,
+    /// Probability that an image is trained with the empty prompt (the unconditional mode that
+    /// classifier-free guidance, e.g. DualAnoDiff's sampling, needs).
+    #[arg(long, default_value_t = 0.1)]
+    pub prompt_dropout: f64,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -63,6 +67,7 @@ pub fn run(a: Args) -> Result<()> {
         samples: a.samples,
         sample_steps: a.sample_steps,
         pixel_norm: !a.no_pixel_norm,
+        prompt_dropout: a.prompt_dropout,
     };
     let pb = bar(o.steps as u64, "pretrain");
     let pb2 = pb.clone();

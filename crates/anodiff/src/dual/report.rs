@@ -31,6 +31,8 @@ pub struct DualReportInput {
     pub out: PathBuf,
     /// Pairs shown per grid.
     pub show: usize,
+    /// HTML placed at the top of the page (e.g. the demo's explanation and timings).
+    pub intro: String,
 }
 
 /// The measured figures (also written as `report.json`).
@@ -180,6 +182,7 @@ pub fn write_dual_report(i: &DualReportInput) -> Result<DualReportFigures> {
         "body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{border:1px solid #ccc;padding:3px 6px}\
          table{border-collapse:collapse}img{image-rendering:pixelated;max-width:100%}code{background:#f4f4f4}",
     );
+    h.push_str(&i.intro);
     let desc = serde_json::to_string_pretty(&run).unwrap_or_default();
     let _ = write!(
         h,

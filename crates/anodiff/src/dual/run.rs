@@ -82,6 +82,13 @@ pub struct DualTrainOptions {
     pub batch: usize,
     /// AdamW learning rate, constant (paper: 2e-5).
     pub lr: f64,
+    /// Probability that a pair trains the unconditional mode (empty prompts, zero reference);
+    /// paper: 0 (SD-1.5 has one already), small models pretrained here: 0.1.
+    #[serde(default)]
+    pub prompt_dropout: f64,
+    /// Guidance scale of the sample grids.
+    #[serde(default = "two")]
+    pub sample_guidance: f64,
     /// Linear warm-up updates (0: none).
     pub warmup: usize,
     /// AdamW weight decay (paper: 1e-2).
@@ -115,6 +122,8 @@ impl DualTrainOptions {
             steps: 5000,
             batch: 4,
             lr: 2e-5,
+            prompt_dropout: 0.0,
+            sample_guidance: 2.0,
             warmup: 0,
             weight_decay: 1e-2,
             max_grad_norm: 1.0,
@@ -140,6 +149,10 @@ impl DualTrainOptions {
             PairData::Folders { .. } => Ok(None),
         }
     }
+}
+
+fn two() -> f64 {
+    2.0
 }
 
 /// What a finished (or resumed and finished) training run reports.
@@ -248,15 +261,22 @@ pub fn dual_train(
     let grids_dir = o.out.join("samples");
     let mut grids = Vec::new();
     let t0 = Instant::now();
-    let steps = run_dual_training(&sd, &model, &sampler, &mut trainer, |step| {
-        let due = o.sample_every > 0 && step.is_multiple_of(o.sample_every);
-        if due || step == o.steps {
-            let path = grids_dir.join(format!("step-{step:06}.png"));
-            sample_grid(&sd, &model, &sampler, o, &path)?;
-            grids.push(path);
-        }
-        Ok(())
-    })?;
+    let steps = run_dual_training(
+        &sd,
+        &model,
+        &sampler,
+        &mut trainer,
+        o.prompt_dropout,
+        |step| {
+            let due = o.sample_every > 0 && step.is_multiple_of(o.sample_every);
+            if due || step == o.steps {
+                let path = grids_dir.join(format!("step-{step:06}.png"));
+                sample_grid(&sd, &model, &sampler, o, &path)?;
+                grids.push(path);
+            }
+            Ok(())
+        },
+    )?;
     let train_secs = t0.elapsed().as_secs_f64();
     model.save(&o.out)?;
     let tail = &steps[steps.len().saturating_sub(20)..];
@@ -292,7 +312,7 @@ fn sample_grid(
     let real = sampler.batch(&idx, mix(o.seed ^ 0x6121D), &sd.device)?;
     let settings = SampleSettings {
         steps: o.sample_steps,
-        guidance: 2.0,
+        guidance: o.sample_guidance,
         scheduler: SchedulerKind::Ddim,
         negative_prompt: String::new(),
     };

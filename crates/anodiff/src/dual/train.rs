@@ -46,6 +46,8 @@ pub struct DualLoss<'a> {
     schedule: NoiseSchedule,
     whole_ids: Tensor,
     part_ids: Tensor,
+    empty_ids: Tensor,
+    prompt_dropout: f64,
 }
 
 impl<'a> DualLoss<'a> {
@@ -58,13 +60,25 @@ impl<'a> DualLoss<'a> {
             schedule: NoiseSchedule::new(&sd.scheduler_config)?,
             whole_ids: ids(&model.config.whole_prompt)?,
             part_ids: ids(&model.config.part_prompt)?,
+            empty_ids: ids("")?,
+            prompt_dropout: 0.0,
             sd,
             model,
         })
     }
 
+    /// Trains the unconditional mode classifier-free guidance samples with: each pair, with
+    /// probability `p`, gets the empty prompt on both rows and BCM's all-zero reference — exactly
+    /// what the unconditional rows see at sampling time. The paper uses none (SD-1.5 already
+    /// has an unconditional mode); small models pretrained here need it (BENCHMARKS.md).
+    pub fn with_prompt_dropout(mut self, p: f64) -> Self {
+        self.prompt_dropout = p;
+        self
+    }
+
     /// The noise-prediction MSE over both branches of `batch`, random draws from `rng`: main-row
-    /// noise, then one timestep per pair, then the reference noise.
+    /// noise, then one timestep per pair, then the reference noise, then (with prompt dropout)
+    /// one coin per pair.
     pub fn loss(&self, batch: &PairBatch, rng: &mut impl Rng) -> Result<Tensor> {
         let n = batch.whole.dim(0)?;
         let sd = self.sd;
@@ -86,20 +100,40 @@ impl<'a> DualLoss<'a> {
         // Prompts are encoded every step: the text-encoder LoRA is trained.
         let emb = sd
             .text_encoder
-            .forward(&Tensor::cat(&[&self.whole_ids, &self.part_ids], 0)?)?
+            .forward(&Tensor::cat(
+                &[&self.whole_ids, &self.part_ids, &self.empty_ids],
+                0,
+            )?)?
             .last_hidden_state;
-        let rows: Vec<u32> = (0..2 * n).map(|i| (i % 2) as u32).collect();
+        let ref_noise = if self.model.config.bcm {
+            // Shaped like one encoded image per pair (`whole`), as the background latents are.
+            Some(randn_like(&whole, rng)?)
+        } else {
+            None
+        };
+        // Drawn last, and only when on, so runs without dropout keep their random streams.
+        let dropped: Vec<bool> = (0..n)
+            .map(|_| self.prompt_dropout > 0.0 && rng.random_bool(self.prompt_dropout.min(1.0)))
+            .collect();
+        let rows: Vec<u32> = (0..2 * n)
+            .map(|i| if dropped[i / 2] { 2 } else { (i % 2) as u32 })
+            .collect();
         let emb_rows = emb.index_select(&Tensor::new(rows.as_slice(), &sd.device)?, 0)?;
         let branch: Vec<usize> = (0..n).flat_map(|_| [WHOLE, PART]).collect();
         let tt = timesteps(&t_rows, &sd.device)?;
-        let reference = if self.model.config.bcm {
-            let bg = sd.encode_mean(&batch.background)?;
-            let ref_noise = randn_like(&bg, rng)?;
-            let ref_noisy = self.schedule.add_noise(&bg, &ref_noise, &t_pairs)?;
-            let ref_emb = emb.get(0)?.unsqueeze(0)?.repeat((n, 1, 1))?;
-            Some((ref_noisy, timesteps(&t_pairs, &sd.device)?, ref_emb))
-        } else {
-            None
+        let reference = match ref_noise {
+            Some(ref_noise) => {
+                let keep: Vec<f32> = dropped.iter().map(|&d| if d { 0.0 } else { 1.0 }).collect();
+                let keep = Tensor::new(keep.as_slice(), &sd.device)?.reshape((n, 1, 1, 1))?;
+                // A dropped pair references the all-zero image, as unconditional rows do.
+                let bg = sd.encode_mean(&batch.background.broadcast_mul(&keep)?)?;
+                let ref_noisy = self.schedule.add_noise(&bg, &ref_noise, &t_pairs)?;
+                let ref_rows: Vec<u32> = dropped.iter().map(|&d| if d { 2 } else { 0 }).collect();
+                let ref_emb =
+                    emb.index_select(&Tensor::new(ref_rows.as_slice(), &sd.device)?, 0)?;
+                Some((ref_noisy, timesteps(&t_pairs, &sd.device)?, ref_emb))
+            }
+            None => None,
         };
         let pred = self.model.forward(
             &sd.unet,
@@ -127,19 +161,26 @@ fn randn_like(x: &Tensor, rng: &mut impl Rng) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, x.dims(), x.device())?)
 }
 
-/// Runs `trainer` over `data` with the dual loss (`model` must be installed on `sd`), calling
-/// `after_step(step)` after every update.
+/// Runs `trainer` over `data` with the dual loss (`model` must be installed on `sd`) and
+/// `prompt_dropout` (see [`DualLoss::with_prompt_dropout`]), calling `after_step(step)` after
+/// every update.
 pub fn run_dual_training(
     sd: &StableDiffusion,
     model: &DualModel,
     data: &dyn PairBatches,
     trainer: &mut Trainer,
+    prompt_dropout: f64,
     after_step: impl FnMut(usize) -> Result<()>,
 ) -> Result<Vec<StepStats>> {
     if data.is_empty() {
         return Err(Error::invalid("DualAnoDiff training: no training pairs"));
     }
-    let loss = DualLoss::new(sd, model)?;
+    if !(0.0..1.0).contains(&prompt_dropout) {
+        return Err(Error::invalid(format!(
+            "prompt dropout {prompt_dropout} must be in [0, 1)"
+        )));
+    }
+    let loss = DualLoss::new(sd, model)?.with_prompt_dropout(prompt_dropout);
     model.set_training(true);
     let out = trainer.run_with(
         |b: &Batch| {

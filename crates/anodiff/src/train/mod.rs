@@ -62,7 +62,6 @@ pub mod optim;
 pub mod order;
 pub mod pretrain;
 pub mod pretrain_eval;
-pub mod pretrain_report;
 pub mod schedule;
 pub mod trainer;
 

@@ -22,6 +22,7 @@ use crate::sd::pixel_norm::PixelNorm;
 use crate::sd::presets::Preset;
 use crate::sd::scheduler::SchedulerKind;
 use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -55,6 +56,9 @@ pub struct PretrainOptions {
     pub sample_steps: usize,
     /// Standardise pixels per channel with the training set's statistics (see `PixelNorm`).
     pub pixel_norm: bool,
+    /// Probability that an image is trained with the empty prompt, so the model also learns the
+    /// unconditional mode classifier-free guidance needs (SD trains with 0.1).
+    pub prompt_dropout: f64,
 }
 
 impl Default for PretrainOptions {
@@ -73,6 +77,7 @@ impl Default for PretrainOptions {
             samples: 8,
             sample_steps: 50,
             pixel_norm: true,
+            prompt_dropout: 0.1,
         }
     }
 }
@@ -225,7 +230,18 @@ pub fn pretrain(
         let x0 = sd.encode_mean(&Tensor::cat(&xs, 0)?)?;
         let (noise, t) = loss.draw(&x0, &mut batch.rng())?;
         // The text encoder is trained too, so its output is recomputed every step.
-        let txt = sd.encode_text(&[&prompt])?.repeat((x0.dim(0)?, 1, 1))?;
+        let txt = if o.prompt_dropout > 0.0 {
+            // A separate stream, so runs without dropout keep their noise and timesteps.
+            let mut coins =
+                rand::rngs::StdRng::seed_from_u64(crate::seed::mix(batch.seed ^ 0xD20F));
+            let both = sd.encode_text(&[&prompt, ""])?;
+            let rows: Vec<u32> = (0..x0.dim(0)?)
+                .map(|_| u32::from(coins.random_bool(o.prompt_dropout.min(1.0))))
+                .collect();
+            both.index_select(&Tensor::new(rows.as_slice(), &dev)?, 0)?
+        } else {
+            sd.encode_text(&[&prompt])?.repeat((x0.dim(0)?, 1, 1))?
+        };
         loss.loss(&sd.unet, &x0, &txt, &noise, &t, &ctx)
     })?;
     let train_secs = t0.elapsed().as_secs_f64();
