@@ -2,6 +2,10 @@
 //! on a texture, user-supplied mask folders, the spec parser, the mask operations underneath, and
 //! a smoke run on the real datasets in ../shared/data (skipped with a message when absent).
 
+mod common;
+
+use common::shared_dataset;
+
 use anodiff::data::foreground::{
     black_out_foreground, ClassicalForeground, FolderForeground, ForegroundEstimator,
     ForegroundSpec,
@@ -208,35 +212,13 @@ fn blur_preserves_mean_and_max_filter_spreads() {
     assert_eq!(mx.data.iter().filter(|&&v| v == 10.0).count(), 9);
 }
 
-/// A real dataset: under `$ANODIFF_SHARED_DATA`, `../shared/data` next to the repository, or
-/// next to the folder holding this worktree; `None` (with a SKIPPED message) when absent.
-fn shared(name: &str) -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("ANODIFF_SHARED_DATA")
-        .map(PathBuf::from)
-        .into_iter()
-        .collect();
-    candidates.push(PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data"
-    )));
-    candidates.push(PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../../shared/data"
-    )));
-    let found = candidates.iter().map(|c| c.join(name)).find(|p| p.is_dir());
-    if found.is_none() {
-        println!("SKIPPED: real dataset {name} not found (looked in {candidates:?})");
-    }
-    found
-}
-
 #[test]
 fn real_datasets_are_whole_object_crops() {
     // Both datasets are crops filled by the object (see the foreground module doc): the classical
     // estimate must not carve shaded or highlighted object parts out as background.
     let est = ClassicalForeground::default();
     for name in ["mtd", "bsdata"] {
-        let Some(root) = shared(name) else {
+        let Some(root) = shared_dataset(name) else {
             continue;
         };
         let dir = root.join("train/good");

@@ -3,6 +3,10 @@
 //! where the image differs from its defect-free rendering), DefectCrop windows hold the defect,
 //! draws are reproducible, and bad input gives errors that name the problem.
 
+mod common;
+
+use common::shared_dataset;
+
 use anodiff::data::foreground::{ClassicalForeground, ForegroundEstimator};
 use anodiff::data::mvtec::{MvtecDataset, OnBadFile};
 use anodiff::data::split::SplitManifest;
@@ -483,28 +487,6 @@ fn folders_match_masks_by_stem() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
-/// A real dataset: under `$ANODIFF_SHARED_DATA`, `../shared/data` next to the repository, or
-/// next to the folder holding this worktree; `None` (with a SKIPPED message) when absent.
-fn shared(name: &str) -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("ANODIFF_SHARED_DATA")
-        .map(PathBuf::from)
-        .into_iter()
-        .collect();
-    candidates.push(PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data"
-    )));
-    candidates.push(PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../../shared/data"
-    )));
-    let found = candidates.iter().map(|c| c.join(name)).find(|p| p.is_dir());
-    if found.is_none() {
-        println!("SKIPPED: real dataset {name} not found (looked in {candidates:?})");
-    }
-    found
-}
-
 #[test]
 fn real_defects_survive_defect_crops() {
     // The few-pixel real defects (data README): squashed to 64 px many vanish, a native-scale
@@ -514,7 +496,7 @@ fn real_defects_survive_defect_crops() {
         ("mtd", "uneven"),
         ("bsdata", "pitting"),
     ] {
-        let Some(root) = shared(name) else {
+        let Some(root) = shared_dataset(name) else {
             continue;
         };
         let (ds, _) = MvtecDataset::open(&root, OnBadFile::Error).unwrap();

@@ -411,8 +411,10 @@ impl BinaryMask {
     }
 }
 
-/// Flood-fill labelling with an explicit stack (no recursion, so large regions are safe).
-fn label(mask: &[bool], width: usize, height: usize, conn: Connectivity) -> Components {
+/// Connected components of a row-major `width × height` mask: labels numbered from 1 in raster
+/// order of each region's first pixel (0 = unset). Flood fill with an explicit stack (no
+/// recursion, so large regions are safe). The one labelling of the crate (AU-PRO uses it too).
+pub fn label(mask: &[bool], width: usize, height: usize, conn: Connectivity) -> Components {
     let mut labels = vec![0u32; mask.len()];
     let mut sizes = Vec::new();
     let mut stack = Vec::new();

@@ -13,6 +13,8 @@
 //! PRO integrator); the sweep itself, and `aupro` over a set of images, are in the pixel
 //! accumulator (`eval::pixels`), which builds on them.
 
+use crate::data::mask_ops::{label, Connectivity};
+
 /// Default FPR limit.
 pub const FPR_LIMIT: f64 = 0.3;
 
@@ -21,32 +23,8 @@ pub const FPR_LIMIT: f64 = 0.3;
 /// (`sizes[label - 1]`).
 pub fn label_regions(mask: &[bool], height: usize, width: usize) -> (Vec<u32>, Vec<u32>) {
     debug_assert_eq!(mask.len(), height * width);
-    let mut labels = vec![0u32; mask.len()];
-    let mut sizes = Vec::new();
-    let mut stack = Vec::new();
-    for start in 0..mask.len() {
-        if !mask[start] || labels[start] != 0 {
-            continue;
-        }
-        sizes.push(0u32);
-        let id = sizes.len() as u32;
-        labels[start] = id;
-        stack.push(start);
-        while let Some(i) = stack.pop() {
-            sizes[id as usize - 1] += 1;
-            let (y, x) = (i / width, i % width);
-            for ny in y.saturating_sub(1)..(y + 2).min(height) {
-                for nx in x.saturating_sub(1)..(x + 2).min(width) {
-                    let j = ny * width + nx;
-                    if mask[j] && labels[j] == 0 {
-                        labels[j] = id;
-                        stack.push(j);
-                    }
-                }
-            }
-        }
-    }
-    (labels, sizes)
+    let c = label(mask, width, height, Connectivity::Eight);
+    (c.labels, c.sizes.into_iter().map(|s| s as u32).collect())
 }
 
 /// Trapezoid integral of PRO over FPR ∈ [0, limit], fed one tie group at a time (descending).
