@@ -76,7 +76,7 @@ pub struct DualBenchResult {
 pub fn bench_dual(o: &DualBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<DualBenchResult> {
     let dev = Device::Cpu;
     let preset = Preset::by_name(&o.preset)?;
-    if o.pairs == 0 || o.size % preset.downscale_factor() != 0 {
+    if o.pairs == 0 || !o.size.is_multiple_of(preset.downscale_factor()) {
         return Err(Error::invalid(format!(
             "bench dual: need at least one pair and a size divisible by {}",
             preset.downscale_factor()
