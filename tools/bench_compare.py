@@ -17,7 +17,8 @@ Usage (from the repository root, after `cargo build --release`):
 When other work shares the cores, run PyTorch's OpenMP with `OMP_WAIT_POLICY=PASSIVE` (the environment is
 passed through; the PyTorch JSON records the policy): libgomp's default spin-wait then costs about 8 ms per
 parallel region (a 137k-element sqrt: 0.06 ms on 1 thread, 8 ms on 2 threads spinning, 0.07 ms passive),
-which made a DualAnoDiff step 10x slower than the same step passive.
+which made a 64 px DualAnoDiff step take 132-137 s in PyTorch (ours: 15 s on the same busy machine). On an
+idle machine passive costs PyTorch ~15 % on a 4096x320x320 matmul: use the default there.
 
 Parameter counts (`parameters`, `*_params`) describe the model rather than measure it: they are listed
 once, with a check that both sides count the same.
