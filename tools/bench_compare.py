@@ -12,6 +12,16 @@ Usage (from the repository root, after `cargo build --release`):
     python tools/bench_compare.py ops [--rounds 5]
     python tools/bench_compare.py unet --preset sd15 --size 256 --batch 2 [--rounds 3]
     python tools/bench_compare.py unet --preset sd15 --size 256 --batch 2 --train-lora
+    python tools/bench_compare.py dual --preset sd15 --size 256 --pairs 2 [--rounds 3]
+
+When other work shares the cores, run PyTorch's OpenMP with `OMP_WAIT_POLICY=PASSIVE` (the environment is
+passed through; the PyTorch JSON records the policy): libgomp's default spin-wait then costs about 8 ms per
+parallel region (a 137k-element sqrt: 0.06 ms on 1 thread, 8 ms on 2 threads spinning, 0.07 ms passive),
+which made a 64 px DualAnoDiff step take 132-137 s in PyTorch (ours: 15 s on the same busy machine). On an
+idle machine passive costs PyTorch ~15 % on a 4096x320x320 matmul: use the default there.
+
+Parameter counts (`parameters`, `*_params`) describe the model rather than measure it: they are listed
+once, with a check that both sides count the same.
 """
 import json
 import os
@@ -21,7 +31,11 @@ import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 # Keys that describe the run rather than measure it.
-META = ("size", "batch", "repeats", "threads", "parameters", "lora_params")
+META = ("size", "batch", "pairs", "repeats", "threads", "parameters")
+
+
+def is_count(k):
+    return k == "parameters" or k.endswith("_params")
 
 
 def run(cmd):
@@ -36,7 +50,7 @@ def main():
         i = args.index("--rounds")
         rounds = int(args[i + 1])
         del args[i:i + 2]
-    if not args or args[0] not in ("ops", "unet") or rounds < 1:
+    if not args or args[0] not in ("ops", "unet", "dual") or rounds < 1:
         sys.exit(__doc__)
     what, rest = args[0], args[1:]
     rows = []  # one (ours, torch) pair of JSON objects per round
@@ -45,7 +59,7 @@ def main():
         torch = run([sys.executable, os.path.join(ROOT, "tools", "bench_reference.py"), what, *rest, "--json"])
         rows.append((ours, torch))
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
-    keys = [k for k, v in rows[0][0].items() if isinstance(v, (int, float)) and k not in META
+    keys = [k for k, v in rows[0][0].items() if isinstance(v, (int, float)) and k not in META and not is_count(k)
             and isinstance(rows[0][1].get(k), (int, float))]
     cmd = f"`anodiff bench {what} {' '.join(rest)}` vs `tools/bench_reference.py {what} {' '.join(rest)}`"
     print(f"{cmd}, {rounds} round(s) alternating\n")
@@ -60,6 +74,16 @@ def main():
         best = min(o) / min(t) if min(t) else float("nan")
         print(f"| {k} | {statistics.median(o):.1f}{unit} | {statistics.median(t):.1f}{unit} | "
               f"{statistics.median(ratios):.2f} | {best:.2f} | {per} |")
+    counts = [k for k in rows[0][0] if is_count(k) and k in rows[0][1]]
+    if counts:
+        print("\n| parameter count | anodiff | PyTorch | same |")
+        print("|---|---|---|---|")
+        for k in counts:
+            a, b = rows[0][0][k], rows[0][1][k]
+            print(f"| {k} | {a:,} | {b:,} | {'yes' if a == b else 'NO'} |")
+    threads = [r.get("threads") for pair in rows for r in pair if "threads" in r]
+    if threads:
+        print(f"\nthreads: {sorted(set(threads))}")
     print()
     print("raw:", json.dumps([{"anodiff": a, "pytorch": b} for a, b in rows]))
 

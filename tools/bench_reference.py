@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""PyTorch reference timings for anodiff's op benchmarks (same shapes/keys as
-crates/anodiff/src/bench/ops.rs). Usage: python tools/bench_reference.py ops [--json] [--iters N]
+"""PyTorch reference timings for anodiff's benchmarks (same shapes/keys as
+crates/anodiff/src/bench/). Usage: python tools/bench_reference.py ops [--json] [--iters N]
        python tools/bench_reference.py unet --preset sd15 --size 256 --batch 2 [--train-lora] [--json]
-(unet: diffusers 0.42.1 UNet2DConditionModel with random weights; --train-lora adds peft 0.21.2 LoRA)
+       python tools/bench_reference.py dual --preset sd15 --size 256 --pairs 2 [--json]
+(unet: diffusers 0.42.1 UNet2DConditionModel with random weights; --train-lora adds peft 0.21.2 LoRA;
+dual: one DualAnoDiff training step on our reference model, tools/parity/dual_reference.py)
 Runs on 2 threads, reports the median of N runs after one warm-up."""
 import json
+import os
 import statistics
 import sys
 import time
@@ -68,18 +71,26 @@ def ops(iters):
     }
 
 
+# SD-1.5 shapes (diffusers / transformers configs of runwayml/stable-diffusion-v1-5).
+SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                 up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, block_out_channels=[320, 640, 1280, 1280],
+                 layers_per_block=2, cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
+SD15_VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[128, 256, 512, 512], layers_per_block=2,
+                latent_channels=4, norm_num_groups=32, sample_size=512, scaling_factor=0.18215)
+SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
+
+
 def bench_unet(args):
     """SD-1.5 UNet (diffusers, random weights): forward, and with --train-lora one LoRA training step
     (peft rank 32 on to_q/to_k/to_v/to_out.0, UNet frozen, AdamW, MSE on the noise prediction)."""
     import resource
     from diffusers import UNet2DConditionModel
-    cfg = dict(sample_size=64, in_channels=4, out_channels=4, down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-               up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, block_out_channels=[320, 640, 1280, 1280],
-               layers_per_block=2, cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
     if args.preset != "sd15":
         sys.exit("bench_reference.py unet: only --preset sd15 is implemented")
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**cfg)
+    unet = UNet2DConditionModel(**SD15_UNET)
     lat = args.size // 8
     x = torch.randn(args.batch, 4, lat, lat)
     ehs = torch.randn(args.batch, 77, 768)
@@ -109,10 +120,112 @@ def bench_unet(args):
     return out
 
 
+def bench_dual(args):
+    """One DualAnoDiff training step at SD-1.5 size, as `anodiff bench dual` (crates/anodiff/src/bench/dual.rs)
+    and DualLoss::loss run it: random whole / part / background images -> frozen VAE encode (posterior mean x
+    0.18215, no gradient) -> prompts through the CLIP text encoder with its rank-32 LoRA -> BCM reference pass
+    (background latents noised to each pair's timestep, whole prompt) -> main pass over [whole_0, part_0, ...]
+    -> MSE to the noise -> backward -> clip the global norm at 1.0 -> AdamW (torch defaults, lr 1e-4) on both
+    UNet LoRA sets, the text LoRA, SAIM and BCM. The model is tools/parity/dual_reference.py (the definition the
+    parity tests match) with SDPA attention, on diffusers / transformers random-weight SD-1.5 modules."""
+    import resource
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "parity"))
+    from dual_reference import State, install_text_lora, install_unet
+    if args.preset != "sd15":
+        sys.exit("bench_reference.py dual: only --preset sd15 is implemented")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**SD15_UNET)
+    unet_params = sum(p.numel() for p in unet.parameters())
+    vae = AutoencoderKL(**SD15_VAE).eval()
+    te = CLIPTextModel(CLIPTextConfig(**SD15_TEXT))
+    for m in (unet, vae, te):
+        m.requires_grad_(False)
+    state = State()
+    state.fusion, state.saim = ("paper" if args.bcm else None), args.saim
+    procs = install_unet(unet, state, args.rank, args.bcm_hidden, 0.0, sdpa=True)
+    te_lora = install_text_lora(te, args.rank) if args.text_lora else {}
+    if not args.bcm:
+        for p in procs.values():
+            p.bcm = None
+    # Training starts from LoRA up = 0 (values do not change the timings; this keeps them finite).
+    with torch.no_grad():
+        for l in [l for p in procs.values() for l in p.lora.values()]:
+            for u in l.up:
+                u.zero_()
+        for l in te_lora.values():
+            l.up.zero_()
+
+    def count(mods):
+        return sum(p.numel() for m in mods for p in m.parameters())
+    lora_params = count(l for p in procs.values() for l in p.lora.values())
+    saim_params = count(p.saim for p in procs.values()) if args.saim else 0
+    bcm_params = count(p.bcm for p in procs.values() if p.bcm is not None)
+    text_lora_params = sum(l.down.numel() + l.up.numel() for l in te_lora.values())
+    params = [p for proc in procs.values() for m in [*proc.lora.values(), proc.saim if args.saim else None, proc.bcm]
+              if m is not None for p in m.parameters()]
+    params += [p for l in te_lora.values() for p in (l.down, l.up)]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    n, size = args.pairs, args.size
+    whole = torch.rand(n, 3, size, size) * 2 - 1
+    part = whole * (torch.rand(n, 1, size, size) >= 0.5).float()
+    background = torch.rand(n, 3, size, size) * 2 - 1
+    # Token ids as the CLIP tokenizer pads them (start, a few tokens, end repeated to 77).
+    ids = [[49406, *toks, *[49407] * (76 - len(toks))] for toks in ([320, 7, 593, 21, 1124], [21, 1124])]
+    ids = torch.tensor(ids)
+
+    def encode(x):
+        with torch.no_grad():
+            return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+
+    def step():
+        t0 = time.perf_counter()
+        w, p = encode(whole), encode(part)
+        x0 = torch.stack([w, p], 1).reshape(2 * n, *w.shape[1:])
+        noise = torch.randn_like(x0)
+        t_pairs = torch.randint(0, 1000, (n,))
+        t_rows = t_pairs.repeat_interleave(2)
+        noisy = sched.add_noise(x0, noise, t_rows)
+        emb = te(ids).last_hidden_state
+        emb_rows = emb[[0, 1] * n]
+        state.refs = {}
+        if args.bcm:
+            bg = encode(background)
+            ref = sched.add_noise(bg, torch.randn_like(bg), t_pairs)
+            state.kind, state.branch = "reference", [0] * n
+            unet(ref, t_pairs, encoder_hidden_states=emb[:1].repeat(n, 1, 1))
+        state.kind, state.branch = "main", [0, 1] * n
+        pred = unet(noisy, t_rows, encoder_hidden_states=emb_rows).sample
+        loss = F.mse_loss(pred, noise)
+        if not torch.isfinite(loss).item():
+            sys.exit(f"bench_reference.py dual: loss is {loss.item()}")
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        state.refs = {}
+        t3 = time.perf_counter()
+        return [(b - a) * 1e3 for a, b in ((t0, t1), (t1, t2), (t2, t3))]
+
+    step()
+    runs = [step() for _ in range(max(args.repeats, 1))]
+    med = lambda xs: statistics.median(xs)
+    return {"preset": args.preset, "size": size, "pairs": n, "repeats": len(runs), "threads": torch.get_num_threads(),
+            "parameters": unet_params,
+            "dual_step": med([sum(r) for r in runs]), "dual_fwd": med([r[0] for r in runs]),
+            "dual_bwd": med([r[1] for r in runs]), "dual_opt": med([r[2] for r in runs]),
+            "lora_params": lora_params, "text_lora_params": text_lora_params, "saim_params": saim_params,
+            "bcm_params": bcm_params, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+
 def main():
     import argparse
     ap = argparse.ArgumentParser(description="PyTorch reference timings (same keys as `anodiff bench`).")
-    ap.add_argument("what", choices=["ops", "unet"])
+    ap.add_argument("what", choices=["ops", "unet", "dual"])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--iters", type=int, default=7, help="ops: timed runs")
     ap.add_argument("--preset", default="sd15")
@@ -120,11 +233,22 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="unet: timed runs")
     ap.add_argument("--train-lora", action="store_true")
+    ap.add_argument("--pairs", type=int, default=2, help="dual: training pairs per step")
+    ap.add_argument("--rank", type=int, default=32, help="dual: LoRA rank (UNet sets and text encoder)")
+    ap.add_argument("--bcm-hidden", type=int, default=320, help="dual: BCM MLP width")
+    ap.add_argument("--no-bcm", dest="bcm", action="store_false")
+    ap.add_argument("--no-saim", dest="saim", action="store_false")
+    ap.add_argument("--no-text-lora", dest="text_lora", action="store_false")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     iters = args.iters
-    res = ops(iters) if args.what == "ops" else bench_unet(args)
+    # libgomp's default spin-waiting costs ~8 ms per parallel region when the cores are shared with other
+    # work (tools/bench_compare.py notes); recorded so a table says which policy it ran with.
+    policy = os.environ.get("OMP_WAIT_POLICY", "default")
+    res = {"ops": lambda: ops(iters), "unet": lambda: bench_unet(args), "dual": lambda: bench_dual(args)}[args.what]()
+    if args.what != "ops":
+        res["omp_wait_policy"] = policy
     if args.json:
         print(json.dumps(res))
     else:

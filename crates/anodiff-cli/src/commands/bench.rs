@@ -1,7 +1,9 @@
 //! `anodiff bench`: timings with random weights (no files), printed as a table or as one JSON
 //! object whose keys match `tools/bench_reference.py` for side-by-side comparison.
 
+use anodiff::bench::dual::{bench_dual, DualBenchOptions};
 use anodiff::bench::unet::{bench_unet, UnetBenchOptions};
+use anodiff::dual::DualConfig;
 use anyhow::Result;
 
 #[derive(clap::Args, Debug)]
@@ -17,6 +19,9 @@ pub enum What {
     Ops(OpsArgs),
     /// One UNet forward of a preset at a given image size (median of --repeats runs).
     Unet(UnetArgs),
+    /// One DualAnoDiff training step (VAE encode, text encoder + LoRA, BCM reference pass, main
+    /// pass, MSE, backward, AdamW on LoRA sets, text LoRA, SAIM and BCM) with random weights.
+    Dual(DualArgs),
     /// The downstream-detector benchmark (METHODS.md A.7): train the localisation network on an
     /// anomaly source for several seeds, predict, evaluate; mean ± std of all metrics.
     Localisation(super::bench_localisation::Args),
@@ -62,6 +67,88 @@ pub struct UnetArgs {
     pub json: bool,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct DualArgs {
+    /// Model configuration (see `anodiff presets`).
+    #[arg(long, default_value = "sd15")]
+    pub preset: String,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Training pairs per step (whole + part rows: twice as many UNet rows).
+    #[arg(long, default_value_t = 2)]
+    pub pairs: usize,
+    /// Timed steps after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// LoRA rank (UNet sets and text encoder).
+    #[arg(long, default_value_t = 32)]
+    pub rank: usize,
+    /// Hidden width of BCM's MLP.
+    #[arg(long, default_value_t = 320)]
+    pub bcm_hidden: usize,
+    /// Turn BCM off (the "without BCM" ablation: no reference pass).
+    #[arg(long)]
+    pub no_bcm: bool,
+    /// Turn SAIM off.
+    #[arg(long)]
+    pub no_saim: bool,
+    /// No text-encoder LoRA.
+    #[arg(long)]
+    pub no_text_lora: bool,
+    /// Print one JSON object of median milliseconds and parameter counts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn run_dual(d: DualArgs) -> Result<()> {
+    let o = DualBenchOptions {
+        preset: d.preset,
+        size: d.size,
+        pairs: d.pairs,
+        repeats: d.repeats,
+        config: DualConfig {
+            rank: d.rank,
+            bcm_hidden: d.bcm_hidden,
+            bcm: !d.no_bcm,
+            saim: !d.no_saim,
+            text_encoder_lora: !d.no_text_lora,
+            ..Default::default()
+        },
+    };
+    let quiet = d.json;
+    let r = bench_dual(&o, &mut |msg| {
+        if !quiet {
+            eprintln!("bench dual: {msg}")
+        }
+    })?;
+    if d.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        let m = |n: usize| n as f64 / 1e6;
+        println!(
+            "DualAnoDiff step, {} {}px, {} pairs, {} threads: median {:.0} ms over {} steps \
+             (forward {:.0}, backward {:.0}, update {:.0}); peak RSS {:.0} MiB\n\
+             trainable: UNet LoRA sets {:.2} M, text LoRA {:.2} M, SAIM {:.2} M, BCM {:.2} M",
+            r.preset,
+            r.size,
+            r.pairs,
+            r.threads,
+            r.dual_step,
+            r.repeats,
+            r.dual_fwd,
+            r.dual_bwd,
+            r.dual_opt,
+            r.peak_rss_mb,
+            m(r.lora_params),
+            m(r.text_lora_params),
+            m(r.saim_params),
+            m(r.bcm_params)
+        );
+    }
+    Ok(())
+}
+
 pub fn run(a: Args) -> Result<()> {
     match a.what {
         What::Ops(o) => {
@@ -82,6 +169,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
         What::Localisation(l) => super::bench_localisation::run(l)?,
+        What::Dual(d) => run_dual(d)?,
         What::Unet(u) => {
             let o = UnetBenchOptions {
                 preset: u.preset,

@@ -1,6 +1,7 @@
 //! Benchmarks behind `anodiff bench`: random weights, no files, median milliseconds and peak RSS,
 //! with the same JSON keys as `tools/bench_reference.py` so the two can be compared side by side.
 
+pub mod dual;
 pub mod ops;
 pub mod unet;
 

@@ -107,7 +107,24 @@ impl StableDiffusion {
             unet: fresh(Component::Unet),
             vae: (!p.pixel_space).then(|| fresh(Component::Vae)),
         };
-        let sd = Self {
+        Ok((Self::from_preset_params(p, &params, device)?, params))
+    }
+
+    /// [`Self::from_preset`] with every weight frozen (plain tensors, no `Var`): the base model of
+    /// adapter training (LoRA, DualAnoDiff) in benchmarks, where only the adapters learn and the
+    /// frozen VAE / text encoder must not enter the autograd graph.
+    pub fn from_preset_frozen(p: &Preset, seed: u64, device: &Device) -> Result<Self> {
+        let frozen = |c: Component| fresh_params(seed, c, device).with_trainable(|_| false);
+        let params = ModelParams {
+            text_encoder: frozen(Component::TextEncoder),
+            unet: frozen(Component::Unet),
+            vae: (!p.pixel_space).then(|| frozen(Component::Vae)),
+        };
+        Self::from_preset_params(p, &params, device)
+    }
+
+    fn from_preset_params(p: &Preset, params: &ModelParams, device: &Device) -> Result<Self> {
+        Ok(Self {
             tokenizer: ClipTokenizer::embedded()?,
             text_encoder: ClipTextModel::new(&p.text, &params.text_encoder)?,
             vae: match &params.vae {
@@ -119,8 +136,7 @@ impl StableDiffusion {
             scheduler_config: p.scheduler.clone(),
             default_scheduler: SchedulerKind::Pndm,
             device: device.clone(),
-        };
-        Ok((sd, params))
+        })
     }
 
     /// Factor between image and latent resolution: the VAE's own ([`VaeConfig::downscale_factor`],
