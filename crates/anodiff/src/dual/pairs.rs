@@ -37,6 +37,7 @@ use crate::data::mask_folder::MaskFolder;
 use crate::data::split::SplitManifest;
 use crate::error::{Error, Result};
 use crate::io::image::IMAGE_EXTENSIONS;
+use crate::seed::mix;
 use candle_core::{Device, Tensor};
 use image::imageops::FilterType;
 use image::{GrayImage, ImageBuffer, RgbImage};
@@ -672,14 +673,6 @@ pub fn interleave(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let mut dims = a.dims().to_vec();
     dims[0] *= 2;
     Ok(Tensor::stack(&[a, b], 1)?.reshape(dims)?)
-}
-
-/// SplitMix64 finaliser: independent per-draw seeds from (seed, ids).
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 fn binarise(m: &mut GrayImage) {

@@ -5,9 +5,9 @@ use crate::error::{Error, Result};
 use crate::kernels::lowrank;
 use crate::nn::params::gaussian;
 use crate::nn::Linear;
+use crate::seed;
 use candle_core::{DType, Tensor, Var};
 use rand::{Rng, SeedableRng};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -284,12 +284,8 @@ impl LoraLayer {
 }
 
 /// The seed of one set's initial weights (or, with `set = usize::MAX`, of the dropout stream):
-/// std's hasher over (seed, module name, set). Not the crate's `seed::mix`, which mixes numbers only:
-/// switching would change every seeded LoRA initialisation made so far.
+/// [`seed::mix`] over (seed, module name, set): fixed bits, unlike std's hasher, whose output
+/// may change between Rust releases.
 fn set_seed(seed: u64, module: &str, set: usize) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    seed.hash(&mut h);
-    module.hash(&mut h);
-    set.hash(&mut h);
-    h.finish()
+    seed::mix(seed::mix(seed) ^ seed::mix_bytes(module.as_bytes()) ^ seed::mix(set as u64 ^ 0x10A))
 }
