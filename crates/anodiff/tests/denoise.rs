@@ -4,6 +4,7 @@
 //! sees every UNet call and can run a reference pass, bad input is a clear error, and the
 //! pipelines' default size comes from the model.
 
+mod common;
 use anodiff::nn::Params;
 use anodiff::sd::attention::{AttnCall, AttnProcessor, ForwardCtx, HasAttention, PassKind};
 use anodiff::sd::noise::{NoiseSource, ReplayNoise, SeededNoise};
@@ -13,6 +14,7 @@ use anodiff::sd::scheduler::{make_scheduler, Scheduler, SchedulerConfig, Schedul
 use anodiff::sd::unet::{UNet2DConditionModel, UNetConfig};
 use anodiff::sd::{denoise, Conditioning, DenoiseOptions, StepInput};
 use candle_core::{Device, Tensor};
+use common::rel;
 use std::sync::{Arc, Mutex};
 
 /// Latent side of the test runs (the tiny preset's UNet takes any size).
@@ -42,26 +44,6 @@ fn sched(kind: SchedulerKind, steps: usize) -> Box<dyn Scheduler> {
 
 fn rows(t: &Tensor, i: usize, n: usize) -> Tensor {
     t.narrow(0, i, n).unwrap()
-}
-
-/// max|a − b| / max|b|.
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let m = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    d / m
 }
 
 /// Batch independence tolerance: the only difference between a batch of 2 and two batches of 1
@@ -128,7 +110,7 @@ fn a_batch_of_two_rows_equals_the_rows_run_alone() {
                 guidance,
                 row_draws(r),
             );
-            let e = rel_err(&rows(&batch, r, 1), &alone);
+            let e = rel(&rows(&batch, r, 1), &alone);
             println!("DDPM guidance {guidance} row {r}: {e:.2e}");
             assert!(e <= BATCH_TOL, "DDPM guidance {guidance} row {r}: {e}");
         }
@@ -154,7 +136,7 @@ fn a_batch_of_two_rows_equals_the_rows_run_alone() {
                 guidance,
                 vec![],
             );
-            let e = rel_err(&rows(&batch, r, 1), &alone);
+            let e = rel(&rows(&batch, r, 1), &alone);
             println!("Euler+extra guidance {guidance} row {r}: {e:.2e}");
             assert!(e <= BATCH_TOL, "Euler guidance {guidance} row {r}: {e}");
         }
@@ -170,7 +152,7 @@ fn a_batch_of_two_rows_equals_the_rows_run_alone() {
         1.0,
         vec![],
     );
-    assert!(rel_err(&rows(&out, 0, 1), &rows(&out, 1, 1)) > 1e-2);
+    assert!(rel(&rows(&out, 0, 1), &rows(&out, 1, 1)) > 1e-2);
     // ... and a single conditioning row is shared by every latent row.
     let shared = run(
         &u4,
@@ -192,7 +174,7 @@ fn a_batch_of_two_rows_equals_the_rows_run_alone() {
         1.0,
         vec![],
     );
-    assert_eq!(rel_err(&shared, &repeated), 0.0);
+    assert_eq!(rel(&shared, &repeated), 0.0);
 }
 
 /// What one attention call saw of its pass.

@@ -7,6 +7,7 @@
 //! - gradients: 5e-4 (as `grad_parity.rs`: long f32 sums with cancellation);
 //! - finite differences (f64, SAIM and BCM alone): 1e-6 relative to max(|g|, 1).
 
+mod common;
 use anodiff::dual::bcm::BcmLayer;
 use anodiff::dual::model::ReferenceInput;
 use anodiff::dual::saim::SaimLayer;
@@ -17,30 +18,11 @@ use anodiff::sd::clip::ClipTextModel;
 use anodiff::sd::unet::UNet2DConditionModel;
 use anodiff::sd::weights::Component;
 use candle_core::{DType, Device, Tensor, Var};
+use common::{fixtures, max_abs, rel};
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 const OUT_TOL: f32 = 1e-4;
 const GRAD_TOL: f32 = 5e-4;
-
-fn fix(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures")).join(rel)
-}
-
-fn rel(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-    let m = b.abs().unwrap().max_all().unwrap();
-    d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap().max(1e-12)
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
 
 struct Fixture {
     r: HashMap<String, Tensor>,
@@ -50,12 +32,12 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dev = Device::Cpu;
-    let r = read_safetensors(&fix("dual/reference.safetensors"), &dev)
+    let r = read_safetensors(&fixtures("dual/reference.safetensors"), &dev)
         .unwrap()
         .into_iter()
         .collect();
-    let unet = UNet2DConditionModel::load(&Component::at(fix("unet/sd1/unet")), &dev).unwrap();
-    let clip = ClipTextModel::load(&Component::at(fix("dual/text_encoder")), &dev).unwrap();
+    let unet = UNet2DConditionModel::load(&Component::at(fixtures("unet/sd1/unet")), &dev).unwrap();
+    let clip = ClipTextModel::load(&Component::at(fixtures("dual/text_encoder")), &dev).unwrap();
     Fixture { r, unet, clip }
 }
 
@@ -72,7 +54,7 @@ fn config(fusion: Fusion, saim: bool) -> DualConfig {
 /// The fixture's dual model; `trainable` makes the SAIM/BCM weights Vars.
 fn dual(f: &Fixture, cfg: &DualConfig, trainable: bool) -> DualModel {
     let dev = Device::Cpu;
-    let files = TensorFiles::load(&[fix("dual/dual_modules.safetensors")], &dev).unwrap();
+    let files = TensorFiles::load(&[fixtures("dual/dual_modules.safetensors")], &dev).unwrap();
     let p = Params::from_files(files, &dev);
     let p = if trainable {
         p.with_trainable(|_| true)
@@ -81,8 +63,8 @@ fn dual(f: &Fixture, cfg: &DualConfig, trainable: bool) -> DualModel {
     };
     let m = DualModel::new(&f.unet, &f.clip, cfg, p).unwrap();
     m.load_lora(
-        &fix("dual/lora_set0.safetensors"),
-        &fix("dual/lora_set1.safetensors"),
+        &fixtures("dual/lora_set0.safetensors"),
+        &fixtures("dual/lora_set1.safetensors"),
     )
     .unwrap();
     m.install(&f.unet, &f.clip);
@@ -367,7 +349,7 @@ fn dual_generation_matches_reference() {
     let draws: Vec<Tensor> = (0..6)
         .map(|i| f.r[&format!("generate.draw{i}")].clone())
         .collect();
-    let sched: SchedulerConfig = Component::at(fix("dual/scheduler"))
+    let sched: SchedulerConfig = Component::at(fixtures("dual/scheduler"))
         .json("scheduler_config.json")
         .unwrap();
     let text = PairText {

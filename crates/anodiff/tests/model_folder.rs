@@ -3,6 +3,7 @@
 //! configs and bit-identical text-encoder and UNet outputs (tolerance: none); incomplete weights
 //! are refused before anything is written.
 
+mod common;
 use anodiff::sd::attention::ForwardCtx;
 use anodiff::sd::noise::SeededNoise;
 use anodiff::sd::pipeline::{SampleOptions, StableDiffusion};
@@ -10,23 +11,13 @@ use anodiff::sd::pixel_norm::PixelNorm;
 use anodiff::sd::presets::Preset;
 use anodiff::sd::scheduler::SchedulerKind;
 use candle_core::{Device, Tensor};
+use common::max_diff;
 use std::path::PathBuf;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("anodiff-folder-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Same configs, same text embeddings, same UNet prediction, to the bit.
@@ -47,7 +38,7 @@ fn assert_same_model(a: &StableDiffusion, b: &StableDiffusion, label: &str) {
     let dev = &a.device;
     let text_a = a.encode_text(&["a photo of a capsule"]).unwrap();
     let text_b = b.encode_text(&["a photo of a capsule"]).unwrap();
-    assert_eq!(max_abs_diff(&text_a, &text_b), 0.0, "{label}: text encoder");
+    assert_eq!(max_diff(&text_a, &text_b), 0.0, "{label}: text encoder");
     let side = a.unet.config().sample_size.unwrap();
     let x = Tensor::randn(0f32, 1.0, (2, a.unet.in_channels(), side, side), dev).unwrap();
     let t = Tensor::new(&[10f32, 700.0], dev).unwrap();
@@ -55,7 +46,7 @@ fn assert_same_model(a: &StableDiffusion, b: &StableDiffusion, label: &str) {
     let text = text_a.repeat((2, 1, 1)).unwrap();
     let ya = a.unet.forward(&x, &t, &text, &ctx).unwrap();
     let yb = b.unet.forward(&x, &t, &text, &ctx).unwrap();
-    assert_eq!(max_abs_diff(&ya, &yb), 0.0, "{label}: UNet");
+    assert_eq!(max_diff(&ya, &yb), 0.0, "{label}: UNet");
 }
 
 #[test]
@@ -101,7 +92,7 @@ fn saved_pixel_model_loads_back_bit_exactly() {
                 .unwrap();
             m.decode(&x).unwrap()
         };
-        assert_eq!(max_abs_diff(&sample(&sd), &sample(&back)), 0.0);
+        assert_eq!(max_diff(&sample(&sd), &sample(&back)), 0.0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -120,9 +111,9 @@ fn saved_latent_model_loads_back_bit_exactly() {
         sd.encode_mean(&img).unwrap(),
         back.encode_mean(&img).unwrap(),
     );
-    assert_eq!(max_abs_diff(&za, &zb), 0.0, "VAE encoder");
+    assert_eq!(max_diff(&za, &zb), 0.0, "VAE encoder");
     assert_eq!(
-        max_abs_diff(&sd.decode(&za).unwrap(), &back.decode(&za).unwrap()),
+        max_diff(&sd.decode(&za).unwrap(), &back.decode(&za).unwrap()),
         0.0,
         "VAE decoder"
     );

@@ -10,7 +10,7 @@ use anodiff::sd::attention::{AttnCall, AttnKind, AttnProcessor, ForwardCtx, HasA
 use anodiff::sd::unet::{UNet2DConditionModel, UNetConfig};
 use anodiff::sd::weights::Component;
 use candle_core::{DType, Device, Tensor};
-use common::{fixtures, max_abs, temp_dir, tensors};
+use common::{fixtures, max_abs, max_diff, temp_dir, tensors};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -24,10 +24,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn cases(name: &str) -> HashMap<String, Tensor> {
     tensors(&fixture(name).join("cases.safetensors"))
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    max_abs(&(a - b).unwrap())
 }
 
 /// Builds the model from the fixture's `unet/` folder and checks every checkpoint tensor was used.

@@ -74,6 +74,11 @@ pub fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// max |a − b| over all elements.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs(&(a - b).unwrap())
+}
+
 /// Relative error max|got − want| / max|want|. The divisor is floored at 1e-12 so an all-zero
 /// `want` gives 0 for an exact match and a huge error otherwise, never NaN.
 pub fn rel(got: &Tensor, want: &Tensor) -> f32 {
