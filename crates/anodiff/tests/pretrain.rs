@@ -74,6 +74,7 @@ fn short_pretrain_lowers_loss_and_writes_a_loadable_model() {
         sample_steps: 2,
         pixel_norm: true,
         prompt_dropout: 0.0,
+        canvas: 0.0,
     };
     let t = std::time::Instant::now();
     let r = pretrain(&o, |_| {}).unwrap();

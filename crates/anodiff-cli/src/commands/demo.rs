@@ -102,6 +102,7 @@ pub fn run(a: Args) -> Result<()> {
         sample_steps: a.sample_steps,
         pixel_norm: true,
         prompt_dropout: 0.1,
+        canvas: 0.25,
     };
     let pb = bar(p.steps as u64, "demo 1/4: pretraining the base model");
     let pb2 = pb.clone();
@@ -182,7 +183,17 @@ pub fn run(a: Args) -> Result<()> {
         size: a.size as usize,
         ..Protocol::cpu()
     };
-    for source in [format!("dir:{}", gen.display()), "cutpaste".to_string()] {
+    let mut sources = vec!["cutpaste".to_string()];
+    if gr.accepted > 0 {
+        sources.insert(0, format!("dir:{}", gen.display()));
+    } else {
+        // Nothing to train on: say so (the report shows the rejected pairs and why) rather than fail.
+        eprintln!(
+            "no generated pair passed the checks (see {}): the detector is trained on CutPaste only",
+            gen.join("manifest.jsonl").display()
+        );
+    }
+    for source in sources {
         let t = Instant::now();
         let b = BenchOptions {
             dataset: category.clone(),

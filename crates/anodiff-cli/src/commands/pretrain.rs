@@ -50,6 +50,11 @@ pub struct Args {
     /// classifier-free guidance, e.g. DualAnoDiff's sampling, needs).
     #[arg(long, default_value_t = 0.1)]
     pub prompt_dropout: f64,
+    /// Probability that an image is replaced by a random region of itself on mid-grey, trained with
+    /// the empty prompt. A base for DualAnoDiff needs these: its part images are regions on grey,
+    /// which a model that saw only whole images cannot denoise.
+    #[arg(long, default_value_t = 0.0)]
+    pub canvas: f64,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -68,6 +73,7 @@ pub fn run(a: Args) -> Result<()> {
         sample_steps: a.sample_steps,
         pixel_norm: !a.no_pixel_norm,
         prompt_dropout: a.prompt_dropout,
+        canvas: a.canvas,
     };
     let pb = bar(o.steps as u64, "pretrain");
     let pb2 = pb.clone();

@@ -59,6 +59,10 @@ pub struct PretrainOptions {
     /// Probability that an image is trained with the empty prompt, so the model also learns the
     /// unconditional mode classifier-free guidance needs (SD trains with 0.1).
     pub prompt_dropout: f64,
+    /// Probability that an image is replaced by a random region of itself on the mid-grey canvas
+    /// ([`crate::data::canvas`]), trained with the empty prompt: the form of DualAnoDiff's part
+    /// images, which a base that saw only whole images predicts badly.
+    pub canvas: f64,
 }
 
 impl Default for PretrainOptions {
@@ -78,6 +82,7 @@ impl Default for PretrainOptions {
             sample_steps: 50,
             pixel_norm: true,
             prompt_dropout: 0.1,
+            canvas: 0.0,
         }
     }
 }
@@ -223,20 +228,32 @@ pub fn pretrain(
     let steps = trainer.run(|batch| {
         let mut a = Augmenter::new(aug.clone(), batch.seed);
         let mut xs = Vec::with_capacity(batch.indices.len());
+        // Separate streams, so runs without canvases or dropout keep their noise and timesteps.
+        let mut canvas_coins =
+            rand::rngs::StdRng::seed_from_u64(crate::seed::mix(batch.seed ^ 0xCA1A5));
+        let mut on_canvas = Vec::with_capacity(batch.indices.len());
         for &i in &batch.indices {
             let (img, _) = a.apply(&train[i], None)?;
-            xs.push(rgb_to_tensor(&img, &dev)?);
+            let x = rgb_to_tensor(&img, &dev)?;
+            let canvas = o.canvas > 0.0 && canvas_coins.random_bool(o.canvas.min(1.0));
+            xs.push(if canvas {
+                let m = crate::data::canvas::blob_mask(size, size, &mut canvas_coins, &dev)?;
+                crate::data::canvas::on_canvas(&x, &m)?
+            } else {
+                x
+            });
+            on_canvas.push(canvas);
         }
         let x0 = sd.encode_mean(&Tensor::cat(&xs, 0)?)?;
         let (noise, t) = loss.draw(&x0, &mut batch.rng())?;
         // The text encoder is trained too, so its output is recomputed every step.
-        let txt = if o.prompt_dropout > 0.0 {
-            // A separate stream, so runs without dropout keep their noise and timesteps.
+        let txt = if o.prompt_dropout > 0.0 || o.canvas > 0.0 {
             let mut coins =
                 rand::rngs::StdRng::seed_from_u64(crate::seed::mix(batch.seed ^ 0xD20F));
             let both = sd.encode_text(&[&prompt, ""])?;
-            let rows: Vec<u32> = (0..x0.dim(0)?)
-                .map(|_| u32::from(coins.random_bool(o.prompt_dropout.min(1.0))))
+            let rows: Vec<u32> = on_canvas
+                .iter()
+                .map(|&c| u32::from(coins.random_bool(o.prompt_dropout.clamp(0.0, 1.0)) || c))
                 .collect();
             both.index_select(&Tensor::new(rows.as_slice(), &dev)?, 0)?
         } else {
