@@ -73,7 +73,6 @@ pub const NAMES: &[&str] = &[
     "tiny-pixel",
     "small",
     "small64",
-    "small64-attn32",
     "sd15",
     "sd15-inpaint",
     "sd2-base",
@@ -87,7 +86,6 @@ impl Preset {
             "tiny-pixel" => tiny_pixel(),
             "small" => small(),
             "small64" => small64(),
-            "small64-attn32" => small64_attn32(),
             "sd15" => sd15(),
             "sd15-inpaint" => Preset {
                 name: "sd15-inpaint",
@@ -322,35 +320,6 @@ fn small64() -> Preset {
         description:
             "CPU training from scratch at 64 px: pixel space, UNet 16/32/64/64, 2-layer CLIP width 64",
         resolution: 64,
-        unet,
-        ..s
-    }
-}
-
-/// [`small64`] with attention also at 32×32 (1024 tokens): three of the four levels carry
-/// attention, as in SD-1.5 (attention at latent 64, 32 and 16, none at 8). Per-layer adapters
-/// that live in attention (LoRA, DualAnoDiff's SAIM and BCM) then reach the two finest levels
-/// that decide a small defect's shape instead of only the 16 and 8 px ones.
-fn small64_attn32() -> Preset {
-    let s = small64();
-    let unet = UNetConfig {
-        down_block_types: vec![
-            "DownBlock2D".into(),
-            "CrossAttnDownBlock2D".into(),
-            "CrossAttnDownBlock2D".into(),
-            "CrossAttnDownBlock2D".into(),
-        ],
-        up_block_types: vec![
-            "CrossAttnUpBlock2D".into(),
-            "CrossAttnUpBlock2D".into(),
-            "CrossAttnUpBlock2D".into(),
-            "UpBlock2D".into(),
-        ],
-        ..s.unet
-    };
-    Preset {
-        name: "small64-attn32",
-        description: "small64 with attention also at 32 px (three of four levels, as in SD-1.5)",
         unet,
         ..s
     }
