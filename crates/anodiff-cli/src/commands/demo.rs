@@ -11,7 +11,6 @@ use anodiff::dual::generate::{dual_generate, GenerateOptions};
 use anodiff::dual::pairs::{PairOptions, Sampling};
 use anodiff::dual::report::{write_dual_report, DualReportInput};
 use anodiff::dual::run::{dual_train, DualTrainOptions, PairData};
-use anodiff::dual::DualConfig;
 use anodiff::eval::evaluate::EvalOptions;
 use anodiff::eval::localisation::Protocol;
 use anodiff::eval::localisation_bench::{self, BenchOptions};
@@ -138,7 +137,6 @@ pub fn run(a: Args) -> Result<()> {
         },
         ..PairOptions::default()
     };
-    o.config = DualConfig::default();
     o.steps = a.dual_steps;
     o.lr = 5e-4;
     o.warmup = 20;
