@@ -33,6 +33,10 @@ enum Command {
     DualGenerate(commands::dual_generate::Args),
     /// Write report.html for a dual-train run and its generated pairs (grids, rejection, mask alignment, benchmarks).
     DualReport(commands::dual_report::Args),
+    /// AnomalySD anomaly maps and scores: over a split's evaluation images (for `anodiff eval`) or a folder of images.
+    Detect(commands::detect::Args),
+    /// Train AnomalySD's one inpainting model on the normal images of several categories (full or LoRA).
+    DetectTrain(commands::detect_train::Args),
     /// Train a pixel-space preset (UNet + text encoder) from scratch on an MVTec-layout category.
     Pretrain(commands::pretrain::Args),
     /// List the built-in model configurations with parameter counts.
@@ -67,6 +71,8 @@ fn main() {
     let result = match cli.command {
         Command::Demo(a) => commands::demo::run(a),
         Command::Presets(a) => commands::presets::run(a),
+        Command::Detect(a) => commands::detect::run(a),
+        Command::DetectTrain(a) => commands::detect_train::run(a),
         Command::Pretrain(a) => commands::pretrain::run(a),
         Command::DualTrain(a) => commands::dual_train::run(*a),
         Command::DualGenerate(a) => commands::dual_generate::run(a),

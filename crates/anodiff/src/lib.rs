@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod detect;
 pub mod dual;
 pub mod error;
 pub mod eval;

@@ -25,6 +25,10 @@ pub enum What {
     /// The downstream-detector benchmark (METHODS.md A.7): train the localisation network on an
     /// anomaly source for several seeds, predict, evaluate; mean ± std of all metrics.
     Localisation(super::bench_localisation::Args),
+    /// AnomalySD detection (METHODS.md B): detect with a detect-train run over datasets, shot
+    /// counts and draws, with the single-branch ablations and the nearest-neighbour baseline;
+    /// scored by the evaluation toolkit.
+    Detection(super::bench_detection::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -169,6 +173,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
         What::Localisation(l) => super::bench_localisation::run(l)?,
+        What::Detection(d) => super::bench_detection::run(d)?,
         What::Dual(d) => run_dual(d)?,
         What::Unet(u) => {
             let o = UnetBenchOptions {

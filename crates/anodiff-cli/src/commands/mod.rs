@@ -1,9 +1,12 @@
 //! One file per subcommand.
 
 pub mod bench;
+pub mod bench_detection;
 pub mod bench_localisation;
 pub mod dataset_check;
 pub mod demo;
+pub mod detect;
+pub mod detect_train;
 pub mod dual_generate;
 pub mod dual_report;
 pub mod dual_train;

@@ -302,9 +302,10 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
 }
 
 /// A metric's column header and how to read it from a set.
-type Field = (&'static str, fn(&MetricSet) -> f64);
+pub type Field = (&'static str, fn(&MetricSet) -> f64);
 
-const FIELDS: [Field; 7] = [
+/// The seven metrics of every benchmark table, in column order.
+pub const FIELDS: [Field; 7] = [
     ("image AUROC", |m| m.image_auroc),
     ("image AP", |m| m.image_ap),
     ("image F1-max", |m| m.image_f1_max),
@@ -314,7 +315,8 @@ const FIELDS: [Field; 7] = [
     ("AU-PRO", |m| m.pixel_aupro),
 ];
 
-fn cell(sets: &[MetricSet], f: fn(&MetricSet) -> f64) -> String {
+/// One table cell: the metric over `sets` in percent, "mean ± std" (or "n/a").
+pub fn cell(sets: &[MetricSet], f: fn(&MetricSet) -> f64) -> String {
     let xs: Vec<f64> = sets.iter().map(|m| 100.0 * f(m)).collect();
     match mean_std(&xs) {
         (m, _) if !m.is_finite() => "n/a".into(),

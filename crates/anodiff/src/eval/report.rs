@@ -269,7 +269,8 @@ pub fn colormap(t: f32) -> Rgb<u8> {
     Rgb([(r * 255.0) as u8, (g * 255.0) as u8, (b * 255.0) as u8])
 }
 
-fn heat(map: &Map2, lo: f32, hi: f32) -> RgbImage {
+/// A map as a colour image, `lo`..`hi` spread over [`colormap`] (non-finite values at `lo`).
+pub fn heat(map: &Map2, lo: f32, hi: f32) -> RgbImage {
     let scale = 1.0 / (hi - lo);
     RgbImage::from_fn(map.width as u32, map.height as u32, |x, y| {
         let v = map.data[y as usize * map.width + x as usize];
@@ -277,7 +278,8 @@ fn heat(map: &Map2, lo: f32, hi: f32) -> RgbImage {
     })
 }
 
-fn overlay(base: &RgbImage, top: &RgbImage, alpha: f32) -> RgbImage {
+/// `top` blended over `base` (same size) with opacity `alpha`.
+pub fn overlay(base: &RgbImage, top: &RgbImage, alpha: f32) -> RgbImage {
     RgbImage::from_fn(base.width(), base.height(), |x, y| {
         let a = base.get_pixel(x, y).0;
         let b = top.get_pixel(x, y).0;

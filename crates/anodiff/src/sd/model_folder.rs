@@ -157,6 +157,31 @@ impl StableDiffusion {
         index
     }
 
+    /// [`Self::load`] with every weight a trainable `Var`, and the stores they live in: the start
+    /// of full fine-tuning of an existing model (the caller picks which `Var`s the optimiser
+    /// updates; [`Self::save`] needs all of them to be `Var`s).
+    pub fn load_trainable(dir: &Path, device: &Device) -> Result<(Self, ModelParams)> {
+        let mut sd = Self::load(dir, device)?;
+        let m = ModelDir::open(dir)?;
+        let trainable = |name: &str| -> Result<Params> {
+            Ok(m.component(name)?.params(device)?.with_trainable(|_| true))
+        };
+        let params = ModelParams {
+            text_encoder: trainable("text_encoder")?,
+            unet: trainable("unet")?,
+            vae: match sd.vae {
+                Some(_) => Some(trainable("vae")?),
+                None => None,
+            },
+        };
+        sd.text_encoder = ClipTextModel::new(sd.text_encoder.config(), &params.text_encoder)?;
+        sd.unet = UNet2DConditionModel::new(sd.unet.config(), &params.unet)?;
+        if let (Some(v), Some(p)) = (&sd.vae, &params.vae) {
+            sd.vae = Some(AutoencoderKL::new(v.config(), p)?);
+        }
+        Ok((sd, params))
+    }
+
     /// Loads a diffusers Stable Diffusion folder (or one written by [`Self::save`]). A folder
     /// without `vae/` whose UNet takes RGB is a pixel-space model; its `anodiff_pixel_norm` is
     /// read from `model_index.json`. The default scheduler is the class named in
@@ -166,7 +191,8 @@ impl StableDiffusion {
         let tokenizer = ClipTokenizer::from_dir(&m.component("tokenizer")?.dir)?;
         let text_encoder = ClipTextModel::load(&m.component("text_encoder")?, device)?;
         let unet = UNet2DConditionModel::load(&m.component("unet")?, device)?;
-        let vae = if !m.has_component("vae") && unet.in_channels() == 3 {
+        // Pixel-space models: RGB in, or RGB + mask + masked RGB (the inpainting form, 7).
+        let vae = if !m.has_component("vae") && matches!(unet.in_channels(), 3 | 7) {
             None
         } else {
             Some(AutoencoderKL::load(&m.component("vae")?, device)?)

@@ -286,6 +286,31 @@ impl StableDiffusion {
         noise: &mut dyn NoiseSource,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor> {
+        if mask.dims().len() != 4 || mask.dim(0)? != 1 {
+            return Err(Error::invalid(format!(
+                "inpaint takes an image [1, 3, H, W] and a mask [1, 1, H, W], got {:?} and {:?}",
+                image.dims(),
+                mask.dims()
+            )));
+        }
+        self.inpaint_batch(o, image, mask, strength, noise, progress)
+    }
+
+    /// [`Self::inpaint`] of one image under `B` masks at once (`masks: [B, 1, H, W]`), returning
+    /// `[B, C, h, w]` final latents: AnomalySD's grid cells in one batch. Every row starts from
+    /// the same noise (one draw, shared). The masked-image posterior draw of a latent model has
+    /// one row per mask; a pixel model draws none, so there row `i` equals a single-mask call with
+    /// mask `i` and the same seed. For `B = 1` the random draws are exactly [`Self::inpaint`]'s.
+    #[allow(clippy::too_many_arguments)]
+    pub fn inpaint_batch(
+        &self,
+        o: &SampleOptions,
+        image: &Tensor,
+        masks: &Tensor,
+        strength: f64,
+        noise: &mut dyn NoiseSource,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
         let latent_ch = self.sample_channels();
         if self.unet.in_channels() != 2 * latent_ch + 1 {
             return Err(Error::invalid(format!(
@@ -299,12 +324,12 @@ impl StableDiffusion {
                 "strength must be in (0, 1], got {strength}"
             )));
         }
-        let (image_dims, mask_dims) = (image.dims(), mask.dims());
-        let (ih, iw, mh, mw) = match (image_dims, mask_dims) {
-            (&[1, 3, ih, iw], &[1, 1, mh, mw]) => (ih, iw, mh, mw),
+        let (image_dims, mask_dims) = (image.dims(), masks.dims());
+        let (ih, iw, b, mh, mw) = match (image_dims, mask_dims) {
+            (&[1, 3, ih, iw], &[b, 1, mh, mw]) if b > 0 => (ih, iw, b, mh, mw),
             _ => {
                 return Err(Error::invalid(format!(
-                    "inpaint takes an image [1, 3, H, W] and a mask [1, 1, H, W], got {image_dims:?} and {mask_dims:?}"
+                    "inpaint takes an image [1, 3, H, W] and masks [B, 1, H, W], got {image_dims:?} and {mask_dims:?}"
                 )))
             }
         };
@@ -337,13 +362,14 @@ impl StableDiffusion {
             let t0 = sched.timesteps()[start];
             sched.add_noise_at(&z0, &n, &[t0])?
         };
+        let latents = latents.repeat((b, 1, 1, 1))?;
         // Conditioning: the mask at latent resolution (nearest: every f-th pixel) and the latent of
         // the image with the masked region blanked.
         let f = self.vae_scale_factor();
         let rows = Tensor::arange_step(0u32, (h * f) as u32, f as u32, &self.device)?;
         let cols = Tensor::arange_step(0u32, (w * f) as u32, f as u32, &self.device)?;
-        let mask_lat = mask.index_select(&rows, 2)?.index_select(&cols, 3)?;
-        let keep = mask.lt(0.5)?.to_dtype(DType::F32)?;
+        let mask_lat = masks.index_select(&rows, 2)?.index_select(&cols, 3)?;
+        let keep = masks.lt(0.5)?.to_dtype(DType::F32)?;
         let masked = image.broadcast_mul(&keep)?;
         let masked_lat = self.encode_sample(&masked, noise)?;
         let extra = Tensor::cat(&[&mask_lat, &masked_lat], 1)?;

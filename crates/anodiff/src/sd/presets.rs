@@ -76,6 +76,8 @@ pub const NAMES: &[&str] = &[
     "sd15",
     "sd15-inpaint",
     "sd2-base",
+    "small-inpaint",
+    "small64-inpaint",
 ];
 
 impl Preset {
@@ -86,6 +88,8 @@ impl Preset {
             "tiny-pixel" => tiny_pixel(),
             "small" => small(),
             "small64" => small64(),
+            "small-inpaint" => inpainting(small(), "small-inpaint", "AnomalySD at CPU scale, 32 px: `small` with a 7-channel input [x_t; mask; masked image]"),
+            "small64-inpaint" => inpainting(small64(), "small64-inpaint", "AnomalySD at CPU scale, 64 px: `small64` with a 7-channel input [x_t; mask; masked image]"),
             "sd15" => sd15(),
             "sd15-inpaint" => Preset {
                 name: "sd15-inpaint",
@@ -322,6 +326,22 @@ fn small64() -> Preset {
         resolution: 64,
         unet,
         ..s
+    }
+}
+
+/// The inpainting form of a pixel-space preset, as SD-inpainting is of SD: the UNet takes the
+/// noisy sample, the mask and the masked image (3 + 1 + 3 = 7 channels in pixel space, diffusers'
+/// order) and predicts the noise of the 3 sample channels. Everything else is unchanged.
+fn inpainting(base: Preset, name: &'static str, description: &'static str) -> Preset {
+    let unet = UNetConfig {
+        in_channels: 2 * base.unet.out_channels + 1,
+        ..base.unet
+    };
+    Preset {
+        name,
+        description,
+        unet,
+        ..base
     }
 }
 

@@ -67,6 +67,23 @@ impl DiffusionLoss {
         t: &[usize],
         ctx: &ForwardCtx,
     ) -> Result<Tensor> {
+        self.loss_with_extra(unet, x0, text, noise, t, None, ctx)
+    }
+
+    /// [`Self::loss`] for a UNet with extra input channels: `extra: [B, E, h, w]` is appended to
+    /// the noisy sample (an inpainting UNet's `[mask; masked image]`, diffusers' order); the target
+    /// covers only the sample channels.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_with_extra(
+        &self,
+        unet: &UNet2DConditionModel,
+        x0: &Tensor,
+        text: &Tensor,
+        noise: &Tensor,
+        t: &[usize],
+        extra: Option<&Tensor>,
+        ctx: &ForwardCtx,
+    ) -> Result<Tensor> {
         let b = x0.dim(0)?;
         if t.len() != b {
             return Err(Error::invalid(format!(
@@ -80,7 +97,11 @@ impl DiffusionLoss {
             .training_target(self.prediction, x0, noise, t)?;
         let tt: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         let tt = Tensor::from_vec(tt, b, x0.device())?;
-        let pred = unet.forward(&noisy, &tt, text, ctx)?;
+        let input = match extra {
+            Some(e) => Tensor::cat(&[&noisy, e], 1)?,
+            None => noisy,
+        };
+        let pred = unet.forward(&input, &tt, text, ctx)?;
         Ok((pred.to_dtype(DType::F32)? - target)?.sqr()?.mean_all()?)
     }
 }
