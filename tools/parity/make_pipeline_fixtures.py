@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Full-pipeline parity fixtures: complete 4-step txt2img runs with classifier-free guidance for each
-scheduler (DDPM, DDIM, DDIM eta=0.5, PNDM, Euler), a 4-step inpainting run, and strength-0.5
-inpainting runs (6 steps, the last 3 kept) for DDPM, DDIM, PNDM and Euler, on a tiny random-weight
-Stable Diffusion with the real architecture classes.
+scheduler (DDPM, DDIM, DDIM eta=0.5, PNDM, Euler), a 4-step inpainting run, and partial-denoising
+inpainting runs (StableDiffusionInpaintPipeline with strength < 1) for DDPM, DDIM, PNDM and Euler at
+two strengths: `inpaint05_<scheduler>` (strength 0.5, 6 steps, the last 3 kept) and
+`inpaint03_<scheduler>` (strength 0.3, 10 steps, the last int(10 * 0.3) = 3 kept), on a tiny
+random-weight Stable Diffusion with the real architecture classes. The 9-channel UNet
+(unet_inpaint/) is also what crates/anodiff/tests/parity_pipeline.rs runs a batch of grid-cell
+masks through (`inpaint_batch` rows against single-mask calls; no reference tensors needed).
 
 Every random tensor diffusers draws (initial latents, VAE posterior samples, scheduler noise) is
 recorded in order so the Rust pipeline can replay it through `ReplayNoise`.
@@ -189,31 +193,36 @@ def main():
     cases.append(dict(name="inpaint", scheduler_dir="scheduler_inpaint", unet_dir="unet_inpaint", steps=4,
                       guidance=5.0, eta=0.0, draws=len(draws), kind="inpaint", prompt=prompt, negative=negative))
 
-    # Inpainting with strength 0.5 for every scheduler: 6 steps keep the last 3, starting from the
-    # image latents noised to the first kept timestep (sigma space for Euler, whose kept timesteps are
-    # fractional here). No `latents` argument: given latents would make diffusers ignore the image, so
-    # the pipeline draws everything itself (image posterior, start noise, masked-image posterior, step
-    # noise) and all of it is recorded.
-    for name, (cls, extra, _) in scheds.items():
-        if name == "ddim_eta05":
-            continue
-        sched = make_sched(cls, **extra)
-        pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet_inp,
-                                              scheduler=sched, safety_checker=None, feature_extractor=None,
-                                              requires_safety_checker=False)
-        pipe.set_progress_bar_config(disable=True)
-        DRAWS.clear()
-        g = torch.Generator().manual_seed(13)
-        with torch.no_grad():
-            out = pipe(prompt, image=image * 0.5 + 0.5, mask_image=mask, negative_prompt=negative, height=32,
-                       width=32, num_inference_steps=6, strength=0.5, guidance_scale=5.0, generator=g,
-                       output_type="latent").images
-        case = f"inpaint05_{name}"
-        ref[f"{case}.final"] = out.float()
-        for i, t in enumerate(DRAWS):
-            ref[f"{case}.draw{i}"] = t.contiguous()
-        cases.append(dict(name=case, scheduler_dir="scheduler_" + name, unet_dir="unet_inpaint", steps=6,
-                          guidance=5.0, eta=0.0, draws=len(DRAWS), kind="inpaint", strength=0.5))
+    # Partial-denoising inpainting for every scheduler: strength 0.5 with 6 steps keeps the last 3,
+    # strength 0.3 with 10 steps keeps int(10 * 0.3) = 3 of a longer schedule (so the run starts
+    # late, at a low noise level). Each starts from the image latents noised to the first kept
+    # timestep (sigma space for Euler, whose kept timesteps are fractional here). No `latents`
+    # argument: given latents would make diffusers ignore the image, so the pipeline draws
+    # everything itself (image posterior, start noise, masked-image posterior, step noise) and all
+    # of it is recorded.
+    partial = [(0.5, 6, 13, "inpaint05"), (0.3, 10, 17, "inpaint03")]
+    for strength, steps, seed, prefix in partial:
+        for name, (cls, extra, _) in scheds.items():
+            if name == "ddim_eta05":
+                continue
+            sched = make_sched(cls, **extra)
+            pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet_inp,
+                                                  scheduler=sched, safety_checker=None, feature_extractor=None,
+                                                  requires_safety_checker=False)
+            pipe.set_progress_bar_config(disable=True)
+            DRAWS.clear()
+            g = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                out = pipe(prompt, image=image * 0.5 + 0.5, mask_image=mask, negative_prompt=negative,
+                           height=32, width=32, num_inference_steps=steps, strength=strength,
+                           guidance_scale=5.0, generator=g, output_type="latent").images
+            case = f"{prefix}_{name}"
+            ref[f"{case}.final"] = out.float()
+            for i, t in enumerate(DRAWS):
+                ref[f"{case}.draw{i}"] = t.contiguous()
+            cases.append(dict(name=case, scheduler_dir="scheduler_" + name, unet_dir="unet_inpaint",
+                              steps=steps, guidance=5.0, eta=0.0, draws=len(DRAWS), kind="inpaint",
+                              strength=strength))
     for c in cases:
         c.setdefault("prompt", prompt)
         c.setdefault("negative", negative)

@@ -299,7 +299,8 @@ impl StableDiffusion {
     /// [`Self::inpaint`] of one image under `B` masks at once (`masks: [B, 1, H, W]`), returning
     /// `[B, C, h, w]` final latents: AnomalySD's grid cells in one batch. Every row starts from
     /// the same noise (one draw, shared). The masked-image posterior draw of a latent model has
-    /// one row per mask; a pixel model draws none, so there row `i` equals a single-mask call with
+    /// one row per mask; a pixel model draws none, so there — with a scheduler that draws no step
+    /// noise (DDIM with eta 0, PNDM, Euler without churn) — row `i` equals a single-mask call with
     /// mask `i` and the same seed. For `B = 1` the random draws are exactly [`Self::inpaint`]'s.
     #[allow(clippy::too_many_arguments)]
     pub fn inpaint_batch(
