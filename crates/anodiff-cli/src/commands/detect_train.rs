@@ -5,7 +5,8 @@ use crate::progress::bar;
 use anodiff::data::foreground::ForegroundSpec;
 use anodiff::detect::masks::TrainMaskOptions;
 use anodiff::detect::prompts::{PromptBook, PromptLevels};
-use anodiff::detect::train::{detect_train, BaseModel, DetectTrainOptions};
+use anodiff::detect::train::{detect_train_with, BaseModel, DetectTrainOptions};
+use anodiff::detect::vae_tune::Perceptual;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
@@ -68,6 +69,23 @@ pub struct Args {
     /// Training images inpainted into samples.png after training (0: none).
     #[arg(long, default_value_t = 8)]
     pub samples: usize,
+    /// Fine-tune the VAE decoder for this many updates after the UNet (0: off). Full runs of a
+    /// latent-space --model only (not with --lora-rank; pixel-space models have no VAE).
+    #[arg(long, default_value_t = 0)]
+    pub vae_steps: usize,
+    /// Images per decoder update.
+    #[arg(long, default_value_t = 2)]
+    pub vae_batch: usize,
+    /// Peak learning rate of the decoder.
+    #[arg(long, default_value_t = 1e-5)]
+    pub vae_lr: f64,
+    /// Weight β of the extra decoder loss term (the paper's β is unpublished; 0 = MSE only).
+    #[arg(long, default_value_t = 0.0)]
+    pub vae_beta: f64,
+    /// Extra decoder loss term weighted by --vae-beta: none, or gradient (weight-free L1 distance
+    /// of Sobel image gradients; not a learned perceptual metric).
+    #[arg(long, default_value = "none")]
+    pub vae_perceptual: Perceptual,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -108,13 +126,27 @@ pub fn run(a: Args) -> Result<()> {
         },
         foreground: a.foreground,
         samples: a.samples,
+        vae_steps: a.vae_steps,
+        vae_batch: a.vae_batch,
+        vae_lr: a.vae_lr,
+        vae_beta: a.vae_beta,
+        vae_perceptual: a.vae_perceptual,
     };
     let pb = bar(o.steps as u64, "detect-train");
     let pb2 = pb.clone();
-    let r = detect_train(&o, move |s| {
-        pb2.set_position(s.step as u64);
-        pb2.set_message(format!("detect-train loss {:.4}", s.loss));
-    })?;
+    let pb3 = pb.clone();
+    let r = detect_train_with(
+        &o,
+        move |s| {
+            pb2.set_position(s.step as u64);
+            pb2.set_message(format!("detect-train loss {:.4}", s.loss));
+        },
+        move |s| {
+            pb3.set_length(s.total_steps as u64);
+            pb3.set_position(s.step as u64);
+            pb3.set_message(format!("VAE decoder loss {:.5}", s.loss));
+        },
+    )?;
     pb.finish_and_clear();
     let imgs: Vec<String> = r.images.iter().map(|(c, n)| format!("{c} {n}")).collect();
     eprintln!(
@@ -126,6 +158,23 @@ pub fn run(a: Args) -> Result<()> {
         r.first_loss,
         r.last_loss
     );
+    if o.vae_steps > 0 && r.vae.is_none() {
+        eprintln!("--vae-steps skipped: the model is pixel-space (it has no VAE decoder to tune)");
+    }
+    if let Some(v) = &r.vae {
+        eprintln!(
+            "VAE decoder ({} parameters, {} updates, term {} with beta {}): reconstruction MSE {:.5} -> {:.5}, gradient L1 {:.5} -> {:.5} on {} training images",
+            v.trainable_parameters,
+            v.steps.len(),
+            v.perceptual,
+            v.beta,
+            v.mse_before,
+            v.mse_after,
+            v.gradient_l1_before,
+            v.gradient_l1_after,
+            v.images
+        );
+    }
     if let Some(s) = &r.samples {
         eprintln!(
             "inpainted training images (input | masked | repainted): {}",

@@ -8,6 +8,7 @@
 //! - [`prompts`]: hierarchical prompts from a data file (the same in training and inference);
 //! - [`masks`]: grid-cell masks of the inference scales and foreground-placed training masks;
 //! - [`train`]: the `detect-train` job (one model, all categories, full or LoRA);
+//! - [`vae_tune`]: VAE decoder fine-tuning (reconstruction MSE + optional weight-free gradient term);
 //! - [`run`]: a trained run folder, loaded for inference;
 //! - [`distance`]: weight-free per-pixel distances and the harmonic fusion of scales;
 //! - [`features`]: patch features from our own UNet (an attention processor records them);
@@ -26,3 +27,4 @@ pub mod prompts;
 pub mod prototypes;
 pub mod run;
 pub mod train;
+pub mod vae_tune;

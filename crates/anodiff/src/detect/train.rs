@@ -5,10 +5,13 @@
 //! hierarchical prompt ([`super::prompts`]). Full fine-tuning (every UNet and text-encoder weight)
 //! or LoRA on the UNet attention projections (`lora_rank`); the Trainer gives resume, NaN stop,
 //! the JSONL log and checkpoints. The run folder is read back by [`super::run::DetectRun`].
+//! Optionally (`vae_steps`, full runs of a latent-space model) the VAE decoder is fine-tuned
+//! afterwards ([`super::vae_tune`]) and saved with the model in `model/vae/`.
 
 use super::masks::{sample_train_mask, TrainMaskOptions};
 use super::prompts::{PromptBook, PromptLevels};
 use super::run::{DetectRunConfig, RUN_CONFIG};
+use super::vae_tune::{vae_tune, Perceptual, VaeTuneOptions, VaeTuneReport};
 use crate::data::augment::{AugmentOptions, Augmenter};
 use crate::data::foreground::ForegroundSpec;
 use crate::data::mvtec::{category_name, MvtecDataset, OnBadFile};
@@ -34,6 +37,9 @@ use std::time::Instant;
 
 /// LoRA file of a LoRA run (diffusers' default name).
 pub const LORA_FILE: &str = "pytorch_lora_weights.safetensors";
+
+/// Sub-folder of the run with the VAE decoder tuning's checkpoints, log and report.
+pub const VAE_TUNE_DIR: &str = "vae_tune";
 
 /// Where the model to train comes from.
 #[derive(Clone, Debug)]
@@ -84,6 +90,18 @@ pub struct DetectTrainOptions {
     pub foreground: ForegroundSpec,
     /// Inpaint this many training images into `samples.png` after training (0: none).
     pub samples: usize,
+    /// VAE decoder fine-tuning updates after the UNet training (0: off). Full runs of a
+    /// latent-space model only: a LoRA run with `vae_steps > 0` is refused (its run folder has no
+    /// place for a tuned decoder), a pixel-space model has no VAE and skips it with a log line.
+    pub vae_steps: usize,
+    /// Images per decoder update.
+    pub vae_batch: usize,
+    /// Peak learning rate of the decoder (warmup of `min(warmup, vae_steps / 10)`, then cosine).
+    pub vae_lr: f64,
+    /// β of the decoder loss `MSE + β·term` (0 by default: the paper's β is unpublished).
+    pub vae_beta: f64,
+    /// The β-weighted term (none by default; `gradient` is weight-free, see [`super::vae_tune`]).
+    pub vae_perceptual: Perceptual,
 }
 
 impl Default for DetectTrainOptions {
@@ -107,6 +125,28 @@ impl Default for DetectTrainOptions {
             masks: TrainMaskOptions::default(),
             foreground: ForegroundSpec::Classical,
             samples: 8,
+            vae_steps: 0,
+            vae_batch: 2,
+            vae_lr: 1e-5,
+            vae_beta: 0.0,
+            vae_perceptual: Perceptual::None,
+        }
+    }
+}
+
+impl DetectTrainOptions {
+    /// The decoder tuning's settings (resume is decided when it starts).
+    pub fn vae_options(&self) -> VaeTuneOptions {
+        VaeTuneOptions {
+            steps: self.vae_steps,
+            batch: self.vae_batch,
+            lr: self.vae_lr,
+            warmup: self.warmup.min(self.vae_steps / 10),
+            beta: self.vae_beta,
+            perceptual: self.vae_perceptual,
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+            resume: None,
         }
     }
 }
@@ -130,6 +170,8 @@ pub struct DetectTrainReport {
     pub train_secs: f64,
     /// PNG: input | mask | inpainting of some training images.
     pub samples: Option<PathBuf>,
+    /// The VAE decoder tuning, when it ran.
+    pub vae: Option<VaeTuneReport>,
     /// Figures of every update (not serialised).
     #[serde(skip)]
     pub steps: Vec<StepStats>,
@@ -144,14 +186,38 @@ struct Item {
 }
 
 /// Trains the model and writes the run folder: `model/` (full) or the LoRA file (LoRA),
-/// `detect_config.json`, `train_log.jsonl`, checkpoints, `samples.png`, `report.json`.
+/// `detect_config.json`, `train_log.jsonl`, checkpoints, `samples.png`, `report.json` (and
+/// [`VAE_TUNE_DIR`] when the decoder is tuned).
 pub fn detect_train(
     o: &DetectTrainOptions,
     progress: impl FnMut(&StepStats) + 'static,
 ) -> Result<DetectTrainReport> {
+    detect_train_with(o, progress, |_| {})
+}
+
+/// [`detect_train`] with a second progress callback for the VAE decoder tuning's updates.
+pub fn detect_train_with(
+    o: &DetectTrainOptions,
+    progress: impl FnMut(&StepStats) + 'static,
+    vae_progress: impl FnMut(&StepStats) + 'static,
+) -> Result<DetectTrainReport> {
     let dev = Device::Cpu;
     if o.datasets.is_empty() {
         return Err(Error::invalid("detect-train needs at least one --dataset"));
+    }
+    // Decoder tuning settings are checked before hours of UNet training, not after.
+    if o.vae_steps > 0 {
+        if o.lora_rank.is_some() {
+            return Err(Error::invalid(
+                "--vae-steps is supported for full runs only: a LoRA run keeps the base model \
+                 folder and has no place for a tuned VAE decoder (drop --lora-rank or --vae-steps)",
+            ));
+        }
+        o.vae_options().validate()?;
+    } else if o.vae_beta != 0.0 || o.vae_perceptual != Perceptual::None {
+        return Err(Error::invalid(
+            "--vae-beta / --vae-perceptual have no effect without --vae-steps > 0",
+        ));
     }
     // 1. The model: fresh preset, or a folder (trainable for full fine-tuning).
     let (mut sd, params, base_name) = match &o.base {
@@ -340,8 +406,9 @@ pub fn detect_train(
         let m = Tensor::cat(&ms, 0)?;
         let keep = m.lt(0.5)?.to_dtype(DType::F32)?;
         let masked = x.broadcast_mul(&keep)?;
-        let x0 = sd.encode_mean(&x)?;
-        let masked_lat = sd.encode_mean(&masked)?;
+        // Detached: in full runs the VAE's weights are Vars too, but they do not train here.
+        let x0 = sd.encode_mean(&x)?.detach();
+        let masked_lat = sd.encode_mean(&masked)?.detach();
         let idx = Tensor::arange_step(0u32, size as u32, f as u32, &dev)?;
         let m_lat = m.index_select(&idx, 2)?.index_select(&idx, 3)?;
         let extra = Tensor::cat(&[&m_lat, &masked_lat], 1)?;
@@ -359,7 +426,51 @@ pub fn detect_train(
     })?;
     let train_secs = t0.elapsed().as_secs_f64();
 
-    // 5. The run folder.
+    // 5. The VAE decoder (full runs of latent-space models), on the images at training size.
+    let vae = match (&params, sd.vae.is_some()) {
+        _ if o.vae_steps == 0 => None,
+        (_, false) => {
+            tracing::warn!("--vae-steps skipped: {base_name} is a pixel-space model (no VAE)");
+            None
+        }
+        (None, true) => unreachable!("LoRA runs with --vae-steps are refused above"),
+        (Some(p), true) => {
+            let vp = p
+                .vae
+                .as_ref()
+                .expect("a latent-space model has a VAE store");
+            let images: Vec<RgbImage> = items
+                .iter()
+                .map(|it| {
+                    image::imageops::resize(
+                        &it.image,
+                        size as u32,
+                        size as u32,
+                        image::imageops::FilterType::Triangle,
+                    )
+                })
+                .collect();
+            let dir = o.out.join(VAE_TUNE_DIR);
+            let vo = VaeTuneOptions {
+                // A resumed run continues the decoder tuning where it stopped, if it had started.
+                resume: o
+                    .resume
+                    .as_ref()
+                    .and_then(|_| crate::train::checkpoint::latest(&dir)),
+                ..o.vae_options()
+            };
+            let r = vae_tune(&sd, vp, &images, &dir, &vo, vae_progress)?;
+            tracing::info!(
+                "VAE decoder: reconstruction MSE {:.5} -> {:.5} over {} images",
+                r.mse_before,
+                r.mse_after,
+                r.images
+            );
+            Some(r)
+        }
+    };
+
+    // 6. The run folder.
     let (model, lora_file) = match (&lora, &params) {
         (Some(l), _) => {
             l.set_training(false);
@@ -403,6 +514,7 @@ pub fn detect_train(
         last_loss: tail.iter().map(|s| s.loss).sum::<f64>() / tail.len().max(1) as f64,
         train_secs,
         samples,
+        vae,
         steps,
     };
     write_json(&o.out.join("report.json"), &report)?;
