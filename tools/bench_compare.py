@@ -13,6 +13,7 @@ Usage (from the repository root, after `cargo build --release`):
     python tools/bench_compare.py unet --preset sd15 --size 256 --batch 2 [--rounds 3]
     python tools/bench_compare.py unet --preset sd15 --size 256 --batch 2 --train-lora
     python tools/bench_compare.py dual --preset sd15 --size 256 --pairs 2 [--rounds 3]
+    python tools/bench_compare.py inpaint --preset sd15-inpaint --size 512 --batch 4 [--no-vae] [--rounds 3]
 
 When other work shares the cores, run PyTorch's OpenMP with `OMP_WAIT_POLICY=PASSIVE` (the environment is
 passed through; the PyTorch JSON records the policy): libgomp's default spin-wait then costs about 8 ms per
@@ -31,7 +32,9 @@ import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 # Keys that describe the run rather than measure it.
-META = ("size", "batch", "pairs", "repeats", "threads", "parameters")
+META = ("size", "batch", "pairs", "repeats", "threads", "parameters", "timestep")
+# Keys only one side writes, by design (the PyTorch side records its OpenMP wait policy).
+ONE_SIDED = ("omp_wait_policy",)
 
 
 def is_count(k):
@@ -50,7 +53,7 @@ def main():
         i = args.index("--rounds")
         rounds = int(args[i + 1])
         del args[i:i + 2]
-    if not args or args[0] not in ("ops", "unet", "dual") or rounds < 1:
+    if not args or args[0] not in ("ops", "unet", "dual", "inpaint") or rounds < 1:
         sys.exit(__doc__)
     what, rest = args[0], args[1:]
     rows = []  # one (ours, torch) pair of JSON objects per round
@@ -59,6 +62,13 @@ def main():
         torch = run([sys.executable, os.path.join(ROOT, "tools", "bench_reference.py"), what, *rest, "--json"])
         rows.append((ours, torch))
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+        only = sorted((set(ours) ^ set(torch)) - set(ONE_SIDED))
+        if only:
+            print(f"note: keys on one side only: {', '.join(only)}", file=sys.stderr)
+        differ = [k for k in META if k in ours and k in torch and ours[k] != torch[k]]
+        if differ:
+            print("WARNING: the two sides ran different settings: "
+                  + ", ".join(f"{k} {ours[k]} vs {torch[k]}" for k in differ), file=sys.stderr)
     keys = [k for k, v in rows[0][0].items() if isinstance(v, (int, float)) and k not in META and not is_count(k)
             and isinstance(rows[0][1].get(k), (int, float))]
     cmd = f"`anodiff bench {what} {' '.join(rest)}` vs `tools/bench_reference.py {what} {' '.join(rest)}`"

@@ -3,8 +3,10 @@
 crates/anodiff/src/bench/). Usage: python tools/bench_reference.py ops [--json] [--iters N]
        python tools/bench_reference.py unet --preset sd15 --size 256 --batch 2 [--train-lora] [--json]
        python tools/bench_reference.py dual --preset sd15 --size 256 --pairs 2 [--json]
+       python tools/bench_reference.py inpaint --preset sd15-inpaint --size 512 --batch 4 [--no-vae] [--json]
 (unet: diffusers 0.42.1 UNet2DConditionModel with random weights; --train-lora adds peft 0.21.2 LoRA;
-dual: one DualAnoDiff training step on our reference model, tools/parity/dual_reference.py)
+dual: one DualAnoDiff training step on our reference model, tools/parity/dual_reference.py;
+inpaint: one AnomalySD partial-inpainting step of a batch of grid-cell masks, 9-channel UNet + DDIM)
 Runs on 2 threads, reports the median of N runs after one warm-up."""
 import json
 import os
@@ -222,16 +224,110 @@ def bench_dual(args):
             "bcm_params": bcm_params, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 
+def timed(fn, runs):
+    """(median milliseconds of `runs` calls after one warm-up call, the last call's result)."""
+    out = fn()
+    ts = []
+    for _ in range(max(runs, 1)):
+        t = time.perf_counter()
+        out = fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts), out
+
+
+# AnomalySD's defaults (crates/anodiff/src/bench/inpaint.rs): a full run of 20 DDIM steps, of which the
+# bench times the last one; masks are the cells of the 2x2, 4x4, 8x8 grids in order.
+INPAINT_STEPS = 20
+INPAINT_SCALES = (2, 4, 8)
+
+
+def cell_masks(b, size):
+    """The first b masks [b, 1, size, size] of the cells of INPAINT_SCALES, row by row (cycled), as
+    anodiff::bench::inpaint::cell_masks and detect::masks::grid_cells make them."""
+    cells = [(r * size // k, (r + 1) * size // k, c * size // k, (c + 1) * size // k)
+             for k in INPAINT_SCALES for r in range(k) for c in range(k)]
+    m = torch.zeros(b, 1, size, size)
+    for i in range(b):
+        y0, y1, x0, x1 = cells[i % len(cells)]
+        m[i, :, y0:y1, x0:x1] = 1.0
+    return m
+
+
+def bench_inpaint(args):
+    """One AnomalySD partial-inpainting step at SD-1.5-inpainting shapes, as `anodiff bench inpaint`
+    (crates/anodiff/src/bench/inpaint.rs) runs it through anodiff's denoise loop: B grid-cell masks over one
+    random image; the loop body of diffusers' StableDiffusionInpaintPipeline without CFG (guidance 1):
+    scale_model_input, cat [z_t; mask; masked-image latents], UNet forward, DDIMScheduler.step (eta 0) at the
+    last of 20 DDIM timesteps. Timed apart, each with its own warm-up: the prompt through CLIP (text_encode),
+    the VAE encodes of one call (the image + the B masked images, posterior sampled x 0.18215: vae_encode) and
+    the decode of the B step outputs (vae_decode). --no-vae draws the latents at random and skips the VAE."""
+    import resource
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+    if args.preset not in ("sd15", "sd15-inpaint"):
+        sys.exit("bench_reference.py inpaint: only --preset sd15-inpaint (or sd15, widened to 9 channels) is implemented")
+    b, size, runs = args.batch, args.size, max(args.repeats, 1)
+    if b < 1 or size < 8 or size % 8:
+        sys.exit("bench_reference.py inpaint: need --batch >= 1 and a --size of at least 8 divisible by 8")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**{**SD15_UNET, "in_channels": 9}).eval()
+    vae = AutoencoderKL(**SD15_VAE).eval()
+    te = CLIPTextModel(CLIPTextConfig(**SD15_TEXT)).eval()
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    # SD-1.5's scheduler_config.json (the preset's SchedulerConfig::default()).
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    sf, lat = vae.config.scaling_factor, size // 8
+    image = torch.rand(1, 3, size, size) * 2 - 1
+    masks = cell_masks(b, size)
+    masked = image * (masks < 0.5).float()
+    # Token ids as the CLIP tokenizer pads them (start, a few tokens, end repeated to 77).
+    ids = torch.tensor([[49406, 320, 1125, 539, 320, 5392, *[49407] * 71]])
+    out = {"preset": args.preset, "size": size, "batch": b, "repeats": runs, "threads": torch.get_num_threads()}
+    with torch.inference_mode():
+        text_ms, emb = timed(lambda: te(ids).last_hidden_state, runs)
+        if args.vae:
+            enc_ms, (z0, masked_lat) = timed(
+                lambda: (vae.encode(image).latent_dist.sample() * sf, vae.encode(masked).latent_dist.sample() * sf), runs)
+        else:
+            z0, masked_lat = torch.randn(1, 4, lat, lat), torch.randn(b, 4, lat, lat)
+        sched.set_timesteps(INPAINT_STEPS)
+        t = sched.timesteps[-1]
+        latents = sched.add_noise(z0, torch.randn(1, 4, lat, lat), t.reshape(1)).repeat(b, 1, 1, 1)
+        mask_lat = F.interpolate(masks, size=(lat, lat))
+        prompt_embeds = emb.repeat(b, 1, 1)
+
+        def step():
+            sched.set_timesteps(INPAINT_STEPS)
+            x = sched.scale_model_input(latents, t)
+            x = torch.cat([x, mask_lat, masked_lat], dim=1)
+            noise_pred = unet(x, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
+            return sched.step(noise_pred, t, latents, return_dict=False)[0]
+        step_ms, y = timed(step, runs)
+        if not torch.isfinite(y).all():
+            sys.exit("bench_reference.py inpaint: the step's output is not finite")
+        out.update(timestep=int(t), parameters=count(unet), vae_params=count(vae), text_params=count(te),
+                   inpaint_step=step_ms, text_encode=text_ms)
+        if args.vae:
+            out["vae_encode"] = enc_ms
+            out["vae_decode"] = timed(lambda: vae.decode(y / sf).sample, runs)[0]
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return out
+
+
 def main():
     import argparse
     ap = argparse.ArgumentParser(description="PyTorch reference timings (same keys as `anodiff bench`).")
-    ap.add_argument("what", choices=["ops", "unet", "dual"])
+    ap.add_argument("what", choices=["ops", "unet", "dual", "inpaint"])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--iters", type=int, default=7, help="ops: timed runs")
-    ap.add_argument("--preset", default="sd15")
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3, help="unet: timed runs")
+    # Defaults per subcommand, as `anodiff bench` has them (inpaint: sd15-inpaint, 512 px, batch 4).
+    ap.add_argument("--preset", default=None, help="default sd15 (inpaint: sd15-inpaint)")
+    ap.add_argument("--size", type=int, default=None, help="default 256 (inpaint: 512)")
+    ap.add_argument("--batch", type=int, default=None, help="default 2 (inpaint: 4 masks)")
+    ap.add_argument("--repeats", type=int, default=3, help="unet, dual, inpaint: timed runs")
+    ap.add_argument("--no-vae", dest="vae", action="store_false",
+                    help="inpaint: skip the VAE encode / decode (latents drawn at random)")
     ap.add_argument("--train-lora", action="store_true")
     ap.add_argument("--pairs", type=int, default=2, help="dual: training pairs per step")
     ap.add_argument("--rank", type=int, default=32, help="dual: LoRA rank (UNet sets and text encoder)")
@@ -241,12 +337,17 @@ def main():
     ap.add_argument("--no-text-lora", dest="text_lora", action="store_false")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    inpaint = args.what == "inpaint"
+    for k, general, for_inpaint in (("preset", "sd15", "sd15-inpaint"), ("size", 256, 512), ("batch", 2, 4)):
+        if getattr(args, k) is None:
+            setattr(args, k, for_inpaint if inpaint else general)
     torch.set_num_threads(args.threads)
     iters = args.iters
     # libgomp's default spin-waiting costs ~8 ms per parallel region when the cores are shared with other
     # work (tools/bench_compare.py notes); recorded so a table says which policy it ran with.
     policy = os.environ.get("OMP_WAIT_POLICY", "default")
-    res = {"ops": lambda: ops(iters), "unet": lambda: bench_unet(args), "dual": lambda: bench_dual(args)}[args.what]()
+    res = {"ops": lambda: ops(iters), "unet": lambda: bench_unet(args), "dual": lambda: bench_dual(args),
+           "inpaint": lambda: bench_inpaint(args)}[args.what]()
     if args.what != "ops":
         res["omp_wait_policy"] = policy
     if args.json:

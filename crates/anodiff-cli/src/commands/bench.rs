@@ -2,6 +2,7 @@
 //! object whose keys match `tools/bench_reference.py` for side-by-side comparison.
 
 use anodiff::bench::dual::{bench_dual, DualBenchOptions};
+use anodiff::bench::inpaint::{bench_inpaint, InpaintBenchOptions};
 use anodiff::bench::unet::{bench_unet, UnetBenchOptions};
 use anodiff::dual::DualConfig;
 use anyhow::Result;
@@ -22,6 +23,10 @@ pub enum What {
     /// One DualAnoDiff training step (VAE encode, text encoder + LoRA, BCM reference pass, main
     /// pass, MSE, backward, AdamW on LoRA sets, text LoRA, SAIM and BCM) with random weights.
     Dual(DualArgs),
+    /// One denoising step of AnomalySD's partial inpainting (B grid-cell masks over one image,
+    /// 9-channel UNet, guidance 1, DDIM) with random weights, plus the text encode and VAE encode /
+    /// decode of such a call, each timed separately.
+    Inpaint(InpaintArgs),
     /// The downstream-detector benchmark (METHODS.md A.7): train the localisation network on an
     /// anomaly source for several seeds, predict, evaluate; mean ± std of all metrics.
     Localisation(super::bench_localisation::Args),
@@ -105,6 +110,68 @@ pub struct DualArgs {
     pub json: bool,
 }
 
+/// Arguments of `anodiff bench inpaint`.
+#[derive(clap::Args, Debug)]
+pub struct InpaintArgs {
+    /// Model configuration (see `anodiff presets`); a text-to-image preset is widened to its
+    /// inpainting variant (9-channel UNet).
+    #[arg(long, default_value = "sd15-inpaint")]
+    pub preset: String,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 512)]
+    pub size: usize,
+    /// Masks (grid cells) inpainted in one batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Timed runs of each phase after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Skip the VAE encode / decode (latents drawn at random; only the step and text encode).
+    #[arg(long)]
+    pub no_vae: bool,
+    /// Print one JSON object of median milliseconds.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn run_inpaint(a: InpaintArgs) -> Result<()> {
+    let o = InpaintBenchOptions {
+        preset: a.preset,
+        size: a.size,
+        batch: a.batch,
+        repeats: a.repeats,
+        vae: !a.no_vae,
+    };
+    let quiet = a.json;
+    let r = bench_inpaint(&o, &mut |msg| {
+        if !quiet {
+            eprintln!("bench inpaint: {msg}")
+        }
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0} ms"));
+        println!(
+            "inpainting step, {} {}px, batch {}, {} threads (t = {}): median {:.0} ms over {} runs; \
+             text encode {:.0} ms, VAE encode (1 + {} images) {}, VAE decode {}; peak RSS {:.0} MiB",
+            r.preset,
+            r.size,
+            r.batch,
+            r.threads,
+            r.timestep,
+            r.inpaint_step,
+            r.repeats,
+            r.text_encode,
+            r.batch,
+            ms(r.vae_encode),
+            ms(r.vae_decode),
+            r.peak_rss_mb
+        );
+    }
+    Ok(())
+}
+
 fn run_dual(d: DualArgs) -> Result<()> {
     let o = DualBenchOptions {
         preset: d.preset,
@@ -175,6 +242,7 @@ pub fn run(a: Args) -> Result<()> {
         What::Localisation(l) => super::bench_localisation::run(l)?,
         What::Detection(d) => super::bench_detection::run(d)?,
         What::Dual(d) => run_dual(d)?,
+        What::Inpaint(i) => run_inpaint(i)?,
         What::Unet(u) => {
             let o = UnetBenchOptions {
                 preset: u.preset,

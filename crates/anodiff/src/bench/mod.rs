@@ -2,6 +2,7 @@
 //! with the same JSON keys as `tools/bench_reference.py` so the two can be compared side by side.
 
 pub mod dual;
+pub mod inpaint;
 pub mod ops;
 pub mod unet;
 

@@ -13,7 +13,7 @@
 //!
 //! The PatchCore-style baseline (`knn`) is the deviation map itself, on the same features.
 
-use super::distance::{distance_map, harmonic_mean, Distance};
+use super::distance::{blur_image, distance_map, harmonic_mean, Distance};
 use super::features::{unet_features, FeatureOptions};
 use super::masks::{grid_cells, grid_masks};
 use super::prototypes::{self_distances, PrototypeBank};
@@ -84,6 +84,8 @@ pub struct DetectSettings {
     pub scales: Vec<usize>,
     /// Per-pixel distance.
     pub distance: Distance,
+    /// Gaussian σ (pixels at model size) applied to input and repainting before the distance.
+    pub image_blur: f32,
     /// Gaussian σ (pixels at model size) of each distance map.
     pub blur: f32,
     /// α: weight of the prototype-guided map.
@@ -114,6 +116,7 @@ impl Default for DetectSettings {
             scheduler: SchedulerKind::Ddim,
             scales: vec![2, 4, 8],
             distance: Distance::Mix,
+            image_blur: 1.0,
             blur: 1.0,
             alpha: 0.5,
             map_blur: 2.0,
@@ -244,7 +247,7 @@ impl<'a> Detector<'a> {
         while i < b {
             let n = self.settings.batch.max(1).min(b - i);
             // A fresh source per chunk: every chunk starts from the same noise, so results do not
-            // depend on the batch size.
+            // depend on the batch size (up to float rounding: batched kernels round differently).
             let mut noise = SeededNoise::new(self.settings.seed);
             let lat = self.sd.inpaint_batch(
                 &o,
@@ -271,6 +274,8 @@ impl<'a> Detector<'a> {
         let xv = x.flatten_all()?.to_vec1::<f32>()?;
         let masks = grid_masks(&self.settings.scales, s, s, &self.sd.device)?;
         let outs = self.inpaint(&x, &masks)?;
+        let sigma = self.settings.image_blur;
+        let xb = blur_image(&xv, s, s, sigma);
         let mut per_scale = Vec::new();
         let mut normal = vec![0f32; 3 * s * s];
         let mut r = 0;
@@ -278,8 +283,8 @@ impl<'a> Detector<'a> {
             let mut map = vec![0f32; s * s];
             for cell in grid_cells(k, s, s)? {
                 let d = distance_map(
-                    &xv,
-                    &outs[r],
+                    &xb,
+                    &blur_image(&outs[r], s, s, sigma),
                     s,
                     s,
                     self.settings.distance,
@@ -343,8 +348,15 @@ impl<'a> Detector<'a> {
         })
     }
 
-    /// The prototype-guided branch (runs one inpainting when the mask is not empty).
-    pub fn prototype(&self, shots: &Shots, image: &RgbImage) -> Result<PrototypeGuided> {
+    /// The prototype-guided branch: the deviation map and mask, and — with `repaint` — one
+    /// inpainting of the mask when it is not empty (`S_pg`; without `repaint` it stays 0, for
+    /// callers that only need the deviation, such as the nearest-neighbour baseline).
+    pub fn prototype(
+        &self,
+        shots: &Shots,
+        image: &RgbImage,
+        repaint: bool,
+    ) -> Result<PrototypeGuided> {
         let img = self.resize(image);
         let s = self.size;
         let f = self.features(std::slice::from_ref(&img))?;
@@ -379,13 +391,21 @@ impl<'a> Detector<'a> {
         }
         let mut map = vec![0f32; s * s];
         let mut inpaintings = 0;
-        if mask.iter().any(|&m| m) {
+        if repaint && mask.iter().any(|&m| m) {
             let x = rgb_to_tensor(&img, &self.sd.device)?;
             let xv = x.flatten_all()?.to_vec1::<f32>()?;
             let m: Vec<f32> = mask.iter().map(|&b| f32::from(u8::from(b))).collect();
             let m = Tensor::from_vec(m, (1, 1, s, s), &self.sd.device)?.to_dtype(DType::F32)?;
             let out = self.inpaint(&x, &m)?.pop().expect("one inpainting");
-            let d = distance_map(&xv, &out, s, s, self.settings.distance, self.settings.blur)?;
+            let sigma = self.settings.image_blur;
+            let d = distance_map(
+                &blur_image(&xv, s, s, sigma),
+                &blur_image(&out, s, s, sigma),
+                s,
+                s,
+                self.settings.distance,
+                self.settings.blur,
+            )?;
             for i in 0..s * s {
                 if mask[i] {
                     map[i] = d[i];

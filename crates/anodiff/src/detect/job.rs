@@ -154,13 +154,12 @@ fn maps_for(
     img: &RgbImage,
 ) -> Result<MethodMaps> {
     let s = det.size();
+    let repaint = methods
+        .iter()
+        .any(|m| matches!(m, Method::AnomalySd | Method::Pg));
     let pg = match shots {
-        Some(sh)
-            if methods
-                .iter()
-                .any(|m| matches!(m, Method::AnomalySd | Method::Pg | Method::Knn)) =>
-        {
-            Some(det.prototype(sh, img)?)
+        Some(sh) if repaint || methods.contains(&Method::Knn) => {
+            Some(det.prototype(sh, img, repaint)?)
         }
         _ => None,
     };
@@ -350,6 +349,18 @@ pub fn detect_folder(
         .collect::<Result<_>>()?;
     let bank = det.shots(&shot_imgs)?;
     let files = list(images)?;
+    // Maps are named by stem: two files with one stem (a.png, a.jpg) would overwrite each other.
+    let mut seen = std::collections::BTreeMap::new();
+    for p in &files {
+        let stem = p.file_stem().map(|s| s.to_string_lossy().to_string());
+        if let Some(prev) = seen.insert(stem, p) {
+            return Err(Error::invalid(format!(
+                "{} and {} have the same file stem; maps are named by stem, rename one",
+                prev.display(),
+                p.display()
+            )));
+        }
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut scored = Vec::new();
     for (i, p) in files.iter().enumerate() {
@@ -383,7 +394,9 @@ pub fn detect_folder(
     scored.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut csv = String::from("image,score\n");
     for s in &scored {
-        csv.push_str(&format!("{},{}\n", s.image.display(), s.score));
+        // RFC 4180 quoting: paths may hold commas or quotes.
+        let path = s.image.display().to_string().replace('"', "\"\"");
+        csv.push_str(&format!("\"{path}\",{}\n", s.score));
     }
     crate::io::atomic::write_atomic(&out.join("scores.csv"), csv.as_bytes())?;
     Ok(scored)

@@ -300,7 +300,10 @@ pub fn detect_train_with(
         }
         categories.push(cat);
     }
-    if sd.vae.is_none() {
+    // A model trained from scratch standardises pixels with its training set's statistics; a
+    // loaded pixel model keeps the ones it was trained with (a LoRA run saves only the LoRA, so
+    // inference would otherwise see other statistics than training did).
+    if sd.vae.is_none() && matches!(o.base, BaseModel::Preset(_)) {
         let all: Vec<RgbImage> = items.iter().map(|i| i.image.clone()).collect();
         let norm = PixelNorm::from_images(&all)?;
         sd.scheduler_config.clip_sample_range = norm.range_bound();
@@ -479,7 +482,9 @@ pub fn detect_train_with(
             let BaseModel::Folder(dir) = &o.base else {
                 unreachable!("LoRA runs start from a folder")
             };
-            (dir.clone(), Some(PathBuf::from(LORA_FILE)))
+            // Absolute, so the run opens from any working directory.
+            let base = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+            (base, Some(PathBuf::from(LORA_FILE)))
         }
         (None, Some(p)) => {
             sd.save(&o.out.join("model"), p)?;
