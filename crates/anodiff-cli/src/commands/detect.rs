@@ -27,11 +27,14 @@ pub struct SettingsArgs {
     /// Per-pixel distance between input and repainting: l2, ssim or mix.
     #[arg(long, default_value = "mix")]
     pub distance: Distance,
+    /// Gaussian σ (pixels at model size) applied to input and repainting before the distance.
+    #[arg(long, default_value_t = DetectSettings::default().image_blur)]
+    pub image_blur: f32,
     /// α: weight of the prototype-guided map in S = (1 − α)·S_ms + α·S_pg.
     #[arg(long, default_value_t = DetectSettings::default().alpha)]
     pub alpha: f64,
     /// Image score: max, or top:F (mean of the highest fraction F of pixels).
-    #[arg(long, default_value = "max")]
+    #[arg(long, default_value = "top:0.05")]
     pub score: ImageScore,
     /// Quantile of the shots' own patch distances above which a patch joins the prototype mask.
     #[arg(long, default_value_t = DetectSettings::default().pg_quantile)]
@@ -56,6 +59,7 @@ impl SettingsArgs {
             steps: self.steps,
             scales: self.scales.clone(),
             distance: self.distance,
+            image_blur: self.image_blur,
             alpha: self.alpha,
             score: self.score,
             pg_quantile: self.pg_quantile,

@@ -80,9 +80,10 @@ pub fn distance_map(
     .data)
 }
 
-/// Each channel of a `[3, h, w]` row-major image smoothed with a Gaussian of `sigma` pixels: applied
-/// to input and repainting before the distance, it cancels the zero-mean grain a few-step partial
-/// denoising leaves, which would otherwise add to the distance everywhere.
+/// Each channel of a `[3, h, w]` row-major image smoothed with a Gaussian of `sigma` pixels. Applied
+/// to input and repainting before the distance (`DetectSettings::image_blur`) it cancels zero-mean
+/// grain of the repainting, at the price of washing out thin defects; off by default, because on
+/// the synthetic validation set σ = 1 and 2 lowered pixel AUROC (BENCHMARKS.md).
 pub fn blur_image(x: &[f32], h: usize, w: usize, sigma: f32) -> Vec<f32> {
     if sigma <= 0.0 {
         return x.to_vec();
