@@ -249,7 +249,10 @@ pub fn run(a: Args) -> Result<()> {
             samples: 6,
             ..DetectTrainOptions::default()
         };
-        let pb = bar(dt.steps as u64, "demo 5/5: training AnomalySD's inpainting model");
+        let pb = bar(
+            dt.steps as u64,
+            "demo 5/5: training AnomalySD's inpainting model",
+        );
         let pb2 = pb.clone();
         detect_train(&dt, move |s| pb2.set_position(s.step as u64))?;
         pb.finish_and_clear();
@@ -280,7 +283,10 @@ pub fn run(a: Args) -> Result<()> {
             pb2.set_position(d as u64);
         })?;
         pb.finish_and_clear();
-        timings.push(("AnomalySD 1-shot detection".into(), t.elapsed().as_secs_f64()));
+        timings.push((
+            "AnomalySD 1-shot detection".into(),
+            t.elapsed().as_secs_f64(),
+        ));
         Some(runs)
     } else {
         None

@@ -108,7 +108,7 @@ pub fn bench_detection(
                     method: m,
                     dir: layout.predictions(),
                     normal_dir: (d == 0 && matches!(m, Method::AnomalySd | Method::Ms))
-                        .then(|| root.join("normal")),
+                        .then(|| layout.normal_images()),
                 });
                 keys.push((m, kk, ss, root));
             }

@@ -101,8 +101,9 @@ pub fn write_report(run: &RunLayout, opts: &ReportOptions) -> Result<PathBuf> {
     let _ = write!(
         s,
         "<h2>Test images</h2><p>Each row: input, ground truth (white = defect), anomaly map over \
-         the input (blue {lo:.3} → red {hi:.3}, one scale for all rows). Images are evenly spaced \
-         over each type's sorted test list.</p>"
+         the input (blue {lo:.3} → red {hi:.3}, one scale for all rows) and, for detectors that \
+         repaint, the image as repainted. Images are evenly spaced over each type's sorted test \
+         list.</p>"
     );
     let mut current = "";
     for (i, ((defect, e), map)) in shown.iter().zip(&maps).enumerate() {
@@ -125,21 +126,31 @@ pub fn write_report(run: &RunLayout, opts: &ReportOptions) -> Result<PathBuf> {
                 img.height()
             )));
         }
-        let panels = [
-            img.clone(),
-            gray_to_rgb(&mask),
-            overlay(&img, &heat(map, lo, hi), 0.5),
+        let mut panels = vec![
+            (img.clone(), "input"),
+            (gray_to_rgb(&mask), "ground truth"),
+            (overlay(&img, &heat(map, lo, hi), 0.5), "anomaly map"),
         ];
+        let normal = run
+            .normal_images()
+            .join(defect)
+            .join(format!("{}.png", e.stem));
+        if normal.is_file() {
+            let n = crate::io::image::load_rgb(&normal)?;
+            let n = image::imageops::resize(
+                &n,
+                img.width(),
+                img.height(),
+                image::imageops::FilterType::Triangle,
+            );
+            panels.push((n, "repainted as normal"));
+        }
         let score = pred
             .score(defect, &e.stem)
             .map(|v| format!(", score {v:.4}"))
             .unwrap_or_default();
         s.push_str("<div>");
-        for (k, (panel, what)) in panels
-            .iter()
-            .zip(["input", "ground truth", "anomaly map"])
-            .enumerate()
-        {
+        for (k, (panel, what)) in panels.iter().enumerate() {
             let file = format!("{i:03}_{k}.png");
             let small = thumbnail(panel, opts.panel);
             crate::io::image::save_png(&assets.join(&file), &small)?;

@@ -36,6 +36,11 @@ impl RunLayout {
     pub fn train_dir(&self) -> PathBuf {
         self.root.join("train")
     }
+    /// Optional: what a reconstruction-based detector (AnomalySD) repainted each evaluation image
+    /// as, `normal/<defect>/<stem>.png`; the report shows it beside the map when present.
+    pub fn normal_images(&self) -> PathBuf {
+        self.root.join("normal")
+    }
     /// The report page.
     pub fn report_html(&self) -> PathBuf {
         self.root.join("report.html")
