@@ -14,12 +14,15 @@ use anodiff::data::mvtec::{MvtecDataset, OnBadFile};
 use anodiff::data::split::SplitManifest;
 use anodiff::data::synth::{synth_dataset, SynthOptions};
 use anodiff::detect::infer::{DetectSettings, Detector, ImageScore};
-use anodiff::detect::job::{detect_folder, detect_split, draw_shots, Method, Output};
+use anodiff::detect::job::{
+    detect_folder, detect_split, detect_split_shard, draw_shots, merge_score_shards, Method, Output,
+};
 use anodiff::detect::run::{DetectRun, RUN_CONFIG};
 use anodiff::detect::train::{detect_train, BaseModel, DetectTrainOptions, DetectTrainReport};
 use anodiff::eval::evaluate::{evaluate, EvalOptions};
 use anodiff::eval::npy::{self, Map2};
 use anodiff::eval::predictions::Predictions;
+use anodiff::io::shard::Shard;
 use common::{temp_dir, tensors};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
@@ -29,7 +32,7 @@ use std::sync::OnceLock;
 /// Side of the images detection runs on (the model works at 32 px).
 const EVAL_SIZE: usize = 40;
 /// Tests that use the shared fixture; the last one to finish removes its folder.
-const FIXTURE_USERS: usize = 5;
+const FIXTURE_USERS: usize = 6;
 
 /// The shared run and data.
 struct Fixture {
@@ -156,12 +159,13 @@ impl Drop for FixtureUser {
 }
 
 /// Cheap detection settings: scales 2 and 4 (20 inpaintings per image), 4 steps at strength
-/// 0.5 (2 denoising steps each).
+/// 0.5 (2 denoising steps each); image score = the map's maximum (some checks rely on it).
 fn settings() -> DetectSettings {
     DetectSettings {
         scales: vec![2, 4],
         steps: 4,
         strength: 0.5,
+        score: ImageScore::Max,
         ..DetectSettings::default()
     }
 }
@@ -384,6 +388,76 @@ fn output(dir: &Path, draw: usize, method: Method) -> Output {
         dir: dir.join(format!("draw{draw}")).join(method.name()),
         normal_dir: None,
     }
+}
+
+#[test]
+fn shards_merged_equal_one_unsharded_run() {
+    let f = fixture();
+    let _u = FixtureUser;
+    let run = DetectRun::open(&f.options.out).unwrap();
+    let split = split_of(&f.data40, "capsule");
+    let shots = vec![draw_shots(&split, 1, 0).unwrap()];
+    let s = settings();
+    let whole = f.root.join("shards_whole");
+    let parts = f.root.join("shards_parts");
+    let outs = |dir: &Path| -> Vec<Output> {
+        [Method::Ms, Method::Knn]
+            .iter()
+            .map(|&m| output(dir, 0, m))
+            .collect()
+    };
+    detect_split(
+        &run,
+        &split,
+        "capsule",
+        &s,
+        &shots,
+        &outs(&whole),
+        |_, _, _| {},
+    )
+    .unwrap();
+    let mut done = 0;
+    for index in 0..2 {
+        let sum = detect_split_shard(
+            &run,
+            &split,
+            "capsule",
+            &s,
+            &shots,
+            &outs(&parts),
+            Shard { index, count: 2 },
+            |_, _, _| {},
+        )
+        .unwrap();
+        done += sum.images;
+    }
+    assert_eq!(
+        done,
+        eval_images(&split).len(),
+        "every image in exactly one shard"
+    );
+    for (a, b) in outs(&whole).iter().zip(outs(&parts)) {
+        // Before the merge there is no scores.csv, so the folder is not yet a prediction folder.
+        assert!(Predictions::open(&b.dir).is_err());
+        assert_eq!(merge_score_shards(&b.dir, 2).unwrap(), done);
+        let sa = std::fs::read(a.dir.join("scores.csv")).unwrap();
+        let sb = std::fs::read(b.dir.join("scores.csv")).unwrap();
+        assert_eq!(sa, sb, "{}: merged scores differ", b.dir.display());
+        for (defect, stem, _) in eval_images(&split) {
+            let rel = Path::new(&defect).join(format!("{stem}.npy"));
+            assert_eq!(
+                std::fs::read(a.dir.join(&rel)).unwrap(),
+                std::fs::read(b.dir.join(&rel)).unwrap(),
+                "{}",
+                rel.display()
+            );
+        }
+    }
+    // A missing shard is named.
+    let e = merge_score_shards(&outs(&parts)[0].dir, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("scores.shard-0-of-3.csv"), "{e}");
 }
 
 #[test]

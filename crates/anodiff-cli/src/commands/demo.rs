@@ -49,8 +49,8 @@ pub struct Args {
     /// DualAnoDiff training updates (batch 4 pairs).
     #[arg(long, default_value_t = 300)]
     pub dual_steps: usize,
-    /// Pairs generated.
-    #[arg(long, default_value_t = 64)]
+    /// Pairs generated (in batches of 16).
+    #[arg(long, default_value_t = 32)]
     pub generate: usize,
     /// DDIM steps per generated pair.
     #[arg(long, default_value_t = 25)]
@@ -268,8 +268,6 @@ pub fn run(a: Args) -> Result<()> {
             seeds: 1,
             methods: vec![Method::AnomalySd, Method::Knn],
             settings: DetectSettings {
-                scales: vec![2, 4],
-                steps: 10,
                 seed: a.seed,
                 ..DetectSettings::default()
             },

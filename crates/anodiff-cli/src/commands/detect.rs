@@ -7,8 +7,11 @@ use anodiff::data::mvtec::{category_name, MvtecDataset, OnBadFile};
 use anodiff::data::split::SplitManifest;
 use anodiff::detect::distance::Distance;
 use anodiff::detect::infer::{DetectSettings, ImageScore};
-use anodiff::detect::job::{detect_folder, detect_split, draw_shots, Method, Output};
+use anodiff::detect::job::{
+    detect_folder, detect_split_shard, draw_shots, merge_score_shards, Method, Output,
+};
 use anodiff::detect::run::DetectRun;
+use anodiff::io::shard::Shard;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
@@ -106,11 +109,42 @@ pub struct Args {
     /// Output: prediction folder(s) (split mode) or maps + overlays + scores.csv (production mode).
     #[arg(long)]
     pub out: PathBuf,
+    /// Split mode: score only shard I of N of the evaluation images (`I/N`; `env/N` or `env` reads
+    /// I from a Kubernetes Indexed Job or a Slurm array task); each shard writes its maps and
+    /// scores.shard-I-of-N.csv into the same --out; join them with --merge-shards N.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Join the N shards' scores in --out (every method folder) into scores.csv, then exit.
+    #[arg(long)]
+    pub merge_shards: Option<usize>,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if let Some(n) = a.merge_shards {
+        let mut dirs = vec![a.out.clone()];
+        dirs.extend(a.methods.iter().map(|m| a.out.join(m.name())));
+        let mut merged = 0;
+        for d in dirs.iter().filter(|d| {
+            d.join(Shard { index: 0, count: n }.file_name("scores", "csv"))
+                .is_file()
+        }) {
+            let k = merge_score_shards(d, n)?;
+            eprintln!(
+                "{}: {k} images from {n} shards",
+                d.join("scores.csv").display()
+            );
+            merged += 1;
+        }
+        if merged == 0 {
+            bail!(
+                "no scores.shard-0-of-{n}.csv in {} (or its method folders)",
+                a.out.display()
+            );
+        }
+        return Ok(());
+    }
     let run = DetectRun::open(&a.run)?;
     let settings = a.settings.settings();
     if let Some(images) = &a.images {
@@ -194,14 +228,19 @@ pub fn run(a: Args) -> Result<()> {
             normal_dir: None,
         })
         .collect();
+    let shard = match &a.shard {
+        Some(s) => Shard::parse(s)?,
+        None => Shard::ALL,
+    };
     let pb = bar(0, "detect");
-    let summary = detect_split(
+    let summary = detect_split_shard(
         &run,
         &split,
         &category,
         &settings,
         &[shots],
         &outputs,
+        shard,
         |d, t, s| {
             pb.set_length(t as u64);
             pb.set_position(d as u64);

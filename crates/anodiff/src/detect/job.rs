@@ -11,8 +11,9 @@ use crate::data::split::SplitManifest;
 use crate::error::{Error, Result};
 use crate::eval::localisation::predict::resize_bilinear;
 use crate::eval::npy::Map2;
-use crate::eval::predictions::PredictionWriter;
+use crate::eval::predictions::{PredictionWriter, HEADER, SCORES_FILE};
 use crate::io::json::write_json;
+use crate::io::shard::Shard;
 use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -192,6 +193,32 @@ pub fn detect_split(
     settings: &DetectSettings,
     shots: &[Vec<(String, RgbImage)>],
     outputs: &[Output],
+    progress: impl FnMut(usize, usize, f64),
+) -> Result<DetectSummary> {
+    detect_split_shard(
+        run,
+        split,
+        category,
+        settings,
+        shots,
+        outputs,
+        Shard::ALL,
+        progress,
+    )
+}
+
+/// [`detect_split`] over one shard's images (image `i` of the evaluation list when
+/// `shard.owns(i)`): maps as usual, scores in `scores.shard-I-of-N.csv` and timings in
+/// `detect.shard-I-of-N.json`; [`merge_score_shards`] joins the scores once every shard is done.
+#[allow(clippy::too_many_arguments)]
+pub fn detect_split_shard(
+    run: &DetectRun,
+    split: &SplitManifest,
+    category: &str,
+    settings: &DetectSettings,
+    shots: &[Vec<(String, RgbImage)>],
+    outputs: &[Output],
+    shard: Shard,
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<DetectSummary> {
     let prompt = run.prompt(category)?;
@@ -226,6 +253,12 @@ pub fn detect_split(
             split.dataset.display()
         )));
     }
+    let jobs: Vec<_> = jobs
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| shard.owns(*i))
+        .map(|(_, j)| j)
+        .collect();
     let mut writers: Vec<PredictionWriter> = outputs
         .iter()
         .map(|o| PredictionWriter::create(&o.dir))
@@ -292,13 +325,13 @@ pub fn detect_split(
             .map(|s| s.iter().map(|(p, _)| p.clone()).collect())
             .collect(),
         images: jobs.len(),
-        secs_per_image: total / jobs.len() as f64,
+        secs_per_image: total / jobs.len().max(1) as f64,
         inpaintings_per_sec: inpaintings_all as f64 / total.max(1e-9),
         timings,
     };
     for (o, wtr) in outputs.iter().zip(writers) {
-        wtr.finish()?;
-        write_json(&o.dir.join("detect.json"), &summary)?;
+        wtr.finish_as(&shard.file_name("scores", "csv"))?;
+        write_json(&o.dir.join(shard.file_name("detect", "json")), &summary)?;
     }
     Ok(summary)
 }
@@ -400,4 +433,39 @@ pub fn detect_folder(
     }
     crate::io::atomic::write_atomic(&out.join("scores.csv"), csv.as_bytes())?;
     Ok(scored)
+}
+
+/// Joins the `count` shards' `scores.shard-I-of-N.csv` of a prediction folder into `scores.csv`
+/// (a missing shard, or an image scored twice, is an error naming the file); returns the number
+/// of images.
+pub fn merge_score_shards(dir: &Path, count: usize) -> Result<usize> {
+    if count == 0 {
+        return Err(Error::invalid(
+            "--merge-shards needs the shard count (at least 1)",
+        ));
+    }
+    let mut rows = std::collections::BTreeMap::new();
+    for index in 0..count {
+        let p = dir.join(Shard { index, count }.file_name("scores", "csv"));
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        for line in text.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+            let key = line
+                .rsplit_once(',')
+                .map(|(k, _)| k.to_string())
+                .unwrap_or_default();
+            if rows.insert(key.clone(), line.to_string()).is_some() {
+                return Err(Error::invalid(format!(
+                    "{}: {key} is also in another shard",
+                    p.display()
+                )));
+            }
+        }
+    }
+    let mut csv = format!("{HEADER}\n");
+    for line in rows.values() {
+        csv.push_str(line);
+        csv.push('\n');
+    }
+    crate::io::atomic::write_atomic(&dir.join(SCORES_FILE), csv.as_bytes())?;
+    Ok(rows.len())
 }

@@ -39,83 +39,11 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// One slice of a generation run: blocks `b` with `b % count == index`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Shard {
-    /// This shard, 0-based.
-    pub index: usize,
-    /// Number of shards.
-    pub count: usize,
-}
+pub use crate::io::shard::Shard;
 
-impl Shard {
-    /// The whole run.
-    pub const ALL: Shard = Shard { index: 0, count: 1 };
-
-    /// Parses `I/N`; `env/N` (or `env`) takes `I` from the environment of a Kubernetes Indexed Job
-    /// (`JOB_COMPLETION_INDEX`) or a Slurm array task (`SLURM_ARRAY_TASK_ID` minus
-    /// `SLURM_ARRAY_TASK_MIN`, and `N` from `SLURM_ARRAY_TASK_COUNT` when not given).
-    pub fn parse(s: &str) -> Result<Self> {
-        Self::parse_with(s, &|k| std::env::var(k).ok())
-    }
-
-    /// [`Shard::parse`] with an explicit environment (tests).
-    pub fn parse_with(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
-        let bad = |why: String| Error::invalid(format!("--shard {s}: {why}"));
-        let num = |v: &str, what: &str| -> Result<usize> {
-            v.trim()
-                .parse::<usize>()
-                .map_err(|_| bad(format!("{what} `{v}` is not a whole number")))
-        };
-        let (i, n) = match s.split_once('/') {
-            Some((i, n)) => (i, Some(n)),
-            None => (s, None),
-        };
-        let (index, env_count) = if i == "env" {
-            if let Some(k) = env("JOB_COMPLETION_INDEX") {
-                (num(&k, "JOB_COMPLETION_INDEX")?, None)
-            } else if let Some(k) = env("SLURM_ARRAY_TASK_ID") {
-                let min = env("SLURM_ARRAY_TASK_MIN")
-                    .map(|m| num(&m, "SLURM_ARRAY_TASK_MIN"))
-                    .transpose()?
-                    .unwrap_or(0);
-                let id = num(&k, "SLURM_ARRAY_TASK_ID")?;
-                let count = env("SLURM_ARRAY_TASK_COUNT")
-                    .map(|c| num(&c, "SLURM_ARRAY_TASK_COUNT"))
-                    .transpose()?;
-                (
-                    id.checked_sub(min)
-                        .ok_or_else(|| bad("task id below SLURM_ARRAY_TASK_MIN".into()))?,
-                    count,
-                )
-            } else {
-                return Err(bad(
-                    "neither JOB_COMPLETION_INDEX (Kubernetes Indexed Job) nor SLURM_ARRAY_TASK_ID (Slurm array) is set"
-                        .into(),
-                ));
-            }
-        } else {
-            (num(i, "shard index")?, None)
-        };
-        let count = match (n, env_count) {
-            (Some(n), _) => num(n, "shard count")?,
-            (None, Some(c)) => c,
-            (None, None) => return Err(bad("give the shard count as I/N".into())),
-        };
-        if count == 0 || index >= count {
-            return Err(bad(format!("index {index} is not below the count {count}")));
-        }
-        Ok(Shard { index, count })
-    }
-
-    /// Manifest file of this shard.
-    pub fn manifest_name(&self) -> String {
-        if self.count == 1 {
-            MANIFEST.to_string()
-        } else {
-            format!("manifest.shard-{}-of-{}.jsonl", self.index, self.count)
-        }
-    }
+/// Manifest file of a shard (`manifest.jsonl` for the whole run).
+fn manifest_name(shard: &Shard) -> String {
+    shard.file_name("manifest", "jsonl")
 }
 
 /// The merged manifest's file name.
@@ -426,7 +354,7 @@ pub fn dual_generate(
         progress(report.attempted, total);
     }
     report.secs_per_sample = t0.elapsed().as_secs_f64() / report.attempted.max(1) as f64;
-    write_manifest(&out.join(o.shard.manifest_name()), &lines)?;
+    write_manifest(&out.join(manifest_name(&o.shard)), &lines)?;
     Ok(report)
 }
 
@@ -463,7 +391,7 @@ pub fn merge_shards(dir: &Path, count: usize) -> Result<usize> {
     let mut all = Vec::new();
     let mut paths = Vec::new();
     for i in 0..count {
-        let p = dir.join(Shard { index: i, count }.manifest_name());
+        let p = dir.join(manifest_name(&Shard { index: i, count }));
         all.extend(read_manifest(&p)?);
         paths.push(p);
     }

@@ -68,12 +68,17 @@ impl PredictionWriter {
 
     /// Writes `scores.csv` atomically (sorted by defect, then stem).
     pub fn finish(self) -> Result<()> {
+        self.finish_as(SCORES_FILE)
+    }
+
+    /// [`Self::finish`] under another file name (a shard's part of `scores.csv`).
+    pub fn finish_as(self, name: &str) -> Result<()> {
         let mut csv = String::from(HEADER);
         csv.push('\n');
         for ((d, s), v) in &self.scores {
             csv.push_str(&format!("{d},{s},{v}\n"));
         }
-        crate::io::atomic::write_atomic(&self.dir.join(SCORES_FILE), csv.as_bytes())
+        crate::io::atomic::write_atomic(&self.dir.join(name), csv.as_bytes())
     }
 }
 

@@ -1,5 +1,5 @@
 //! Neutral file and format helpers that every layer may use: atomic writes, image files and their
-//! tensor form, JSON files and the building blocks of the HTML reports. Nothing here knows a model,
+//! tensor form, JSON files, the building blocks of the HTML reports and job shards (`--shard I/N`). Nothing here knows a model,
 //! a dataset layout or a training run.
 
 pub mod atomic;
@@ -7,3 +7,4 @@ pub mod html;
 pub mod image;
 pub mod image_tensor;
 pub mod json;
+pub mod shard;
