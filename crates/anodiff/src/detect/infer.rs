@@ -17,7 +17,7 @@ use super::distance::{blur_image, distance_map, harmonic_mean, Distance};
 use super::features::{unet_features, FeatureOptions};
 use super::masks::{grid_cells, grid_masks};
 use super::prototypes::{self_distances, PrototypeBank};
-use crate::data::mask_ops::ScalarMap;
+use crate::data::mask_ops::{BinaryMask, ScalarMap};
 use crate::error::{Error, Result};
 use crate::eval::localisation::predict::resize_bilinear;
 use crate::io::image_tensor::{rgb_to_tensor, tensor_to_rgb};
@@ -371,24 +371,13 @@ impl<'a> Detector<'a> {
                 mask[y * s + x] = patch_mask[(y * fh / s) * fw + x * fw / s];
             }
         }
-        let r = self.settings.pg_dilate as isize;
-        if r > 0 {
-            let src = mask.clone();
-            for y in 0..s as isize {
-                for x in 0..s as isize {
-                    if src[(y * s as isize + x) as usize] {
-                        for dy in -r..=r {
-                            for dx in -r..=r {
-                                let (yy, xx) = (y + dy, x + dx);
-                                if yy >= 0 && xx >= 0 && yy < s as isize && xx < s as isize {
-                                    mask[(yy * s as isize + xx) as usize] = true;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+        let mask = BinaryMask {
+            width: s,
+            height: s,
+            data: mask,
         }
+        .dilated(self.settings.pg_dilate)
+        .data;
         let mut map = vec![0f32; s * s];
         let mut inpaintings = 0;
         if repaint && mask.iter().any(|&m| m) {
