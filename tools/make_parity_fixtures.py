@@ -6,14 +6,14 @@ dependency order: the tokenizer first (the pipeline fixture tokenizes with its v
 Python packages and their versions: tools/requirements.txt (its header shows how to make the
 virtualenv, outside the repository). `python` below is that virtualenv's, activated.
 Usage: python tools/make_parity_fixtures.py [component ...]
-       components: tokenizer clip scheduler vae unet pipeline config (default: all)
+       components: tokenizer clip scheduler vae unet pipeline config lpips (default: all)
 The fixtures are only inputs of `cargo test`; nothing here is needed at run time or in CI.
 """
 import os
 import subprocess
 import sys
 
-ORDER = ["tokenizer", "clip", "scheduler", "vae", "unet", "pipeline", "config"]
+ORDER = ["tokenizer", "clip", "scheduler", "vae", "unet", "pipeline", "config", "lpips"]
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parity")
 
 

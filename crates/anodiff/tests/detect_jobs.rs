@@ -13,6 +13,7 @@ mod common;
 use anodiff::data::mvtec::{MvtecDataset, OnBadFile};
 use anodiff::data::split::SplitManifest;
 use anodiff::data::synth::{synth_dataset, SynthOptions};
+use anodiff::detect::distance::{Distance, DistanceMeter};
 use anodiff::detect::infer::{DetectSettings, Detector, ImageScore};
 use anodiff::detect::job::{
     detect_folder, detect_split, detect_split_shard, draw_shots, merge_score_shards, Method, Output,
@@ -20,10 +21,12 @@ use anodiff::detect::job::{
 use anodiff::detect::run::{DetectRun, RUN_CONFIG};
 use anodiff::detect::train::{detect_train, BaseModel, DetectTrainOptions, DetectTrainReport};
 use anodiff::eval::evaluate::{evaluate, EvalOptions};
+use anodiff::eval::lpips::{Lpips, LpipsNet};
 use anodiff::eval::npy::{self, Map2};
 use anodiff::eval::predictions::Predictions;
 use anodiff::io::shard::Shard;
-use common::{temp_dir, tensors};
+use anodiff::nn::tensor_files::write_safetensors;
+use common::{fixtures, lpips_formula_weights, temp_dir, tensors};
 use image::RgbImage;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,7 +35,7 @@ use std::sync::OnceLock;
 /// Side of the images detection runs on (the model works at 32 px).
 const EVAL_SIZE: usize = 40;
 /// Tests that use the shared fixture; the last one to finish removes its folder.
-const FIXTURE_USERS: usize = 6;
+const FIXTURE_USERS: usize = 7;
 
 /// The shared run and data.
 struct Fixture {
@@ -684,6 +687,104 @@ fn multi_scale_maps_do_not_depend_on_the_batch_size() {
             .unwrap();
         assert!(px <= 1, "normal image, batch {batch}: {px} levels apart");
     }
+}
+
+/// AlexNet LPIPS weights (formula backbone, the package's heads) written to `dir`.
+fn lpips_file(dir: &Path) -> PathBuf {
+    let refs = tensors(&fixtures("lpips").join("reference.safetensors"));
+    let path = dir.join("lpips-alex.safetensors");
+    write_safetensors(&path, &lpips_formula_weights(LpipsNet::Alex, &refs)).unwrap();
+    path
+}
+
+#[test]
+fn lpips_distance_measures_cells_with_user_weights() {
+    let f = fixture();
+    let _u = FixtureUser;
+    let dir = temp_dir("detect_lpips");
+    let weights = lpips_file(&dir);
+    let dev = candle_core::Device::Cpu;
+    // The meter equals the network's spatial map (then the blur), across its batch chunks, and
+    // is 0 for the image itself.
+    let s = 32;
+    let img = |seed: usize| -> Vec<f32> {
+        (0..3 * s * s)
+            .map(|i| (((i * 31 + seed * 17) % 97) as f32 / 48.5) - 1.0)
+            .collect()
+    };
+    let reference = img(0);
+    let mut others: Vec<Vec<f32>> = (1..11).map(img).collect();
+    others.push(reference.clone());
+    let meter = DistanceMeter::new(Distance::Lpips, Some(&weights), &dev).unwrap();
+    let maps = meter.maps(&reference, &others, s, s, 0.0).unwrap();
+    assert_eq!(maps.len(), 11);
+    let net = Lpips::load(&weights, &dev).unwrap();
+    let t = |v: &[f32]| candle_core::Tensor::from_slice(v, (1, 3, s, s), &dev).unwrap();
+    for (o, m) in others.iter().zip(&maps) {
+        let want = net
+            .spatial_maps(&t(&reference), &t(o))
+            .unwrap()
+            .pop()
+            .unwrap();
+        let d = m
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "meter vs network: {d}");
+    }
+    assert!(maps[10].iter().all(|v| v.abs() < 1e-6), "self-distance");
+    assert!(maps[0].iter().any(|&v| v > 1e-3));
+    // The detector uses it for every cell.
+    let run = DetectRun::open(&f.options.out).unwrap();
+    let prompt = run.prompt("capsule").unwrap();
+    let image = first_image(&f.data40.join("capsule/test/crack"));
+    let with = |distance, lpips_weights| DetectSettings {
+        distance,
+        lpips_weights,
+        ..settings()
+    };
+    let lp = Detector::new(
+        &run.sd,
+        &prompt,
+        32,
+        with(Distance::Lpips, Some(weights.clone())),
+    )
+    .unwrap()
+    .multi_scale(&image)
+    .unwrap();
+    let mix = Detector::new(&run.sd, &prompt, 32, with(Distance::Mix, None))
+        .unwrap()
+        .multi_scale(&image)
+        .unwrap();
+    assert_eq!(lp.inpaintings, 20);
+    assert_eq!(lp.normal, mix.normal, "the same repaintings");
+    assert!(lp.map.iter().all(|v| v.is_finite() && *v >= 0.0));
+    assert!(lp.map.iter().any(|&v| v > 0.0));
+    assert!(lp
+        .map
+        .iter()
+        .zip(&mix.map)
+        .any(|(a, b)| (a - b).abs() > 1e-4));
+    // Mistakes: lpips without weights, weights with another distance.
+    let e = err_text(Detector::new(
+        &run.sd,
+        &prompt,
+        32,
+        with(Distance::Lpips, None),
+    ));
+    assert!(e.contains("--lpips-weights"), "{e}");
+    let e = err_text(Detector::new(
+        &run.sd,
+        &prompt,
+        32,
+        with(Distance::Ssim, Some(weights.clone())),
+    ));
+    assert!(
+        e.contains("lpips-alex.safetensors") && e.contains("ssim"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -1,17 +1,21 @@
 //! `detect-train` with VAE decoder tuning (METHODS.md B.1) end to end on a tiny latent-space
 //! inpainting model: the tuned decoder lands in the saved `model/vae/`, the encoder does not move,
-//! and the settings the run cannot honour are refused before any training.
+//! and the settings the run cannot honour are refused before any training; the decoder learns
+//! under the LPIPS term with user-supplied weights.
 
 mod common;
 use anodiff::data::synth::{synth_dataset, SynthOptions};
 use anodiff::detect::run::DetectRun;
 use anodiff::detect::train::{detect_train, BaseModel, DetectTrainOptions, VAE_TUNE_DIR};
 use anodiff::detect::vae_tune::Perceptual;
+use anodiff::detect::vae_tune::{vae_tune, VaeTuneOptions};
+use anodiff::eval::lpips::LpipsNet;
+use anodiff::nn::tensor_files::write_safetensors;
 use anodiff::sd::pipeline::StableDiffusion;
 use anodiff::sd::presets::Preset;
 use anodiff::sd::unet::UNetConfig;
 use candle_core::{Device, Tensor};
-use common::{temp_dir, tensors};
+use common::{fixtures, lpips_formula_weights, temp_dir, tensors};
 use std::path::PathBuf;
 
 fn values(t: &Tensor) -> Vec<f32> {
@@ -134,4 +138,54 @@ fn unhonourable_vae_settings_are_refused_before_training() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("β = 0"), "{e}");
+}
+
+#[test]
+fn lpips_term_with_user_weights_lowers_the_decoders_lpips() {
+    // AlexNet LPIPS with the parity fixture's weights (formula backbone, the package's heads) as
+    // the "user-supplied" network; the tiny VAE at 32 px (AlexNet needs ≥ 31 px).
+    let root = temp_dir("vae-lpips");
+    let refs = tensors(&fixtures("lpips").join("reference.safetensors"));
+    let weights = root.join("lpips-alex.safetensors");
+    std::fs::create_dir_all(&root).unwrap();
+    write_safetensors(&weights, &lpips_formula_weights(LpipsNet::Alex, &refs)).unwrap();
+    let dev = Device::Cpu;
+    let preset = Preset::by_name("tiny").unwrap();
+    let (sd, params) = StableDiffusion::from_preset_with_params(&preset, 3, &dev).unwrap();
+    let vp = params.vae.clone().expect("tiny has a VAE");
+    let images: Vec<_> = (0..4)
+        .map(|i| {
+            anodiff::data::synth::render_good(
+                anodiff::data::synth::Category::ALL[i % 2],
+                32,
+                i as u64,
+            )
+        })
+        .collect();
+    let o = VaeTuneOptions {
+        steps: 20,
+        batch: 2,
+        lr: 2e-3,
+        warmup: 2,
+        beta: 1.0,
+        perceptual: Perceptual::Lpips,
+        lpips_weights: Some(weights.clone()),
+        checkpoint_every: 0,
+        ..Default::default()
+    };
+    let r = vae_tune(&sd, &vp, &images, &root.join("tune"), &o, |_| {}).unwrap();
+    let (b, a) = (r.lpips_before.unwrap(), r.lpips_after.unwrap());
+    eprintln!(
+        "tiny decoder, 20 steps with LPIPS: LPIPS {b:.4} -> {a:.4}, MSE {:.4} -> {:.4}",
+        r.mse_before, r.mse_after
+    );
+    assert!(a < 0.8 * b, "LPIPS {b} -> {a}");
+    assert!(r.mse_after.is_finite());
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("tune").join("report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["perceptual"], "lpips");
+    assert!(report["lpips_after"].as_f64().is_some());
+    let _ = std::fs::remove_dir_all(&root);
 }

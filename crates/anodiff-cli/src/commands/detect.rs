@@ -27,9 +27,14 @@ pub struct SettingsArgs {
     /// Grid scales K (comma-separated): each k×k grid's cells are repainted one at a time.
     #[arg(long, value_delimiter = ',', default_values_t = DetectSettings::default().scales)]
     pub scales: Vec<usize>,
-    /// Per-pixel distance between input and repainting: l2, ssim or mix.
+    /// Per-pixel distance between input and repainting: l2, ssim or mix (weight-free), or lpips
+    /// (needs --lpips-weights).
     #[arg(long, default_value = "mix")]
     pub distance: Distance,
+    /// LPIPS network weights for --distance lpips: a safetensors file with the tensors of
+    /// `lpips.LPIPS(net='alex'|'vgg').state_dict()` (tools/export_lpips_weights.py writes it).
+    #[arg(long)]
+    pub lpips_weights: Option<PathBuf>,
     /// Gaussian σ (pixels at model size) applied to input and repainting before the distance.
     #[arg(long, default_value_t = DetectSettings::default().image_blur)]
     pub image_blur: f32,
@@ -62,6 +67,7 @@ impl SettingsArgs {
             steps: self.steps,
             scales: self.scales.clone(),
             distance: self.distance,
+            lpips_weights: self.lpips_weights.clone(),
             image_blur: self.image_blur,
             alpha: self.alpha,
             score: self.score,

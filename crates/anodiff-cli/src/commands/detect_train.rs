@@ -82,10 +82,15 @@ pub struct Args {
     /// Weight β of the extra decoder loss term (the paper's β is unpublished; 0 = MSE only).
     #[arg(long, default_value_t = 0.0)]
     pub vae_beta: f64,
-    /// Extra decoder loss term weighted by --vae-beta: none, or gradient (weight-free L1 distance
-    /// of Sobel image gradients; not a learned perceptual metric).
+    /// Extra decoder loss term weighted by --vae-beta: none; gradient (weight-free L1 distance
+    /// of Sobel image gradients; not a learned perceptual metric); or lpips (needs
+    /// --lpips-weights).
     #[arg(long, default_value = "none")]
     pub vae_perceptual: Perceptual,
+    /// LPIPS network weights for --vae-perceptual lpips: a safetensors file with the tensors of
+    /// `lpips.LPIPS(net='alex'|'vgg').state_dict()` (tools/export_lpips_weights.py writes it).
+    #[arg(long)]
+    pub lpips_weights: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -131,6 +136,7 @@ pub fn run(a: Args) -> Result<()> {
         vae_lr: a.vae_lr,
         vae_beta: a.vae_beta,
         vae_perceptual: a.vae_perceptual,
+        vae_lpips_weights: a.lpips_weights,
     };
     let pb = bar(o.steps as u64, "detect-train");
     let pb2 = pb.clone();
@@ -174,6 +180,9 @@ pub fn run(a: Args) -> Result<()> {
             v.gradient_l1_after,
             v.images
         );
+        if let (Some(b), Some(a)) = (v.lpips_before, v.lpips_after) {
+            eprintln!("VAE decoder LPIPS {b:.5} -> {a:.5}");
+        }
     }
     if let Some(s) = &r.samples {
         eprintln!(

@@ -1,15 +1,22 @@
-//! Weight-free distances between an image and its inpainting, per pixel (METHODS.md B.4 uses a
-//! perceptual, LPIPS-like distance; these are the defaults that need no network weights):
+//! Distances between an image and its inpainting, per pixel. METHODS.md B.4 uses a perceptual,
+//! LPIPS-like distance; three weight-free kinds are the defaults, the learned one runs only with
+//! weights the user supplies:
 //!
 //! - `l2`: Euclidean distance of the RGB values in [-1, 1], divided by √3 (so in [0, 2]);
 //! - `ssim`: (1 − SSIM) / 2 of the grey images, SSIM over a Gaussian window (σ 1.5 px), constants
 //!   for the value range 2 — sensitive to structure more than to brightness;
-//! - `mix`: the mean of the two.
+//! - `mix`: the mean of the two;
+//! - `lpips`: the spatial LPIPS map ([`crate::eval::lpips`]) with the AlexNet or VGG16 weights of
+//!   `--lpips-weights FILE`. Needs images of at least 31 (AlexNet) / 16 (VGG) pixels.
 //!
-//! Every map is then smoothed with a Gaussian of `blur` pixels.
+//! Every map is then smoothed with a Gaussian of `blur` pixels. [`DistanceMeter`] measures any
+//! kind; [`distance_map`] the weight-free ones.
 
 use crate::data::mask_ops::ScalarMap;
 use crate::error::{Error, Result};
+use crate::eval::lpips::Lpips;
+use candle_core::{Device, Tensor};
+use std::path::Path;
 
 /// Which per-pixel distance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -21,6 +28,19 @@ pub enum Distance {
     Ssim,
     /// Mean of `l2` and `ssim`.
     Mix,
+    /// Spatial LPIPS with user-supplied weights.
+    Lpips,
+}
+
+impl std::fmt::Display for Distance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::L2 => "l2",
+            Self::Ssim => "ssim",
+            Self::Mix => "mix",
+            Self::Lpips => "lpips",
+        })
+    }
 }
 
 impl std::str::FromStr for Distance {
@@ -30,14 +50,103 @@ impl std::str::FromStr for Distance {
             "l2" => Ok(Self::L2),
             "ssim" => Ok(Self::Ssim),
             "mix" => Ok(Self::Mix),
+            "lpips" => Ok(Self::Lpips),
             _ => Err(Error::invalid(format!(
-                "unknown distance `{s}` (l2, ssim, mix)"
+                "unknown distance `{s}` (l2, ssim, mix, or lpips with --lpips-weights)"
             ))),
         }
     }
 }
 
-/// The distance map `h × w` between two images given as `[3, h, w]` row-major values in [-1, 1].
+/// A distance ready to measure: its kind and, for `lpips`, the loaded network.
+pub struct DistanceMeter {
+    kind: Distance,
+    lpips: Option<Lpips>,
+    device: Device,
+}
+
+/// Image pairs per LPIPS forward pass (bounds memory at 512 px).
+const LPIPS_BATCH: usize = 8;
+
+impl DistanceMeter {
+    /// A meter of `kind`. `lpips` needs `lpips_weights`; weights with another kind are refused
+    /// rather than silently ignored.
+    pub fn new(kind: Distance, lpips_weights: Option<&Path>, device: &Device) -> Result<Self> {
+        let lpips = match (kind, lpips_weights) {
+            (Distance::Lpips, Some(p)) => Some(Lpips::load(p, device)?),
+            (Distance::Lpips, None) => {
+                return Err(Error::invalid(
+                    "distance `lpips` needs LPIPS network weights (--lpips-weights FILE: the \
+                     safetensors of lpips.LPIPS(net='alex'|'vgg').state_dict(), see \
+                     tools/export_lpips_weights.py); the weight-free kinds are l2, ssim, mix",
+                ))
+            }
+            (k, Some(p)) => {
+                return Err(Error::invalid(format!(
+                    "LPIPS weights {} given but the distance is `{}`; choose --distance lpips",
+                    p.display(),
+                    k
+                )))
+            }
+            (_, None) => None,
+        };
+        Ok(Self {
+            kind,
+            lpips,
+            device: device.clone(),
+        })
+    }
+
+    /// The kind measured.
+    pub fn kind(&self) -> Distance {
+        self.kind
+    }
+
+    /// The maps `h × w` between `reference` and each of `others` (`[3, h, w]` row-major values in
+    /// [-1, 1]), each smoothed with `blur`.
+    pub fn maps(
+        &self,
+        reference: &[f32],
+        others: &[Vec<f32>],
+        h: usize,
+        w: usize,
+        blur: f32,
+    ) -> Result<Vec<Vec<f32>>> {
+        let Some(net) = &self.lpips else {
+            return others
+                .iter()
+                .map(|o| distance_map(reference, o, h, w, self.kind, blur))
+                .collect();
+        };
+        let n = 3 * h * w;
+        if reference.len() != n || others.iter().any(|o| o.len() != n) {
+            return Err(Error::invalid(format!(
+                "LPIPS distance: images must have 3x{h}x{w} values"
+            )));
+        }
+        let x0 = Tensor::from_slice(reference, (1, 3, h, w), &self.device)?;
+        let mut out = Vec::with_capacity(others.len());
+        for chunk in others.chunks(LPIPS_BATCH) {
+            let b = chunk.len();
+            let x1 = Tensor::from_vec(chunk.concat(), (b, 3, h, w), &self.device)?;
+            for m in net.spatial_maps(&x0.broadcast_as((b, 3, h, w))?.contiguous()?, &x1)? {
+                out.push(
+                    ScalarMap {
+                        width: w,
+                        height: h,
+                        data: m,
+                    }
+                    .gaussian_blur(blur)
+                    .data,
+                );
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The distance map `h × w` between two images given as `[3, h, w]` row-major values in [-1, 1],
+/// for the weight-free kinds (`lpips` needs a [`DistanceMeter`]).
 pub fn distance_map(
     a: &[f32],
     b: &[f32],
@@ -70,6 +179,11 @@ pub fn distance_map(
             .zip(ssim_distance(a, b, h, w))
             .map(|(x, y)| 0.5 * (x + y))
             .collect(),
+        Distance::Lpips => {
+            return Err(Error::invalid(
+                "distance `lpips` needs its network: measure it with a DistanceMeter",
+            ))
+        }
     };
     Ok(ScalarMap {
         width: w,

@@ -13,7 +13,7 @@
 //!
 //! The PatchCore-style baseline (`knn`) is the deviation map itself, on the same features.
 
-use super::distance::{blur_image, distance_map, harmonic_mean, Distance};
+use super::distance::{blur_image, harmonic_mean, Distance, DistanceMeter};
 use super::features::{unet_features, FeatureOptions};
 use super::masks::{grid_cells, grid_masks};
 use super::prototypes::{self_distances, PrototypeBank};
@@ -84,6 +84,9 @@ pub struct DetectSettings {
     pub scales: Vec<usize>,
     /// Per-pixel distance.
     pub distance: Distance,
+    /// LPIPS network weights for `distance = lpips` (none by default: nothing is downloaded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lpips_weights: Option<std::path::PathBuf>,
     /// Gaussian σ (pixels at model size) applied to input and repainting before the distance.
     pub image_blur: f32,
     /// Gaussian σ (pixels at model size) of each distance map.
@@ -116,6 +119,7 @@ impl Default for DetectSettings {
             scheduler: SchedulerKind::Ddim,
             scales: vec![2, 4],
             distance: Distance::Mix,
+            lpips_weights: None,
             image_blur: 0.0,
             blur: 1.0,
             alpha: 0.1,
@@ -172,6 +176,7 @@ pub struct Detector<'a> {
     prompt: String,
     text: Tensor,
     size: usize,
+    meter: DistanceMeter,
 }
 
 impl<'a> Detector<'a> {
@@ -200,6 +205,11 @@ impl<'a> Detector<'a> {
         for &k in &settings.scales {
             grid_cells(k, size, size)?;
         }
+        let meter = DistanceMeter::new(
+            settings.distance,
+            settings.lpips_weights.as_deref(),
+            &sd.device,
+        )?;
         let text = sd.encode_text(&[prompt])?;
         Ok(Self {
             sd,
@@ -207,6 +217,7 @@ impl<'a> Detector<'a> {
             prompt: prompt.to_string(),
             text,
             size,
+            meter,
         })
     }
 
@@ -276,20 +287,17 @@ impl<'a> Detector<'a> {
         let outs = self.inpaint(&x, &masks)?;
         let sigma = self.settings.image_blur;
         let xb = blur_image(&xv, s, s, sigma);
+        // Each cell's distance is measured on the whole image (the perceptual kinds see the
+        // cell's context) and kept inside the cell.
+        let outs_b: Vec<Vec<f32>> = outs.iter().map(|o| blur_image(o, s, s, sigma)).collect();
+        let dists = self.meter.maps(&xb, &outs_b, s, s, self.settings.blur)?;
         let mut per_scale = Vec::new();
         let mut normal = vec![0f32; 3 * s * s];
         let mut r = 0;
         for &k in &self.settings.scales {
             let mut map = vec![0f32; s * s];
             for cell in grid_cells(k, s, s)? {
-                let d = distance_map(
-                    &xb,
-                    &blur_image(&outs[r], s, s, sigma),
-                    s,
-                    s,
-                    self.settings.distance,
-                    self.settings.blur,
-                )?;
+                let d = &dists[r];
                 for y in cell.y0..cell.y1 {
                     for xx in cell.x0..cell.x1 {
                         map[y * s + xx] = d[y * s + xx];
@@ -387,14 +395,17 @@ impl<'a> Detector<'a> {
             let m = Tensor::from_vec(m, (1, 1, s, s), &self.sd.device)?.to_dtype(DType::F32)?;
             let out = self.inpaint(&x, &m)?.pop().expect("one inpainting");
             let sigma = self.settings.image_blur;
-            let d = distance_map(
-                &blur_image(&xv, s, s, sigma),
-                &blur_image(&out, s, s, sigma),
-                s,
-                s,
-                self.settings.distance,
-                self.settings.blur,
-            )?;
+            let d = self
+                .meter
+                .maps(
+                    &blur_image(&xv, s, s, sigma),
+                    &[blur_image(&out, s, s, sigma)],
+                    s,
+                    s,
+                    self.settings.blur,
+                )?
+                .pop()
+                .expect("one map");
             for i in 0..s * s {
                 if mask[i] {
                     map[i] = d[i];

@@ -102,6 +102,8 @@ pub struct DetectTrainOptions {
     pub vae_beta: f64,
     /// The β-weighted term (none by default; `gradient` is weight-free, see [`super::vae_tune`]).
     pub vae_perceptual: Perceptual,
+    /// LPIPS weights for `vae_perceptual = lpips`.
+    pub vae_lpips_weights: Option<PathBuf>,
 }
 
 impl Default for DetectTrainOptions {
@@ -130,6 +132,7 @@ impl Default for DetectTrainOptions {
             vae_lr: 1e-5,
             vae_beta: 0.0,
             vae_perceptual: Perceptual::None,
+            vae_lpips_weights: None,
         }
     }
 }
@@ -144,6 +147,7 @@ impl DetectTrainOptions {
             warmup: self.warmup.min(self.vae_steps / 10),
             beta: self.vae_beta,
             perceptual: self.vae_perceptual,
+            lpips_weights: self.vae_lpips_weights.clone(),
             seed: self.seed,
             checkpoint_every: self.checkpoint_every,
             resume: None,
@@ -214,9 +218,12 @@ pub fn detect_train_with(
             ));
         }
         o.vae_options().validate()?;
-    } else if o.vae_beta != 0.0 || o.vae_perceptual != Perceptual::None {
+    } else if o.vae_beta != 0.0
+        || o.vae_perceptual != Perceptual::None
+        || o.vae_lpips_weights.is_some()
+    {
         return Err(Error::invalid(
-            "--vae-beta / --vae-perceptual have no effect without --vae-steps > 0",
+            "--vae-beta / --vae-perceptual / --lpips-weights have no effect without --vae-steps > 0",
         ));
     }
     // 1. The model: fresh preset, or a folder (trainable for full fine-tuning).

@@ -7,6 +7,7 @@ pub mod aupro;
 pub mod evaluate;
 pub mod localisation;
 pub mod localisation_bench;
+pub mod lpips;
 pub mod metrics;
 pub mod npy;
 pub mod pixels;

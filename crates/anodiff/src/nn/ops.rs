@@ -49,3 +49,50 @@ pub fn sdpa_basic(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core
     let scores = (q.matmul(&k.t()?)? * scale)?;
     softmax_last_dim(&scores)?.matmul(v)
 }
+
+/// Max-pooling of `[B, C, H, W]` with a `k`×`k` window every `stride` pixels, no padding, floor
+/// output size (PyTorch's `max_pool2d(x, k, stride)`), from differentiable candle ops so the
+/// gradient is exact: candle's own `max_pool2d` backward rescales the gradient and refuses
+/// overlapping windows (`k ≠ stride`), which AlexNet uses. `k == stride` is a reshape + max;
+/// otherwise the max of the k² strided shifted views.
+pub fn max_pool2d(x: &Tensor, k: usize, stride: usize) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if k == 0 || stride == 0 || h < k || w < k {
+        candle_core::bail!("max_pool2d: window {k} stride {stride} on a {h}x{w} map");
+    }
+    let (oh, ow) = ((h - k) / stride + 1, (w - k) / stride + 1);
+    if k == stride {
+        return x
+            .narrow(2, 0, oh * k)?
+            .narrow(3, 0, ow * k)?
+            .reshape((b, c, oh, k, ow, k))?
+            .max(5)?
+            .max(3);
+    }
+    // Every `stride`-th element along `dim` from `start`, `count` of them: narrow, pad to a
+    // multiple of `stride`, split the axis and keep the first of each group.
+    let strided = |t: &Tensor, dim: usize, start: usize, count: usize| {
+        let v = t.narrow(dim, start, stride * (count - 1) + 1)?;
+        let v = if stride > 1 {
+            v.pad_with_zeros(dim, 0, stride - 1)?
+        } else {
+            v
+        };
+        let mut shape = v.dims().to_vec();
+        shape[dim] = count;
+        shape.insert(dim + 1, stride);
+        v.reshape(shape)?.narrow(dim + 1, 0, 1)?.squeeze(dim + 1)
+    };
+    let mut out: Option<Tensor> = None;
+    for dy in 0..k {
+        let rows = strided(x, 2, dy, oh)?;
+        for dx in 0..k {
+            let v = strided(&rows, 3, dx, ow)?;
+            out = Some(match out {
+                None => v,
+                Some(m) => m.maximum(&v)?,
+            });
+        }
+    }
+    Ok(out.expect("k >= 1"))
+}

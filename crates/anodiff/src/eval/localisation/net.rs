@@ -84,12 +84,6 @@ impl ConvBlock {
     }
 }
 
-/// 2×2 max-pooling from reshape + max: candle's `max_pool2d` backward scales the gradient by 1/4.
-fn max_pool2(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    x.reshape((b, c, h / 2, 2, w / 2, 2))?.max(5)?.max(3)
-}
-
 /// Nearest-neighbour ×2 upsampling from broadcast + reshape (its backward is a plain sum; candle's
 /// `upsample_nearest2d` backward overwrites instead of accumulating).
 fn upsample2(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -209,7 +203,7 @@ impl LocalisationNet {
         let mut h = x;
         for (i, block) in self.encoder.iter().enumerate() {
             if i > 0 {
-                h = max_pool2(&h)?;
+                h = crate::nn::ops::max_pool2d(&h, 2, 2)?;
             }
             h = block.forward(&h)?;
             skips.push(h.clone());
