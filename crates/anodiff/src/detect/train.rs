@@ -25,8 +25,6 @@ use crate::sd::pixel_norm::PixelNorm;
 use crate::sd::presets::Preset;
 use crate::sd::scheduler::SchedulerKind;
 use crate::train::diffusion::DiffusionLoss;
-use crate::train::optim::AdamWConfig;
-use crate::train::schedule::LrSchedule;
 use crate::train::trainer::{StepStats, TrainConfig, Trainer};
 use candle_core::{DType, Device, Tensor};
 use image::{GrayImage, RgbImage};
@@ -349,22 +347,11 @@ pub fn detect_train_with(
     let trainable_parameters = vars.iter().map(|(_, v)| v.elem_count()).sum();
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
     let cfg = TrainConfig {
-        steps: o.steps,
         batch_size: o.batch,
-        grad_accum: 1,
         seed: o.seed,
-        optimizer: AdamWConfig {
-            lr: o.lr,
-            ..AdamWConfig::default()
-        },
-        lr_schedule: LrSchedule::Cosine {
-            warmup: o.warmup,
-            total: o.steps,
-        },
-        max_grad_norm: Some(1.0),
         checkpoint_every: o.checkpoint_every,
-        keep_checkpoints: 1,
         out_dir: Some(o.out.clone()),
+        ..TrainConfig::cosine(o.steps, o.lr, o.warmup)
     };
     let mut trainer = Trainer::new(cfg, vars, items.len())?.with_metadata(json!({
         "job": "detect-train", "base": base_name, "categories": categories,

@@ -25,8 +25,6 @@ use crate::io::json::write_json;
 use crate::nn::Params;
 use crate::sd::pipeline::StableDiffusion;
 use crate::sd::vae::AutoencoderKL;
-use crate::train::optim::AdamWConfig;
-use crate::train::schedule::LrSchedule;
 use crate::train::trainer::{StepStats, TrainConfig, Trainer};
 use candle_core::{Tensor, Var};
 use image::RgbImage;
@@ -362,22 +360,11 @@ pub fn vae_tune(
 
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let cfg = TrainConfig {
-        steps: o.steps,
         batch_size: o.batch,
-        grad_accum: 1,
         seed: o.seed,
-        optimizer: AdamWConfig {
-            lr: o.lr,
-            ..AdamWConfig::default()
-        },
-        lr_schedule: LrSchedule::Cosine {
-            warmup: o.warmup,
-            total: o.steps,
-        },
-        max_grad_norm: Some(1.0),
         checkpoint_every: o.checkpoint_every,
-        keep_checkpoints: 1,
         out_dir: Some(out.to_path_buf()),
+        ..TrainConfig::cosine(o.steps, o.lr, o.warmup)
     };
     let mut trainer = Trainer::new(cfg, vars, images.len())?.with_metadata(json!({
         "job": "vae-decoder-tune", "images": images.len(),

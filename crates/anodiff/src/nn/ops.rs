@@ -96,3 +96,58 @@ pub fn max_pool2d(x: &Tensor, k: usize, stride: usize) -> candle_core::Result<Te
     }
     Ok(out.expect("k >= 1"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn max_pool2d_matches_candle_forward_and_routes_the_gradient_to_the_maxima() {
+        let dev = Device::Cpu;
+        // Distinct values (no ties), odd sizes: floor output size, overlapping and tiling windows.
+        let (h, w) = (9, 7);
+        let v: Vec<f32> = (0..2 * 3 * h * w)
+            .map(|i| ((i * 7919) % 1009) as f32 / 1009.0)
+            .collect();
+        let x = Var::from_tensor(&Tensor::from_vec(v, (2, 3, h, w), &dev).unwrap()).unwrap();
+        for (k, s) in [(3, 2), (2, 2), (3, 1), (2, 3)] {
+            let ours = max_pool2d(&x, k, s).unwrap();
+            let want = x.max_pool2d_with_stride(k, s).unwrap();
+            assert_eq!(ours.dims(), want.dims(), "k {k} s {s}");
+            let d = (&ours - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(d, 0.0, "k {k} s {s}");
+            // d(sum)/dx counts, per input, the windows whose maximum it is.
+            let g = ours.sum_all().unwrap().backward().unwrap();
+            let g: Vec<f32> = g.get(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
+            let mut count = vec![0f32; xv.len()];
+            for plane in 0..6 {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut best = (f32::MIN, 0);
+                        for dy in 0..k {
+                            for dx in 0..k {
+                                let i = plane * h * w + (oy * s + dy) * w + ox * s + dx;
+                                if xv[i] > best.0 {
+                                    best = (xv[i], i);
+                                }
+                            }
+                        }
+                        count[best.1] += 1.0;
+                    }
+                }
+            }
+            assert_eq!(g, count, "gradient, k {k} s {s}");
+        }
+        assert!(max_pool2d(&x, 10, 2).is_err());
+    }
+}

@@ -6,9 +6,7 @@
 //! `pretrain_eval.rs`.
 
 use super::diffusion::DiffusionLoss;
-use super::optim::AdamWConfig;
 use super::pretrain_eval::{held_out_loss, sample_images};
-use super::schedule::LrSchedule;
 use super::trainer::{StepStats, TrainConfig, Trainer};
 use crate::data::augment::{AugmentOptions, Augmenter};
 use crate::data::mvtec::{MvtecDataset, OnBadFile};
@@ -192,22 +190,11 @@ pub fn pretrain(
 
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
     let cfg = TrainConfig {
-        steps: o.steps,
         batch_size: o.batch,
-        grad_accum: 1,
         seed: o.seed,
-        optimizer: AdamWConfig {
-            lr: o.lr,
-            ..AdamWConfig::default()
-        },
-        lr_schedule: LrSchedule::Cosine {
-            warmup: o.warmup,
-            total: o.steps,
-        },
-        max_grad_norm: Some(1.0),
         checkpoint_every: o.checkpoint_every,
-        keep_checkpoints: 1,
         out_dir: Some(o.out.clone()),
+        ..TrainConfig::cosine(o.steps, o.lr, o.warmup)
     };
     let mut trainer = Trainer::new(cfg, vars, train.len())?.with_metadata(json!({
         "job": "pretrain", "preset": preset.name, "prompt": prompt,

@@ -61,6 +61,27 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// `steps` AdamW updates at peak rate `lr` (default betas and weight decay), linear warmup
+    /// over `warmup` updates then cosine decay to 0, gradient norm clipped at 1 — the recipe of
+    /// the from-scratch and fine-tuning jobs; set the rest with struct update syntax.
+    pub fn cosine(steps: usize, lr: f64, warmup: usize) -> Self {
+        Self {
+            steps,
+            optimizer: AdamWConfig {
+                lr,
+                ..AdamWConfig::default()
+            },
+            lr_schedule: LrSchedule::Cosine {
+                warmup,
+                total: steps,
+            },
+            max_grad_norm: Some(1.0),
+            ..Self::default()
+        }
+    }
+}
+
 /// What the loss closure gets for one micro-batch.
 pub struct Batch {
     /// The update being computed, counted from 1.
