@@ -83,6 +83,15 @@ impl SettingsArgs {
     }
 }
 
+/// The detection jobs' progress callback (images done, images in all, seconds per image) on `pb`.
+fn per_image(pb: &indicatif::ProgressBar) -> impl FnMut(usize, usize, f64) + '_ {
+    move |done, total, secs| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+        pb.set_message(format!("detect {secs:.1} s/image"));
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// A detect-train run folder.
@@ -177,11 +186,7 @@ pub fn run(a: Args) -> Result<()> {
             &shots,
             images,
             &a.out,
-            |d, t, s| {
-                pb.set_length(t as u64);
-                pb.set_position(d as u64);
-                pb.set_message(format!("detect {s:.1} s/image"));
-            },
+            per_image(&pb),
         )?;
         pb.finish_and_clear();
         if let Some(top) = scored.first() {
@@ -247,11 +252,7 @@ pub fn run(a: Args) -> Result<()> {
         &[shots],
         &outputs,
         shard,
-        |d, t, s| {
-            pb.set_length(t as u64);
-            pb.set_position(d as u64);
-            pb.set_message(format!("detect {s:.1} s/image"));
-        },
+        per_image(&pb),
     )?;
     pb.finish_and_clear();
     eprintln!(
