@@ -14,6 +14,7 @@ Usage (from the repository root, after `cargo build --release`):
     python tools/bench_compare.py unet --preset sd15 --size 256 --batch 2 --train-lora
     python tools/bench_compare.py dual --preset sd15 --size 256 --pairs 2 [--rounds 3]
     python tools/bench_compare.py inpaint --preset sd15-inpaint --size 512 --batch 4 [--no-vae] [--rounds 3]
+    python tools/bench_compare.py small [--steps 25] [--warmup 5] [--threads 1] [--rounds 5]
 
 When other work shares the cores, run PyTorch's OpenMP with `OMP_WAIT_POLICY=PASSIVE` (the environment is
 passed through; the PyTorch JSON records the policy): libgomp's default spin-wait then costs about 8 ms per
@@ -53,7 +54,7 @@ def main():
         i = args.index("--rounds")
         rounds = int(args[i + 1])
         del args[i:i + 2]
-    if not args or args[0] not in ("ops", "unet", "dual", "inpaint") or rounds < 1:
+    if not args or args[0] not in ("ops", "unet", "dual", "inpaint", "small") or rounds < 1:
         sys.exit(__doc__)
     what, rest = args[0], args[1:]
     rows = []  # one (ours, torch) pair of JSON objects per round

@@ -4,9 +4,11 @@ crates/anodiff/src/bench/). Usage: python tools/bench_reference.py ops [--json] 
        python tools/bench_reference.py unet --preset sd15 --size 256 --batch 2 [--train-lora] [--json]
        python tools/bench_reference.py dual --preset sd15 --size 256 --pairs 2 [--json]
        python tools/bench_reference.py inpaint --preset sd15-inpaint --size 512 --batch 4 [--no-vae] [--json]
+       python tools/bench_reference.py small [--steps 25] [--warmup 5] [--only KEY] [--json]
 (unet: diffusers 0.42.1 UNet2DConditionModel with random weights; --train-lora adds peft 0.21.2 LoRA;
 dual: one DualAnoDiff training step on our reference model, tools/parity/dual_reference.py;
-inpaint: one AnomalySD partial-inpainting step of a batch of grid-cell masks, 9-channel UNet + DDIM)
+inpaint: one AnomalySD partial-inpainting step of a batch of grid-cell masks, 9-channel UNet + DDIM;
+small: training steps of the localisation net and of the `small` preset's UNet, crates/anodiff/src/bench/small.rs)
 Runs on 2 threads, reports the median of N runs after one warm-up."""
 import json
 import os
@@ -315,10 +317,130 @@ def bench_inpaint(args):
     return out
 
 
+def groups_for(c):
+    """GroupNorm groups of the localisation net (eval/localisation/net.rs): up to 32 groups of >= 2 channels."""
+    g = 32
+    while g > 1 and (c % g != 0 or c // g < 2):
+        g //= 2
+    return g
+
+
+class LocNet(torch.nn.Module):
+    """anodiff's localisation U-Net (crates/anodiff/src/eval/localisation/net.rs): per-image standardised input,
+    six encoder levels of [conv3x3 -> GroupNorm -> ReLU] x 2 with widths w, 2w, 4w, 8w, 8w, 8w and 2x2
+    max-pooling between them; each decoder level upsamples x2 (nearest), applies one conv block, concatenates
+    the skip and fuses with two conv blocks; a final 3x3 conv to 2 logits."""
+
+    def __init__(self, w, in_ch=3):
+        super().__init__()
+        nn = torch.nn
+
+        def block(chans):
+            layers = []
+            for i, o in chans:
+                layers += [nn.Conv2d(i, o, 3, padding=1), nn.GroupNorm(groups_for(o), o, eps=1e-5), nn.ReLU()]
+            return nn.Sequential(*layers)
+
+        widths = [w, 2 * w, 4 * w, 8 * w, 8 * w, 8 * w]
+        self.enc = nn.ModuleList()
+        prev = in_ch
+        for c in widths:
+            self.enc.append(block([(prev, c), (c, c)]))
+            prev = c
+        self.up = nn.ModuleList()
+        self.fuse = nn.ModuleList()
+        for k in reversed(range(len(widths) - 1)):
+            self.up.append(block([(widths[k + 1], widths[k])]))
+            self.fuse.append(block([(2 * widths[k], widths[k]), (widths[k], widths[k])]))
+        self.fin = nn.Conv2d(w, 2, 3, padding=1)
+
+    def forward(self, x):
+        b = x.shape[0]
+        flat = x.reshape(b, -1)
+        xc = flat - flat.mean(1, keepdim=True)
+        std = xc.pow(2).mean(1, keepdim=True).sqrt()
+        h = (xc / (std + 1e-4)).reshape(x.shape)
+        skips = []
+        for i, blk in enumerate(self.enc):
+            if i > 0:
+                h = F.max_pool2d(h, 2)
+            h = blk(h)
+            skips.append(h)
+        for j, (up, fuse) in enumerate(zip(self.up, self.fuse)):
+            u = up(F.interpolate(h, scale_factor=2, mode="nearest"))
+            h = fuse(torch.cat([u, skips[len(skips) - 2 - j]], 1))
+        return self.fin(h)
+
+
+def focal_loss(logits, mask, gamma=2.0):
+    """Focal loss on 2-class softmax, mean over pixels (eval/localisation/focal.rs)."""
+    log_p = F.log_softmax(logits, dim=1)
+    log_pt = log_p.gather(1, mask.long()).squeeze(1)
+    return (-(1 - log_pt.exp()) ** gamma * log_pt).mean()
+
+
+SMALL_KEYS = ("locnet64_step", "locnet128_step", "small_unet_step")
+
+
+def bench_small(args):
+    """Training steps (forward, backward, Adam) of the small networks, as `anodiff bench small`
+    (crates/anodiff/src/bench/small.rs): median ms of --steps steps after --warmup steps."""
+    import resource
+    only = args.only or list(SMALL_KEYS)
+    unknown = [k for k in only if k not in SMALL_KEYS]
+    if unknown:
+        sys.exit(f"unknown key(s) {unknown}; known: {SMALL_KEYS}")
+    out = {"threads": torch.get_num_threads(), "repeats": max(args.steps, 1)}
+
+    def steps(step):
+        for _ in range(args.warmup):
+            step()
+        ts = []
+        for _ in range(max(args.steps, 1)):
+            t = time.perf_counter()
+            step()
+            ts.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(ts)
+
+    def train_step(model, forward_loss):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            forward_loss().backward()
+            opt.step()
+        return steps(step), sum(p.numel() for p in model.parameters())
+
+    torch.manual_seed(0)
+    for key, size, width, batch in (("locnet64_step", 64, 8, 8), ("locnet128_step", 128, 16, 16)):
+        if key in only:
+            net = LocNet(width)
+            x = torch.rand(batch, 3, size, size)
+            mask = (torch.rand(batch, 1, size, size) >= 0.9).float()
+            ms, n = train_step(net, lambda: focal_loss(net(x), mask))
+            out[key], out[key.replace("_step", "_params")] = ms, n
+    if "small_unet_step" in only:
+        from diffusers import UNet2DConditionModel
+        # The `small` preset (crates/anodiff/src/sd/presets.rs); parameter counts are compared by bench_compare.
+        unet = UNet2DConditionModel(
+            sample_size=32, in_channels=3, out_channels=3, block_out_channels=(32, 64, 64),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            layers_per_block=1, norm_num_groups=8, cross_attention_dim=64, attention_head_dim=2)
+        x = torch.randn(8, 3, 32, 32)
+        target = torch.randn_like(x)
+        ehs = torch.randn(8, 77, 64)
+        t = torch.tensor([999., 870., 740., 610., 480., 350., 220., 90.])
+        ms, n = train_step(unet, lambda: F.mse_loss(unet(x, t, encoder_hidden_states=ehs).sample, target))
+        out["small_unet_step"], out["small_unet_params"] = ms, n
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return out
+
+
 def main():
     import argparse
     ap = argparse.ArgumentParser(description="PyTorch reference timings (same keys as `anodiff bench`).")
-    ap.add_argument("what", choices=["ops", "unet", "dual", "inpaint"])
+    ap.add_argument("what", choices=["ops", "unet", "dual", "inpaint", "small"])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--iters", type=int, default=7, help="ops: timed runs")
     # Defaults per subcommand, as `anodiff bench` has them (inpaint: sd15-inpaint, 512 px, batch 4).
@@ -336,6 +458,9 @@ def main():
     ap.add_argument("--no-saim", dest="saim", action="store_false")
     ap.add_argument("--no-text-lora", dest="text_lora", action="store_false")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=25, help="small: timed steps per network")
+    ap.add_argument("--warmup", type=int, default=5, help="small: warm-up steps per network")
+    ap.add_argument("--only", action="append", default=[], help="small: only this key (repeatable)")
     args = ap.parse_args()
     inpaint = args.what == "inpaint"
     for k, general, for_inpaint in (("preset", "sd15", "sd15-inpaint"), ("size", 256, 512), ("batch", 2, 4)):
@@ -347,7 +472,7 @@ def main():
     # work (tools/bench_compare.py notes); recorded so a table says which policy it ran with.
     policy = os.environ.get("OMP_WAIT_POLICY", "default")
     res = {"ops": lambda: ops(iters), "unet": lambda: bench_unet(args), "dual": lambda: bench_dual(args),
-           "inpaint": lambda: bench_inpaint(args)}[args.what]()
+           "inpaint": lambda: bench_inpaint(args), "small": lambda: bench_small(args)}[args.what]()
     if args.what != "ops":
         res["omp_wait_policy"] = policy
     if args.json:

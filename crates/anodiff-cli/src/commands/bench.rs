@@ -3,6 +3,7 @@
 
 use anodiff::bench::dual::{bench_dual, DualBenchOptions};
 use anodiff::bench::inpaint::{bench_inpaint, InpaintBenchOptions};
+use anodiff::bench::small::{bench_small, SmallBenchOptions};
 use anodiff::bench::unet::{bench_unet, UnetBenchOptions};
 use anodiff::dual::DualConfig;
 use anyhow::Result;
@@ -27,6 +28,10 @@ pub enum What {
     /// 9-channel UNet, guidance 1, DDIM) with random weights, plus the text encode and VAE encode /
     /// decode of such a call, each timed separately.
     Inpaint(InpaintArgs),
+    /// Training steps (forward, backward, Adam) of the small networks CPU-scale work trains: the
+    /// localisation net at 64 px / width 8 / batch 8 and 128 px / width 16 / batch 16, and the
+    /// `small` preset's UNet (32 px, batch 8). Threads: the global --threads.
+    Small(SmallArgs),
     /// The downstream-detector benchmark (METHODS.md A.7): train the localisation network on an
     /// anomaly source for several seeds, predict, evaluate; mean ± std of all metrics.
     Localisation(super::bench_localisation::Args),
@@ -108,6 +113,56 @@ pub struct DualArgs {
     /// Print one JSON object of median milliseconds and parameter counts.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `anodiff bench small`.
+#[derive(clap::Args, Debug)]
+pub struct SmallArgs {
+    /// Timed steps per network (median reported).
+    #[arg(long, default_value_t = 25)]
+    pub steps: usize,
+    /// Untimed warm-up steps per network.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Time only these keys (repeatable): locnet64_step, locnet128_step, small_unet_step.
+    #[arg(long, value_name = "KEY")]
+    pub only: Vec<String>,
+    /// Print one JSON object of median milliseconds (keys as `tools/bench_reference.py small`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn run_small(a: SmallArgs) -> Result<()> {
+    let o = SmallBenchOptions {
+        steps: a.steps,
+        warmup: a.warmup,
+        only: a.only,
+    };
+    let quiet = a.json;
+    let r = bench_small(&o, &mut |msg| {
+        if !quiet {
+            eprintln!("bench small: {msg}")
+        }
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "training steps, {} threads, median of {} (ms): locnet 64 px w8 b8 {}, locnet 128 px \
+             w16 b16 {}, small UNet 32 px b8 {}; peak RSS {:.0} MiB",
+            r.threads,
+            r.repeats,
+            fmt_ms(r.locnet64_step),
+            fmt_ms(r.locnet128_step),
+            fmt_ms(r.small_unet_step),
+            r.peak_rss_mb
+        );
+    }
+    Ok(())
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.1}"))
 }
 
 /// Arguments of `anodiff bench inpaint`.
@@ -243,6 +298,7 @@ pub fn run(a: Args) -> Result<()> {
         What::Detection(d) => super::bench_detection::run(d)?,
         What::Dual(d) => run_dual(d)?,
         What::Inpaint(i) => run_inpaint(i)?,
+        What::Small(s) => run_small(s)?,
         What::Unet(u) => {
             let o = UnetBenchOptions {
                 preset: u.preset,

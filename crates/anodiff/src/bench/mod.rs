@@ -4,6 +4,7 @@
 pub mod dual;
 pub mod inpaint;
 pub mod ops;
+pub mod small;
 pub mod unet;
 
 /// Median of `times` (sorted in place); NaN when empty.
