@@ -26,6 +26,8 @@ pub struct Args {
     pub seed_offset: u64,
     /// `paper`: 256 px, width 64, 200×500 samples (METHODS.md A.7; GPU-sized).
     /// `cpu`: the reduced budget documented in `anodiff::eval::localisation::Protocol::cpu`.
+    /// Either takes overrides after a colon, e.g. `cpu:size=128,width=8,samples=480`
+    /// (keys size, width, batch, epochs, samples per epoch, lr, standardise).
     #[arg(long, default_value = "cpu")]
     pub protocol: String,
     /// Output folder; runs go to OUT/<dataset>/<source>/seed<k>/ (finished seeds are reused).

@@ -72,15 +72,47 @@ impl Protocol {
         }
     }
 
-    /// `paper` or `cpu`.
+    /// `paper` or `cpu`, optionally with overrides after a colon:
+    /// `cpu:size=128,width=8,samples=4800` (keys: `size`, `width`, `batch`, `epochs`, `samples`
+    /// = samples per epoch, `lr`, `standardise` = true|false). The result is validated.
     pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "paper" => Ok(Self::paper()),
-            "cpu" => Ok(Self::cpu()),
-            other => Err(Error::invalid(format!(
-                "unknown localisation protocol `{other}` (expected `paper` or `cpu`)"
-            ))),
+        let (name, overrides) = match s.split_once(':') {
+            Some((n, o)) => (n, Some(o)),
+            None => (s, None),
+        };
+        let mut p = match name {
+            "paper" => Self::paper(),
+            "cpu" => Self::cpu(),
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown localisation protocol `{other}` (expected `paper` or `cpu`, \
+                     optionally with overrides such as `cpu:size=128,samples=4800`)"
+                )))
+            }
+        };
+        for kv in overrides.into_iter().flat_map(|o| o.split(',')) {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                Error::invalid(format!("protocol override `{kv}` is not key=value"))
+            })?;
+            let bad = || Error::invalid(format!("protocol override `{kv}`: bad value"));
+            let int = || v.parse::<usize>().map_err(|_| bad());
+            match k {
+                "size" => p.size = int()?,
+                "width" => p.width = int()?,
+                "batch" => p.batch = int()?,
+                "epochs" => p.epochs = int()?,
+                "samples" => p.samples_per_epoch = int()?,
+                "lr" => p.lr = v.parse().map_err(|_| bad())?,
+                "standardise" => p.standardise = v.parse().map_err(|_| bad())?,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "unknown protocol key `{k}` (size, width, batch, epochs, samples, lr, standardise)"
+                    )))
+                }
+            }
         }
+        p.validate()?;
+        Ok(p)
     }
 
     /// Checks that every setting is usable (size multiple, positive counts and rates).
@@ -149,5 +181,24 @@ impl Protocol {
         let k = 21.0 * self.size as f64 / 256.0;
         let odd = (((k - 1.0) / 2.0).round() as usize) * 2 + 1;
         odd.max(3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_protocols_take_overrides() {
+        assert_eq!(Protocol::parse("cpu").unwrap(), Protocol::cpu());
+        let p = Protocol::parse("cpu:size=128,width=16,samples=480,standardise=false").unwrap();
+        assert_eq!((p.size, p.width, p.samples_per_epoch), (128, 16, 480));
+        assert!(!p.standardise);
+        assert_eq!((p.epochs, p.batch), (Protocol::cpu().epochs, Protocol::cpu().batch));
+        let p = Protocol::parse("paper:epochs=2,lr=0.001").unwrap();
+        assert_eq!((p.epochs, p.lr, p.size), (2, 1e-3, 256));
+        for bad in ["gpu", "cpu:size", "cpu:size=100", "cpu:depth=3", "cpu:lr=x", "cpu:batch=0"] {
+            assert!(Protocol::parse(bad).is_err(), "{bad}");
+        }
     }
 }
