@@ -185,8 +185,10 @@ pub fn run(a: Args) -> Result<()> {
 
     // 5. The detector trained on generated pairs, and on CutPaste for comparison.
     let mut benches = Vec::new();
+    // The first cpu budget (2400 samples): the demo's time limit, not the benchmark's quality.
     let protocol = Protocol {
         size: a.size as usize,
+        samples_per_epoch: 240,
         ..Protocol::cpu()
     };
     let mut sources = vec!["cutpaste".to_string()];
