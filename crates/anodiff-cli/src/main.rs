@@ -68,7 +68,15 @@ fn main() {
     let cli = Cli::parse();
     // Must happen before the first parallel op creates the global thread pool.
     anodiff::runtime::set_thread_count(cli.threads);
-    let result = match cli.command {
+    let result = anodiff::runtime::run_on_workers(|| run(cli.command));
+    if let Err(e) = result {
+        eprintln!("error: {}", error_chain(&e));
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Demo(a) => commands::demo::run(a),
         Command::Presets(a) => commands::presets::run(a),
         Command::Detect(a) => commands::detect::run(a),
@@ -87,10 +95,6 @@ fn main() {
         Command::Foreground(a) => commands::foreground::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Report(a) => commands::report::run(a),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {}", error_chain(&e));
-        std::process::exit(1);
     }
 }
 
