@@ -129,7 +129,7 @@ impl DistanceMeter {
         for chunk in others.chunks(LPIPS_BATCH) {
             let b = chunk.len();
             let x1 = Tensor::from_vec(chunk.concat(), (b, 3, h, w), &self.device)?;
-            for m in net.spatial_maps(&x0.broadcast_as((b, 3, h, w))?.contiguous()?, &x1)? {
+            for m in net.spatial_maps(&x0, &x1)? {
                 out.push(
                     ScalarMap {
                         width: w,

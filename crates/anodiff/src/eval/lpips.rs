@@ -260,13 +260,15 @@ impl Lpips {
         Ok(taps)
     }
 
-    /// The per-layer maps `d_l: [B, 1, h_l, w_l]` between two batches of equal shape.
+    /// The per-layer maps `d_l: [B, 1, h_l, w_l]` between `x0` and `x1: [B, 3, H, W]`; `x0` is
+    /// either a batch of the same shape or one image `[1, 3, H, W]` compared with every row of
+    /// `x1` (its features are then computed once).
     fn layer_maps(&self, x0: &Tensor, x1: &Tensor) -> Result<Vec<Tensor>> {
-        if x0.dims() != x1.dims() {
+        let (d0, d1) = (x0.dims(), x1.dims());
+        let one_reference = d0.len() == 4 && d0[0] == 1 && d0[1..] == d1[1..];
+        if d0 != d1 && !one_reference {
             return Err(Error::invalid(format!(
-                "LPIPS of images of shapes {:?} and {:?}",
-                x0.dims(),
-                x1.dims()
+                "LPIPS of images of shapes {d0:?} and {d1:?}"
             )));
         }
         let f0 = self.features(x0)?;
@@ -274,12 +276,17 @@ impl Lpips {
         f0.iter()
             .zip(&f1)
             .zip(&self.lins)
-            .map(|((a, b), lin)| Ok((a - b)?.sqr()?.broadcast_mul(lin)?.sum_keepdim(1)?))
+            .map(|((a, b), lin)| {
+                Ok(a.broadcast_sub(b)?
+                    .sqr()?
+                    .broadcast_mul(lin)?
+                    .sum_keepdim(1)?)
+            })
             .collect()
     }
 
-    /// LPIPS of each image pair: `x0, x1: [B, 3, H, W]` in [-1, 1] → `[B]`. Differentiable in
-    /// both inputs.
+    /// LPIPS of each image pair: `x0, x1: [B, 3, H, W]` in [-1, 1] (or `x0: [1, 3, H, W]` against
+    /// every row of `x1`) → `[B]`. Differentiable in both inputs.
     pub fn distance(&self, x0: &Tensor, x1: &Tensor) -> Result<Tensor> {
         let mut total: Option<Tensor> = None;
         for d in self.layer_maps(x0, x1)? {
@@ -293,9 +300,10 @@ impl Lpips {
     }
 
     /// The spatial LPIPS map of each pair, `[B, H, W]` as row-major f32 per image (the package's
-    /// `spatial=True`). Not differentiable (computed on the host).
+    /// `spatial=True`); `x0` may be one image compared with every row of `x1`. Not differentiable
+    /// (computed on the host).
     pub fn spatial_maps(&self, x0: &Tensor, x1: &Tensor) -> Result<Vec<Vec<f32>>> {
-        let (b, _, h, w) = x0.dims4()?;
+        let (b, _, h, w) = x1.dims4()?;
         let mut out = vec![vec![0f32; h * w]; b];
         for d in self.layer_maps(x0, x1)? {
             let (_, _, lh, lw) = d.dims4()?;
