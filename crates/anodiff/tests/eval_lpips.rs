@@ -12,7 +12,7 @@ use anodiff::eval::lpips::{Lpips, LpipsNet};
 use anodiff::nn::params::Params;
 use anodiff::nn::tensor_files::write_safetensors;
 use candle_core::{DType, Device, Tensor, Var};
-use common::{fixtures, lpips_formula_weights as weights, max_abs, temp_dir, tensors};
+use common::{fixtures, lpips_formula_weights as weights, max_abs, max_diff, temp_dir, tensors};
 use std::collections::HashMap;
 
 /// Relative tolerance of distances and maps: max|ours − ref| ≤ TOL · max|ref|.
@@ -25,7 +25,7 @@ const TOL_GRAD: f32 = 5e-3;
 
 fn compare(what: &str, ours: &Tensor, reference: &Tensor, tol: f32) {
     assert_eq!(ours.dims(), reference.dims(), "{what}: shape");
-    let err = max_abs(&(ours - reference).unwrap());
+    let err = max_diff(ours, reference);
     let scale = max_abs(reference);
     println!(
         "{what:12} max|diff| = {err:.3e}  max|ref| = {scale:.3e}  rel = {:.3e}",

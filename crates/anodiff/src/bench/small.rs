@@ -99,6 +99,32 @@ fn time_steps(
     Ok(median_ms(&mut times))
 }
 
+/// Times training steps of the network built from `p` (all its parameters trainable): `loss`,
+/// backward, AdamW with weight decay 0. Returns (median ms, parameter count).
+fn time_training(
+    o: &SmallBenchOptions,
+    what: &str,
+    p: &Params,
+    progress: &mut dyn FnMut(&str),
+    loss: impl Fn() -> Result<Tensor>,
+) -> Result<(f64, usize)> {
+    let vars = p.vars();
+    let mut opt = AdamW::new(
+        vars.clone(),
+        AdamWConfig {
+            lr: 1e-4,
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let ms = time_steps(o, what, progress, || {
+        let grads = Grads::from_store(&loss()?.backward()?, &vars);
+        opt.step(&grads, 1e-4)?;
+        Ok(())
+    })?;
+    Ok((ms, p.parameter_count()))
+}
+
 /// One localisation-net training step at `size` px, `width`, `batch`: (median ms, parameters).
 fn locnet(
     o: &SmallBenchOptions,
@@ -111,28 +137,14 @@ fn locnet(
     let dev = Device::Cpu;
     let p = Params::fresh(0, &dev);
     let net = LocalisationNet::new(&p, width, 3)?;
-    let vars = p.vars();
-    let params = p.parameter_count();
-    let mut opt = AdamW::new(
-        vars.clone(),
-        AdamWConfig {
-            lr: 1e-4,
-            weight_decay: 0.0,
-            ..AdamWConfig::default()
-        },
-    )?;
     let x = Tensor::rand(0f32, 1.0, (batch, 3, size, size), &dev)?;
     // About a tenth of the pixels anomalous, as a defect-heavy batch.
     let mask = Tensor::rand(0f32, 1.0, (batch, 1, size, size), &dev)?
         .ge(0.9)?
         .to_dtype(DType::F32)?;
-    let ms = time_steps(o, what, progress, || {
-        let loss = focal_loss(&net.forward(&x)?, &mask, 2.0)?;
-        let grads = Grads::from_store(&loss.backward()?, &vars);
-        opt.step(&grads, 1e-4)?;
-        Ok(())
-    })?;
-    Ok((ms, params))
+    time_training(o, what, &p, progress, || {
+        Ok(focal_loss(&net.forward(&x)?, &mask, 2.0)?)
+    })
 }
 
 /// One training step of the `small` preset's UNet: (median ms, parameters).
@@ -141,16 +153,6 @@ fn small_unet(o: &SmallBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<(
     let preset = Preset::by_name("small")?;
     let p = Params::fresh(0, &dev);
     let unet = UNet2DConditionModel::new(&preset.unet, &p)?;
-    let vars = p.vars();
-    let params = p.parameter_count();
-    let mut opt = AdamW::new(
-        vars.clone(),
-        AdamWConfig {
-            lr: 1e-4,
-            weight_decay: 0.0,
-            ..AdamWConfig::default()
-        },
-    )?;
     let (b, s) = (8, preset.resolution);
     let x = Tensor::randn(0f32, 1.0, (b, preset.unet.in_channels, s, s), &dev)?;
     let target = Tensor::randn(0f32, 1.0, x.dims(), &dev)?;
@@ -162,14 +164,11 @@ fn small_unet(o: &SmallBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<(
     )?;
     let t = Tensor::new(&[999f32, 870., 740., 610., 480., 350., 220., 90.], &dev)?;
     let ctx = ForwardCtx::default();
-    let ms = time_steps(o, "small_unet_step", progress, || {
-        let y = unet.forward(&x, &t, &ehs, &ctx)?;
-        let loss = (y - &target)?.sqr()?.mean_all()?;
-        let grads = Grads::from_store(&loss.backward()?, &vars);
-        opt.step(&grads, 1e-4)?;
-        Ok(())
-    })?;
-    Ok((ms, params))
+    time_training(o, "small_unet_step", &p, progress, || {
+        Ok((unet.forward(&x, &t, &ehs, &ctx)? - &target)?
+            .sqr()?
+            .mean_all()?)
+    })
 }
 
 /// Times the small-network training steps (see the module doc).
