@@ -376,6 +376,7 @@ fn dual_generation_matches_reference() {
             backgrounds: &f.r["generate.bg"],
             zero: &f.r["generate.zero_ref"],
         }),
+        None,
         &mut streams,
         (4, 8, 8),
     )

@@ -54,6 +54,12 @@ pub struct Args {
     /// Accepted mask areas: [smallest / F, largest × F] of the training masks.
     #[arg(long, default_value_t = 4.0)]
     pub area_tolerance: f64,
+    /// Start each whole image from a defect-free image (the block's reference image) noised to
+    /// this share of the schedule, in (0, 1], instead of from pure noise (the paper); the part
+    /// image starts from noised mid-grey. For small bases trained here, which draw blurry objects
+    /// from pure noise: the whole branch then only adds the defect.
+    #[arg(long)]
+    pub init_strength: Option<f64>,
     /// This run's slice: I/N, or env/N and env to read a Kubernetes / Slurm array index.
     #[arg(long)]
     pub shard: Option<String>,
@@ -90,6 +96,7 @@ pub fn run(a: Args) -> Result<()> {
             None => Shard::ALL,
         },
         area_tolerance: a.area_tolerance,
+        init_strength: a.init_strength,
     };
     let run = a.run.expect("clap requires --run");
     let pb = bar(a.n as u64, "dual-generate");

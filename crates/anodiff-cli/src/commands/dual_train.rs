@@ -105,6 +105,12 @@ pub struct Args {
     /// pretrained here, whose pretraining never saw an empty prompt.
     #[arg(long, default_value_t = 0.0)]
     pub prompt_dropout: f64,
+    /// Extra weight of the defect's pixels in the whole-image loss: they count 1 + W times.
+    /// 0 as the paper. At CPU scale a defect is ~1 % of a 64-px image and the whole branch
+    /// learns the object instead of the defect; a weight makes it learn the defect
+    /// (BENCHMARKS.md "DualAnoDiff learning at CPU scale").
+    #[arg(long, default_value_t = 0.0)]
+    pub mask_weight: f64,
     /// Guidance scale of the sample grids (1 = off).
     #[arg(long, default_value_t = 2.0)]
     pub sample_guidance: f64,
@@ -201,6 +207,7 @@ fn options(a: &Args) -> Result<DualTrainOptions> {
     o.lr = a.lr;
     o.warmup = a.warmup;
     o.prompt_dropout = a.prompt_dropout;
+    o.mask_weight = a.mask_weight;
     o.sample_guidance = a.sample_guidance;
     o.weight_decay = a.weight_decay;
     o.max_grad_norm = a.clip;

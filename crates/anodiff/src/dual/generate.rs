@@ -22,7 +22,7 @@ use super::pairs::Sampling;
 use super::run::{
     grey_to_rgb, open_pairs, read_run, training_mask_areas, zero_reference, DualTrainOptions,
 };
-use super::sample::{sample_pairs, Backbone, PairText, References, SampleSettings};
+use super::sample::{sample_pairs, Backbone, InitLatents, PairText, References, SampleSettings};
 use crate::data::foreground::{black_out_foreground, ForegroundSpec};
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
@@ -72,6 +72,12 @@ pub struct GenerateOptions {
     pub shard: Shard,
     /// Area tolerance factor of the rejection range around the training masks' areas.
     pub area_tolerance: f64,
+    /// Start each whole image from a defect-free image (the block's BCM reference image before
+    /// its foreground is blacked out) noised to this share of the schedule, and each part image
+    /// from the noised mid-grey image; `None` starts from pure noise (the paper). A CPU-scale
+    /// option: small bases trained here draw blurry objects from pure noise, and the whole branch
+    /// then only has to add the defect (BENCHMARKS.md "DualAnoDiff learning at CPU scale").
+    pub init_strength: Option<f64>,
 }
 
 impl Default for GenerateOptions {
@@ -87,6 +93,7 @@ impl Default for GenerateOptions {
             reference_every: 50,
             shard: Shard::ALL,
             area_tolerance: 4.0,
+            init_strength: None,
         }
     }
 }
@@ -129,10 +136,17 @@ pub struct GenerateReport {
     pub secs_per_sample: f64,
 }
 
-/// BCM reference images: defect-free images with their foreground blacked out, at the training
-/// geometry.
+/// BCM reference images: defect-free images and their backgrounds (foreground blacked out),
+/// at full size.
 struct ReferencePool {
-    images: Vec<(String, RgbImage)>,
+    images: Vec<Reference>,
+}
+
+/// A defect-free image and its background (the foreground blacked out).
+struct Reference {
+    name: String,
+    image: RgbImage,
+    background: RgbImage,
 }
 
 impl ReferencePool {
@@ -152,41 +166,54 @@ impl ReferencePool {
         let fg = ForegroundSpec::parse(&run.foreground)?.build()?;
         let mut images = Vec::with_capacity(files.len());
         for p in files {
-            let img = load_rgb(&p)?;
-            let mask = fg.estimate(&img, Some(&p))?;
-            let bg = black_out_foreground(&img, &mask)?;
-            images.push((p.display().to_string(), bg));
+            let image = load_rgb(&p)?;
+            let mask = fg.estimate(&image, Some(&p))?;
+            let background = black_out_foreground(&image, &mask)?;
+            images.push(Reference {
+                name: p.display().to_string(),
+                image,
+                background,
+            });
         }
         Ok(Self { images })
     }
 
     /// The reference of block `r` (every `reference_every` samples): a seeded permutation of the
-    /// pool, at the training geometry (squashed, or a seeded native-scale window).
-    fn get(&self, r: usize, seed: u64, sampling: Sampling) -> Result<(String, RgbImage)> {
+    /// pool, at the training geometry (squashed, or a seeded native-scale window, the same window
+    /// for the image and its background).
+    fn get(&self, r: usize, seed: u64, sampling: Sampling) -> Result<Reference> {
         let n = self.images.len();
         let mut order: Vec<usize> = (0..n).collect();
         let mut rng = rand::rngs::StdRng::seed_from_u64(mix(seed ^ 0x5EF5));
         for i in (1..n).rev() {
             order.swap(i, rng.random_range(0..=i));
         }
-        let (name, img) = &self.images[order[r % n]];
+        let full = &self.images[order[r % n]];
         let mut rng = rand::rngs::StdRng::seed_from_u64(mix(seed ^ r as u64 ^ 0xC0FF));
-        let out = match sampling {
+        let (image, background) = match sampling {
             Sampling::Resize { size, .. } => {
-                imageops::resize(img, size, size, FilterType::Triangle)
+                let f = |img: &RgbImage| imageops::resize(img, size, size, FilterType::Triangle);
+                (f(&full.image), f(&full.background))
             }
             Sampling::DefectCrop { size, scale } => {
-                let (w, h) = img.dimensions();
+                let (w, h) = full.image.dimensions();
                 let s = scale.max(size as f32 / w.min(h) as f32);
                 let (sw, sh) = ((w as f32 * s).round() as u32, (h as f32 * s).round() as u32);
-                let scaled =
-                    imageops::resize(img, sw.max(size), sh.max(size), FilterType::Triangle);
-                let x = rng.random_range(0..=scaled.width() - size);
-                let y = rng.random_range(0..=scaled.height() - size);
-                imageops::crop_imm(&scaled, x, y, size, size).to_image()
+                let (sw, sh) = (sw.max(size), sh.max(size));
+                let x = rng.random_range(0..=sw - size);
+                let y = rng.random_range(0..=sh - size);
+                let f = |img: &RgbImage| {
+                    let scaled = imageops::resize(img, sw, sh, FilterType::Triangle);
+                    imageops::crop_imm(&scaled, x, y, size, size).to_image()
+                };
+                (f(&full.image), f(&full.background))
             }
         };
-        Ok((name.clone(), out))
+        Ok(Reference {
+            name: full.name.clone(),
+            image,
+            background,
+        })
     }
 }
 
@@ -217,10 +244,18 @@ pub fn dual_generate(
     }
     let sampling = run.pairs.sampling;
     let size = sampling.size() as usize;
-    let refs = if bcm {
+    if let Some(st) = o.init_strength {
+        if !(st > 0.0 && st <= 1.0) {
+            return Err(Error::invalid(format!(
+                "--init-strength must be in (0, 1], got {st}"
+            )));
+        }
+    }
+    // Defect-free images: BCM's references, and the starting images of `--init-strength`.
+    let refs = if bcm || o.init_strength.is_some() {
         let dir = run.good_dir()?.ok_or_else(|| {
             Error::invalid(
-                "BCM needs defect-free reference images: train with --good DIR or use --bcm off",
+                "BCM and --init-strength need defect-free images: train with --good DIR, or use --bcm off without --init-strength",
             )
         })?;
         Some(ReferencePool::open(&dir, &run)?)
@@ -237,11 +272,15 @@ pub fn dual_generate(
     let text = PairText::encode(&sd, &model, &settings.negative_prompt)?;
     let zero = zero_reference(&sd, size)?;
     let described = format!(
-        "{:?} {} steps, guidance {}, BCM {}",
+        "{:?} {} steps, guidance {}, BCM {}{}",
         settings.scheduler,
         settings.steps,
         settings.guidance,
-        if bcm { "on" } else { "off" }
+        if bcm { "on" } else { "off" },
+        match o.init_strength {
+            Some(st) => format!(", from a defect-free image at strength {st}"),
+            None => String::new(),
+        }
     );
     for sub in [
         "image",
@@ -280,20 +319,30 @@ pub fn dual_generate(
             .map(|&s| Box::new(SeededNoise::new(s)) as Box<dyn NoiseSource>)
             .collect();
         let mut ref_names = Vec::new();
-        let backgrounds = match &refs {
-            Some(pool) => {
-                let mut lat = Vec::new();
-                for &k in &idx {
-                    let (name, img) = pool.get(k / o.reference_every, o.seed, sampling)?;
-                    lat.push(sd.encode_mean(&rgb_to_tensor(&img, &dev)?)?);
-                    ref_names.push(Some(name));
+        let (mut bg_lat, mut init_lat) = (Vec::new(), Vec::new());
+        for &k in &idx {
+            match &refs {
+                Some(pool) => {
+                    let r = pool.get(k / o.reference_every, o.seed, sampling)?;
+                    if bcm {
+                        bg_lat.push(sd.encode_mean(&rgb_to_tensor(&r.background, &dev)?)?);
+                    }
+                    if o.init_strength.is_some() {
+                        init_lat.push(sd.encode_mean(&rgb_to_tensor(&r.image, &dev)?)?);
+                    }
+                    ref_names.push(Some(r.name));
                 }
-                Some(Tensor::cat(&lat, 0)?)
+                None => ref_names.push(None),
             }
-            None => {
-                ref_names.resize(idx.len(), None);
-                None
-            }
+        }
+        let backgrounds = if bcm {
+            Some(Tensor::cat(&bg_lat, 0)?)
+        } else {
+            None
+        };
+        let inits = match o.init_strength {
+            Some(st) => Some((Tensor::cat(&init_lat, 0)?, st)),
+            None => None,
         };
         let latents = sample_pairs(
             &Backbone::of(&sd),
@@ -303,6 +352,11 @@ pub fn dual_generate(
             backgrounds.as_ref().map(|bg| References {
                 backgrounds: bg,
                 zero: &zero,
+            }),
+            inits.as_ref().map(|(whole, strength)| InitLatents {
+                whole,
+                part: &zero,
+                strength: *strength,
             }),
             &mut streams,
             (

@@ -17,7 +17,7 @@ use super::mask::{DistanceMask, DistanceMaskOptions, MaskExtractor};
 use super::model::DualModel;
 use super::pairs::{PairOptions, PairSampler, PairSet};
 use super::sample::{sample_pairs, Backbone, PairText, References, SampleSettings};
-use super::train::run_dual_training;
+use super::train::{run_dual_training, LossSettings};
 use crate::data::foreground::ForegroundSpec;
 use crate::data::split::SplitManifest;
 use crate::error::{Error, Result};
@@ -86,6 +86,10 @@ pub struct DualTrainOptions {
     /// paper: 0 (SD-1.5 has one already), small models pretrained here: 0.1.
     #[serde(default)]
     pub prompt_dropout: f64,
+    /// Extra weight of defect pixels in the whole-image loss, `1 + w·M` (paper: 0; see
+    /// [`DualLoss::with_mask_weight`](super::train::DualLoss::with_mask_weight)).
+    #[serde(default)]
+    pub mask_weight: f64,
     /// Guidance scale of the sample grids.
     #[serde(default = "two")]
     pub sample_guidance: f64,
@@ -123,6 +127,7 @@ impl DualTrainOptions {
             batch: 4,
             lr: 2e-5,
             prompt_dropout: 0.0,
+            mask_weight: 0.0,
             sample_guidance: 2.0,
             warmup: 0,
             weight_decay: 1e-2,
@@ -266,7 +271,10 @@ pub fn dual_train(
         &model,
         &sampler,
         &mut trainer,
-        o.prompt_dropout,
+        LossSettings {
+            prompt_dropout: o.prompt_dropout,
+            mask_weight: o.mask_weight,
+        },
         |step| {
             let due = o.sample_every > 0 && step.is_multiple_of(o.sample_every);
             if due || step == o.steps {
@@ -334,6 +342,7 @@ fn sample_grid(
         &text,
         &settings,
         refs,
+        None,
         &mut streams,
         (c, h, w),
     )?;

@@ -57,6 +57,19 @@ pub struct References<'a> {
     pub zero: &'a Tensor,
 }
 
+/// Partial denoising (SDEdit-style) instead of sampling from pure noise: the whole rows start
+/// from `whole` and the part rows from `part`, noised to the first kept timestep, and the run keeps
+/// the last `int(steps · strength)` steps (as diffusers' img2img).
+pub struct InitLatents<'a> {
+    /// Clean whole-row samples, `[m, C, h, w]` (a defect-free image per pair).
+    pub whole: &'a Tensor,
+    /// The clean part-row sample, `[1, C, h, w]` (the all-zero image: a part image is mid-grey
+    /// outside its defect).
+    pub part: &'a Tensor,
+    /// Share of the schedule that is run, in (0, 1]; 1 starts from (almost) pure noise.
+    pub strength: f64,
+}
+
 /// The three prompt embeddings a run uses, each `[1, S, D]` (through the text-encoder LoRA).
 pub struct PairText {
     /// The whole-image prompt.
@@ -103,7 +116,8 @@ impl<'a> Backbone<'a> {
 }
 
 /// Samples `streams.len()` pairs of `[c, h, w]` samples; returns the final latents
-/// `[2m, c, h, w]` interleaved (whole_0, part_0, …). `references: None` samples without BCM.
+/// `[2m, c, h, w]` interleaved (whole_0, part_0, …). `references: None` samples without BCM;
+/// `init: None` starts from pure noise (the paper).
 #[allow(clippy::too_many_arguments)]
 pub fn sample_pairs(
     backbone: &Backbone,
@@ -111,6 +125,7 @@ pub fn sample_pairs(
     text: &PairText,
     settings: &SampleSettings,
     references: Option<References>,
+    init: Option<InitLatents>,
     streams: &mut [Box<dyn NoiseSource>],
     (c, h, w): (usize, usize, usize),
 ) -> Result<Tensor> {
@@ -137,11 +152,42 @@ pub fn sample_pairs(
         Ok(s)
     };
     let mut sched = make()?;
-    let mut init = Vec::with_capacity(m);
+    let mut first = Vec::with_capacity(m);
     for s in streams.iter_mut() {
-        init.push(s.draw(&[2, c, h, w], &dev)?);
+        first.push(s.draw(&[2, c, h, w], &dev)?);
     }
-    let latents = (Tensor::cat(&init, 0)? * sched.init_noise_sigma())?;
+    let first = Tensor::cat(&first, 0)?;
+    let (latents, start) = match &init {
+        None => ((first * sched.init_noise_sigma())?, 0),
+        Some(i) => {
+            if !(i.strength > 0.0 && i.strength <= 1.0) {
+                return Err(Error::invalid(format!(
+                    "DualAnoDiff sampling: init strength must be in (0, 1], got {}",
+                    i.strength
+                )));
+            }
+            if i.whole.dims() != [m, c, h, w] || i.part.dims() != [1, c, h, w] {
+                return Err(Error::invalid(format!(
+                    "DualAnoDiff sampling: init samples {:?} / {:?} for {m} pairs of [{c}, {h}, {w}]",
+                    i.whole.dims(),
+                    i.part.dims()
+                )));
+            }
+            // Every scheduler here has order 1: keep the last int(steps·strength) steps, as
+            // `StableDiffusion::inpaint_batch` does.
+            let kept = ((settings.steps as f64 * i.strength) as usize).min(settings.steps);
+            if kept == 0 {
+                return Err(Error::invalid(format!(
+                    "init strength {} keeps none of the {} steps",
+                    i.strength, settings.steps
+                )));
+            }
+            let start = settings.steps - kept;
+            let clean = super::pairs::interleave(i.whole, &i.part.repeat((m, 1, 1, 1))?)?;
+            let t0 = sched.timesteps()[start];
+            (sched.add_noise_at(&clean, &first, &vec![t0; 2 * m])?, start)
+        }
+    };
 
     let rep = |t: &Tensor, n: usize| -> Result<Tensor> { Ok(t.repeat((n, 1, 1))?) };
     let cond = super::pairs::interleave(&rep(&text.whole, m)?, &rep(&text.part, m)?)?;
@@ -189,6 +235,7 @@ pub fn sample_pairs(
         };
         let mut o = DenoiseOptions::new(&conditioning);
         o.guidance = settings.guidance;
+        o.start = start;
         o.ctx.branch = Some((0..m).flat_map(|_| [WHOLE, PART]).collect());
         o.hook = Some(&mut hook);
         let mut step_noise = PairRows { streams: &streams };

@@ -48,6 +48,16 @@ pub struct DualLoss<'a> {
     part_ids: Tensor,
     empty_ids: Tensor,
     prompt_dropout: f64,
+    mask_weight: f64,
+}
+
+/// Loss settings beyond the paper's plain MSE; the defaults are the paper's.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossSettings {
+    /// See [`DualLoss::with_prompt_dropout`].
+    pub prompt_dropout: f64,
+    /// See [`DualLoss::with_mask_weight`].
+    pub mask_weight: f64,
 }
 
 impl<'a> DualLoss<'a> {
@@ -62,6 +72,7 @@ impl<'a> DualLoss<'a> {
             part_ids: ids(&model.config.part_prompt)?,
             empty_ids: ids("")?,
             prompt_dropout: 0.0,
+            mask_weight: 0.0,
             sd,
             model,
         })
@@ -73,6 +84,17 @@ impl<'a> DualLoss<'a> {
     /// has an unconditional mode); small models pretrained here need it (BENCHMARKS.md).
     pub fn with_prompt_dropout(mut self, p: f64) -> Self {
         self.prompt_dropout = p;
+        self
+    }
+
+    /// Weights the whole-image rows' squared error by `1 + w·M` (M the defect mask at the
+    /// model's sample resolution: a latent cell counts as defect when any of its pixels is).
+    /// The paper uses none (`w = 0`). At CPU scale a defect covers ~1 % of a 64-px image, so
+    /// in the plain MSE the whole branch barely sees it and learns the object instead
+    /// (BENCHMARKS.md "DualAnoDiff learning at CPU scale"); the part branch needs no weight, as
+    /// everything outside its defect is a flat fill that is easy to predict.
+    pub fn with_mask_weight(mut self, w: f64) -> Self {
+        self.mask_weight = w;
         self
     }
 
@@ -147,7 +169,34 @@ impl<'a> DualLoss<'a> {
                 embeddings: e,
             }),
         )?;
-        Ok((pred.to_dtype(DType::F32)? - target)?.sqr()?.mean_all()?)
+        let err = (pred.to_dtype(DType::F32)? - target)?.sqr()?;
+        if self.mask_weight == 0.0 {
+            return Ok(err.mean_all()?);
+        }
+        let weights = self.row_weights(&batch.mask, &err)?;
+        Ok(err.broadcast_mul(&weights)?.mean_all()?)
+    }
+
+    /// `[2n, 1, h, w]` per-pixel weights: `1 + w·M` on whole rows (M at the error's resolution),
+    /// 1 on part rows.
+    fn row_weights(&self, mask: &Tensor, err: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = err.dims4()?;
+        let (_, _, mh, mw) = mask.dims4()?;
+        let m = if (mh, mw) == (h, w) {
+            mask.clone()
+        } else {
+            if mh % h != 0 || mw % w != 0 || mh / h != mw / w {
+                return Err(Error::invalid(format!(
+                    "mask weight: mask {mh}x{mw} does not reduce to the sample's {h}x{w}"
+                )));
+            }
+            // Any defect pixel marks its latent cell: max over the cell, as 0/1 masks allow.
+            let f = mh / h;
+            mask.avg_pool2d(f)?.gt(0.0)?.to_dtype(DType::F32)?
+        };
+        let whole = ((m * self.mask_weight)? + 1.0)?;
+        let part = Tensor::ones_like(&whole)?;
+        interleave(&whole, &part)
     }
 }
 
@@ -161,26 +210,36 @@ fn randn_like(x: &Tensor, rng: &mut impl Rng) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, x.dims(), x.device())?)
 }
 
-/// Runs `trainer` over `data` with the dual loss (`model` must be installed on `sd`) and
-/// `prompt_dropout` (see [`DualLoss::with_prompt_dropout`]), calling `after_step(step)` after
-/// every update.
+/// Runs `trainer` over `data` with the dual loss (`model` must be installed on `sd`) and its
+/// `settings`, calling `after_step(step)` after every update.
 pub fn run_dual_training(
     sd: &StableDiffusion,
     model: &DualModel,
     data: &dyn PairBatches,
     trainer: &mut Trainer,
-    prompt_dropout: f64,
+    settings: LossSettings,
     after_step: impl FnMut(usize) -> Result<()>,
 ) -> Result<Vec<StepStats>> {
     if data.is_empty() {
         return Err(Error::invalid("DualAnoDiff training: no training pairs"));
     }
+    let LossSettings {
+        prompt_dropout,
+        mask_weight,
+    } = settings;
     if !(0.0..1.0).contains(&prompt_dropout) {
         return Err(Error::invalid(format!(
             "prompt dropout {prompt_dropout} must be in [0, 1)"
         )));
     }
-    let loss = DualLoss::new(sd, model)?.with_prompt_dropout(prompt_dropout);
+    if !(mask_weight >= 0.0 && mask_weight.is_finite()) {
+        return Err(Error::invalid(format!(
+            "mask weight {mask_weight} must be a finite number >= 0"
+        )));
+    }
+    let loss = DualLoss::new(sd, model)?
+        .with_prompt_dropout(prompt_dropout)
+        .with_mask_weight(mask_weight);
     model.set_training(true);
     let out = trainer.run_with(
         |b: &Batch| {
