@@ -181,3 +181,29 @@ fn judge_accepts_good_and_rejects_failed_pairs() {
     assert!(judge(&img, &GrayImage::new(3, 3), &opts).is_err());
     assert!(Reason::EmptyMask.to_string().contains("empty"));
 }
+
+#[test]
+fn an_off_grey_frame_at_the_edge_stays_out_of_the_mask() {
+    // What small pixel-space UNets draw: the blob, plus the outermost ring 60 levels off grey.
+    let (mut img, truth) = blob_part([30, 30, 30]);
+    let (w, h) = img.dimensions();
+    for y in 0..h {
+        for x in 0..w {
+            if x == 0 || y == 0 || x == w - 1 || y == h - 1 {
+                img.put_pixel(x, y, Rgb([188, 188, 188]));
+            }
+        }
+    }
+    let m = DistanceMask::default().extract(&img).unwrap();
+    let v = iou(&m, &truth);
+    assert!(v >= 0.95, "IoU {v:.4} with the frame");
+    // Without the border rule the frame is a long component and enters the mask.
+    let framed = DistanceMask::new(DistanceMaskOptions {
+        border: 0,
+        ..Default::default()
+    })
+    .extract(&img)
+    .unwrap();
+    assert_eq!(framed.get_pixel(0, 40)[0], 255);
+    assert!(iou(&framed, &truth) < 0.9);
+}

@@ -4,7 +4,8 @@
 //! The part branch is trained on `I ⊙ M` in [-1, 1], i.e. the defect on mid-grey (127.5 in
 //! 0–255), so a generated part image should be grey except where the defect is. The default
 //! [`DistanceMask`] reads the mask off directly, without weights:
-//! 1. per-pixel distance from the fill value: Euclidean over RGB / √3, in grey levels;
+//! 1. per-pixel distance from the fill value: Euclidean over RGB / √3, in grey levels; the
+//!    outermost [`DistanceMaskOptions::border`] pixels count as fill;
 //! 2. Gaussian smoothing ([`DistanceMaskOptions::sigma`]), which closes pinholes and quiets
 //!    sampling noise;
 //! 3. a threshold ([`Threshold`]): Otsu's split of the smoothed distances, never below
@@ -55,6 +56,10 @@ pub struct DistanceMaskOptions {
     pub min_component: usize,
     /// Fill background regions enclosed by the mask.
     pub fill_holes: bool,
+    /// Pixels this close to the image edge are treated as fill: UNets trained here with zero
+    /// padding leave the outermost ring of a generated part image off-grey (mean distance 21.9
+    /// grey levels against 7.3 inside, BENCHMARKS.md), which would put a frame into every mask.
+    pub border: usize,
 }
 
 impl Default for DistanceMaskOptions {
@@ -65,6 +70,7 @@ impl Default for DistanceMaskOptions {
             threshold: Threshold::Otsu { floor: 12.0 },
             min_component: 4,
             fill_holes: true,
+            border: 1,
         }
     }
 }
@@ -103,7 +109,16 @@ impl DistanceMask {
             return Err(Error::invalid("mask extraction: the part image is empty"));
         }
         let o = &self.opts;
-        let distance = distance_map(part, o.fill).gaussian_blur(o.sigma);
+        let mut raw = distance_map(part, o.fill);
+        let (w, h) = (raw.width, raw.height);
+        for y in 0..h {
+            for x in 0..w {
+                if x < o.border || y < o.border || x + o.border >= w || y + o.border >= h {
+                    raw.data[y * w + x] = 0.0;
+                }
+            }
+        }
+        let distance = raw.gaussian_blur(o.sigma);
         let threshold = match o.threshold {
             Threshold::Fixed(t) => t,
             Threshold::Otsu { floor } => otsu(&distance.data)

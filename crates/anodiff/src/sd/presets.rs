@@ -73,6 +73,7 @@ pub const NAMES: &[&str] = &[
     "tiny-pixel",
     "small",
     "small64",
+    "small64-attn32",
     "sd15",
     "sd15-inpaint",
     "sd2-base",
@@ -88,6 +89,7 @@ impl Preset {
             "tiny-pixel" => tiny_pixel(),
             "small" => small(),
             "small64" => small64(),
+            "small64-attn32" => small64_attn32(),
             "small-inpaint" => inpainting(small(), "small-inpaint", "AnomalySD at CPU scale, 32 px: `small` with a 7-channel input [x_t; mask; masked image]"),
             "small64-inpaint" => inpainting(small64(), "small64-inpaint", "AnomalySD at CPU scale, 64 px: `small64` with a 7-channel input [x_t; mask; masked image]"),
             "sd15" => sd15(),
@@ -324,6 +326,35 @@ fn small64() -> Preset {
         description:
             "CPU training from scratch at 64 px: pixel space, UNet 16/32/64/64, 2-layer CLIP width 64",
         resolution: 64,
+        unet,
+        ..s
+    }
+}
+
+/// `small64` with attention at 32 px too (three of four levels carry transformer blocks, as in
+/// SD-1.5). DualAnoDiff's adapters live in attention layers; in `small64` the finest one is at
+/// 16 px, where a 4-px defect is under one token, and the whole-image branch did not learn the
+/// defect there (BENCHMARKS.md "DualAnoDiff learning at CPU scale").
+fn small64_attn32() -> Preset {
+    let s = small64();
+    let unet = UNetConfig {
+        down_block_types: vec![
+            "DownBlock2D".into(),
+            "CrossAttnDownBlock2D".into(),
+            "CrossAttnDownBlock2D".into(),
+            "CrossAttnDownBlock2D".into(),
+        ],
+        up_block_types: vec![
+            "CrossAttnUpBlock2D".into(),
+            "CrossAttnUpBlock2D".into(),
+            "CrossAttnUpBlock2D".into(),
+            "UpBlock2D".into(),
+        ],
+        ..s.unet
+    };
+    Preset {
+        name: "small64-attn32",
+        description: "DualAnoDiff at CPU scale, 64 px: `small64` with attention at 32, 16 and 8 px (three of four levels, as SD-1.5)",
         unet,
         ..s
     }
