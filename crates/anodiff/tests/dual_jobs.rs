@@ -5,7 +5,9 @@
 mod common;
 
 use anodiff::data::synth::{synth_dataset, SynthOptions};
-use anodiff::dual::generate::{dual_generate, merge_shards, read_manifest, GenerateOptions, Shard};
+use anodiff::dual::generate::{
+    dual_generate, merge_shards, read_manifest, GenerateOptions, ManifestLine, Shard,
+};
 use anodiff::dual::pairs::{PairOptions, Sampling};
 use anodiff::dual::run::{dual_train, DualTrainOptions, PairData};
 use anodiff::dual::{DualConfig, DualModel};
@@ -194,11 +196,7 @@ fn generation_writes_pairs_and_shards_merge_into_one_run() {
         vec![0, 1, 2, 3, 4]
     );
     for l in &lines {
-        let base = if l.accepted {
-            one.clone()
-        } else {
-            one.join("rejected")
-        };
+        let base = sample_dir(&one, l);
         for sub in ["image", "mask", "part"] {
             assert!(base.join(sub).join(format!("{}.png", l.stem)).is_file());
         }
@@ -263,6 +261,15 @@ fn shard_parsing_reads_kubernetes_and_slurm_indices() {
     assert!(Shard::parse_with("x/2", &none).is_err());
 }
 
+/// Where a generated sample's files are: the output folder when accepted, `rejected/` when not.
+fn sample_dir(out: &Path, l: &ManifestLine) -> PathBuf {
+    if l.accepted {
+        out.to_path_buf()
+    } else {
+        out.join("rejected")
+    }
+}
+
 /// Mean |a − b| over the channels, in grey levels.
 fn mean_abs_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
     let s: f64 = a
@@ -280,13 +287,10 @@ fn wholes(out: &Path) -> Vec<(image::RgbImage, Option<String>)> {
         .unwrap()
         .into_iter()
         .map(|l| {
-            let dir = if l.accepted {
-                out.to_path_buf()
-            } else {
-                out.join("rejected")
-            };
-            let img = image::open(dir.join("image").join(format!("{}.png", l.stem)));
-            (img.unwrap().to_rgb8(), l.reference)
+            let path = sample_dir(out, &l)
+                .join("image")
+                .join(format!("{}.png", l.stem));
+            (image::open(path).unwrap().to_rgb8(), l.reference)
         })
         .collect()
 }

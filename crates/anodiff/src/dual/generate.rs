@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
 use crate::io::image::{is_image_file, load_rgb, save_png};
 use crate::io::image_tensor::{rgb_to_tensor, tensor_to_rgb};
+use crate::sd::denoise::partial_start;
 use crate::sd::noise::{NoiseSource, SeededNoise};
 use crate::sd::pipeline::StableDiffusion;
 use crate::sd::scheduler::SchedulerKind;
@@ -245,11 +246,9 @@ pub fn dual_generate(
     let sampling = run.pairs.sampling;
     let size = sampling.size() as usize;
     if let Some(st) = o.init_strength {
-        if !(st > 0.0 && st <= 1.0) {
-            return Err(Error::invalid(format!(
-                "--init-strength must be in (0, 1], got {st}"
-            )));
-        }
+        // Checked before any image is read, with the flag's name; sampling applies the same rule.
+        partial_start(settings.steps, st)
+            .map_err(|e| Error::invalid(format!("--init-strength: {e}")))?;
     }
     // Defect-free images: BCM's references, and the starting images of `--init-strength`.
     let refs = if bcm || o.init_strength.is_some() {
@@ -320,20 +319,28 @@ pub fn dual_generate(
             .collect();
         let mut ref_names = Vec::new();
         let (mut bg_lat, mut init_lat) = (Vec::new(), Vec::new());
+        // The samples of one reference block share its images: read and encode them once.
+        let mut block: Option<(usize, String, Option<Tensor>, Option<Tensor>)> = None;
         for &k in &idx {
-            match &refs {
-                Some(pool) => {
-                    let r = pool.get(k / o.reference_every, o.seed, sampling)?;
-                    if bcm {
-                        bg_lat.push(sd.encode_mean(&rgb_to_tensor(&r.background, &dev)?)?);
-                    }
-                    if o.init_strength.is_some() {
-                        init_lat.push(sd.encode_mean(&rgb_to_tensor(&r.image, &dev)?)?);
-                    }
-                    ref_names.push(Some(r.name));
-                }
-                None => ref_names.push(None),
+            let Some(pool) = &refs else {
+                ref_names.push(None);
+                continue;
+            };
+            let r = k / o.reference_every;
+            if block.as_ref().map(|b| b.0) != Some(r) {
+                let reference = pool.get(r, o.seed, sampling)?;
+                let encode = |img: &RgbImage| sd.encode_mean(&rgb_to_tensor(img, &dev)?);
+                let bg = bcm.then(|| encode(&reference.background)).transpose()?;
+                let init = o
+                    .init_strength
+                    .map(|_| encode(&reference.image))
+                    .transpose()?;
+                block = Some((r, reference.name, bg, init));
             }
+            let (_, name, bg, init) = block.as_ref().expect("set for this block above");
+            bg_lat.extend(bg.clone());
+            init_lat.extend(init.clone());
+            ref_names.push(Some(name.clone()));
         }
         let backgrounds = if bcm {
             Some(Tensor::cat(&bg_lat, 0)?)

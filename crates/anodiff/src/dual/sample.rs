@@ -13,7 +13,7 @@
 use super::model::{DualModel, PART, WHOLE};
 use crate::error::{Error, Result};
 use crate::sd::attention::{ForwardCtx, PassKind};
-use crate::sd::denoise::{denoise, Conditioning, DenoiseOptions, StepInput};
+use crate::sd::denoise::{denoise, partial_start, Conditioning, DenoiseOptions, StepInput};
 use crate::sd::guidance::uses_cfg;
 use crate::sd::noise::NoiseSource;
 use crate::sd::pipeline::StableDiffusion;
@@ -160,12 +160,6 @@ pub fn sample_pairs(
     let (latents, start) = match &init {
         None => ((first * sched.init_noise_sigma())?, 0),
         Some(i) => {
-            if !(i.strength > 0.0 && i.strength <= 1.0) {
-                return Err(Error::invalid(format!(
-                    "DualAnoDiff sampling: init strength must be in (0, 1], got {}",
-                    i.strength
-                )));
-            }
             if i.whole.dims() != [m, c, h, w] || i.part.dims() != [1, c, h, w] {
                 return Err(Error::invalid(format!(
                     "DualAnoDiff sampling: init samples {:?} / {:?} for {m} pairs of [{c}, {h}, {w}]",
@@ -173,16 +167,7 @@ pub fn sample_pairs(
                     i.part.dims()
                 )));
             }
-            // Every scheduler here has order 1: keep the last int(steps·strength) steps, as
-            // `StableDiffusion::inpaint_batch` does.
-            let kept = ((settings.steps as f64 * i.strength) as usize).min(settings.steps);
-            if kept == 0 {
-                return Err(Error::invalid(format!(
-                    "init strength {} keeps none of the {} steps",
-                    i.strength, settings.steps
-                )));
-            }
-            let start = settings.steps - kept;
+            let start = partial_start(settings.steps, i.strength)?;
             let clean = super::pairs::interleave(i.whole, &i.part.repeat((m, 1, 1, 1))?)?;
             let t0 = sched.timesteps()[start];
             (sched.add_noise_at(&clean, &first, &vec![t0; 2 * m])?, start)

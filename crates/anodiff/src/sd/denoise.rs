@@ -257,6 +257,27 @@ pub fn denoise(
     Ok(latents)
 }
 
+/// Where partial denoising (img2img, SDEdit, inpainting at `strength` < 1) starts in
+/// `Scheduler::timesteps()`, as diffusers' `get_timesteps`: a run of `steps` keeps its last
+/// `int(steps · strength)` steps. Every scheduler here has order 1, so the run starts that many
+/// steps before the end of the step count (PNDM's list holds one extra, repeated timestep near its
+/// start, which the offset skips too). Errors for a strength outside (0, 1] or one that keeps no
+/// step (diffusers refuses it too).
+pub fn partial_start(steps: usize, strength: f64) -> Result<usize> {
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(Error::invalid(format!(
+            "strength must be in (0, 1], got {strength}"
+        )));
+    }
+    let kept = ((steps as f64 * strength) as usize).min(steps);
+    if kept == 0 {
+        return Err(Error::invalid(format!(
+            "strength {strength} keeps none of the {steps} steps (int(steps × strength) must be at least 1)"
+        )));
+    }
+    Ok(steps - kept)
+}
+
 /// `x` with `b` rows: as is, or its single row repeated.
 fn per_row(x: &Tensor, b: usize, what: &str) -> Result<Tensor> {
     let rows = x.dims().first().copied().unwrap_or(0);

@@ -5,7 +5,7 @@
 //! [`super::denoise::denoise`]; a recorded PyTorch run therefore replays exactly.
 
 use super::clip::ClipTextModel;
-use super::denoise::{denoise, Conditioning, DenoiseOptions};
+use super::denoise::{denoise, partial_start, Conditioning, DenoiseOptions};
 use super::guidance::uses_cfg;
 use super::model_params::ModelParams;
 use super::noise::NoiseSource;
@@ -320,11 +320,7 @@ impl StableDiffusion {
                 self.unet.in_channels()
             )));
         }
-        if !(strength > 0.0 && strength <= 1.0) {
-            return Err(Error::invalid(format!(
-                "strength must be in (0, 1], got {strength}"
-            )));
-        }
+        let start = partial_start(o.steps, strength)?;
         let (image_dims, mask_dims) = (image.dims(), masks.dims());
         let (ih, iw, b, mh, mw) = match (image_dims, mask_dims) {
             (&[1, 3, ih, iw], &[b, 1, mh, mw]) if b > 0 => (ih, iw, b, mh, mw),
@@ -342,17 +338,6 @@ impl StableDiffusion {
             )));
         }
         let mut sched = self.scheduler(o)?;
-        // diffusers' `get_timesteps`: keep the last int(steps·strength) steps. Every scheduler here
-        // has order 1, so the run starts that many steps before the end of the step count (PNDM's
-        // list holds one extra, repeated timestep near its start, which the offset skips too).
-        let kept = ((o.steps as f64 * strength) as usize).min(o.steps);
-        if kept == 0 {
-            return Err(Error::invalid(format!(
-                "strength {strength} keeps none of the {} steps (int(steps × strength) must be at least 1)",
-                o.steps
-            )));
-        }
-        let start = o.steps - kept;
         let latents = if strength >= 1.0 {
             (noise.draw(&[1, latent_ch, h, w], &self.device)? * sched.init_noise_sigma())?
         } else {
