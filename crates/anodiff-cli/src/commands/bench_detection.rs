@@ -23,8 +23,12 @@ pub struct Args {
     /// Shot draws per count (seeds 0..N).
     #[arg(long, default_value_t = 3)]
     pub seeds: usize,
-    /// Methods (comma-separated): anomalysd, ms, pg, knn.
-    #[arg(long, value_delimiter = ',', default_value = "anomalysd,ms,pg,knn")]
+    /// Methods (comma-separated): anomalysd, ms, pg, knn, brightness (the mean-grey-level control; no model).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "anomalysd,ms,pg,knn,brightness"
+    )]
     pub methods: Vec<Method>,
     /// Output folder: <dataset>/<method>/k<shots>-seed<s>/ runs, summary.md, summary.json.
     #[arg(long, default_value = "bench-detection")]

@@ -117,7 +117,8 @@ pub struct Args {
     #[arg(long)]
     pub category: Option<String>,
     /// Methods (comma-separated): anomalysd, ms (multi-scale only), pg (prototype only), knn
-    /// (nearest-neighbour baseline on the same features). With one method --out is its
+    /// (nearest-neighbour baseline on the same features), brightness (control: mean grey level,
+    /// no model). With one method --out is its
     /// prediction folder; with several, --out/<method>/.
     #[arg(long, value_delimiter = ',', default_value = "anomalysd")]
     pub methods: Vec<Method>,

@@ -93,10 +93,10 @@ pub fn bench_detection(
         let mut keys = Vec::new();
         for (d, &(k, s)) in draw_keys.iter().enumerate() {
             for &m in &o.methods {
-                if m == Method::Ms && d > 0 {
+                if !m.needs_shots() && d > 0 {
                     continue;
                 }
-                let (kk, ss) = if m == Method::Ms { (0, 0) } else { (k, s) };
+                let (kk, ss) = if m.needs_shots() { (k, s) } else { (0, 0) };
                 let root = o
                     .out
                     .join(&name)
@@ -137,7 +137,7 @@ pub fn bench_detection(
                     "name": format!("{name} / {} / {k}-shot / draw {s}", m.name()),
                     "settings": o.settings,
                     "run": o.run,
-                    "shots": if m == Method::Ms { Vec::new() } else { summary.shots[draw_keys.iter().position(|&x| x == (k, s)).unwrap_or(0)].clone() },
+                    "shots": if !m.needs_shots() { Vec::new() } else { summary.shots[draw_keys.iter().position(|&x| x == (k, s)).unwrap_or(0)].clone() },
                     "timings": { "detect_all_methods": detect_secs, "secs_per_image": summary.secs_per_image },
                 }),
             )?;
@@ -185,7 +185,7 @@ pub fn summary_markdown(runs: &[BenchRun]) -> String {
             .iter()
             .filter(|r| r.dataset == ds && r.method == m && r.shots == k)
             .collect();
-        let shots = if m == Method::Ms {
+        let shots = if !m.needs_shots() {
             "–".to_string()
         } else {
             k.to_string()

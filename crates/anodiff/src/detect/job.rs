@@ -32,11 +32,21 @@ pub enum Method {
     Pg,
     /// PatchCore-style nearest-neighbour deviation on the same features (no inpainting).
     Knn,
+    /// Control without a model: the map is each pixel's grey level, the image score the image's
+    /// mean grey level. MTD's defect images are brighter than its good ones
+    /// (`../shared/data/README.md`), so an image-level win must beat this.
+    Brightness,
 }
 
 impl Method {
     /// Every method, in output order.
-    pub const ALL: [Method; 4] = [Method::AnomalySd, Method::Ms, Method::Pg, Method::Knn];
+    pub const ALL: [Method; 5] = [
+        Method::AnomalySd,
+        Method::Ms,
+        Method::Pg,
+        Method::Knn,
+        Method::Brightness,
+    ];
 
     /// Its command-line / folder name.
     pub fn name(self) -> &'static str {
@@ -45,6 +55,7 @@ impl Method {
             Method::Ms => "ms",
             Method::Pg => "pg",
             Method::Knn => "knn",
+            Method::Brightness => "brightness",
         }
     }
 
@@ -52,8 +63,18 @@ impl Method {
         matches!(self, Method::AnomalySd | Method::Ms)
     }
 
-    fn needs_shots(self) -> bool {
-        !matches!(self, Method::Ms)
+    /// Whether its maps depend on the normal shots (those that do not are computed once for
+    /// every shot draw).
+    pub fn needs_shots(self) -> bool {
+        !matches!(self, Method::Ms | Method::Brightness)
+    }
+
+    /// The image score of one of its maps.
+    fn image_score(self, settings: &DetectSettings, map: &[f32]) -> f32 {
+        match self {
+            Method::Brightness => map.iter().sum::<f32>() / map.len().max(1) as f32,
+            _ => settings.score.of(map),
+        }
     }
 }
 
@@ -63,7 +84,11 @@ impl std::str::FromStr for Method {
         Method::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| Error::invalid(format!("unknown method `{s}` (anomalysd, ms, pg, knn)")))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown method `{s}` (anomalysd, ms, pg, knn, brightness)"
+                ))
+            })
     }
 }
 
@@ -146,6 +171,15 @@ fn to_original(map: &[f32], size: usize, h: usize, w: usize) -> Result<Map2> {
 /// The maps of the requested methods (model size) and the inpaintings the prototype branch ran.
 type MethodMaps = (Vec<(Method, Vec<f32>)>, usize);
 
+/// The grey level (0–1, mean of the channels) of `img` resized to `s × s`.
+fn grey_at(img: &RgbImage, s: usize) -> Vec<f32> {
+    let grey: Vec<f32> = img
+        .pixels()
+        .map(|p| (p[0] as f32 + p[1] as f32 + p[2] as f32) / (3.0 * 255.0))
+        .collect();
+    resize_bilinear(&grey, img.height() as usize, img.width() as usize, s, s)
+}
+
 /// The maps of every requested method for one image, at model size.
 fn maps_for(
     det: &Detector,
@@ -177,6 +211,7 @@ fn maps_for(
             Method::Ms => det.combine(&ms.expect("ms computed").map, &zero, 0.0),
             Method::Pg => det.combine(&zero, &pg.as_ref().expect("pg computed").map, 1.0),
             Method::Knn => det.smooth(pg.as_ref().expect("pg computed").deviation.clone()),
+            Method::Brightness => grey_at(img, s),
         };
         out.push((m, map));
     }
@@ -299,7 +334,7 @@ pub fn detect_split_shard(
             let (maps, n) = maps_for(&det, &wanted, ms.as_ref(), banks.get(d), &img)?;
             inpaintings += n;
             for (m, map) in maps {
-                let score = settings.score.of(&map);
+                let score = m.image_score(settings, &map);
                 for (o, wtr) in outputs.iter().zip(writers.iter_mut()) {
                     if o.draw == d && o.method == m {
                         wtr.write(defect, &e.stem, &to_original(&map, size, h, w)?, score)?;
