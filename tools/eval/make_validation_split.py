@@ -1,21 +1,28 @@
 #!/usr/bin/env python3
-# Usage: make_validation_split.py SPLIT.json DATASET_ROOT OUT EVERY  (SPLIT from `anodiff split`)
+# Usage: make_validation_split.py SPLIT.json OUT EVERY   (SPLIT written by `anodiff split`; its
+# "dataset" field names the dataset root, resolved against the current directory if relative)
 """Validation dataset from training material only: test/good = every Nth train/good image
-(sorted), train/good = the rest, test/<type> = the few-shot split's *training* defects."""
+(sorted), train/good = the rest, test/<type> = the few-shot split's *training* defects.
+Files are symlinks to the dataset, which is never copied."""
 import json, os, sys
-split, root, out, every = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+split, out, every = sys.argv[1], sys.argv[2], int(sys.argv[3])
 d = json.load(open(split))
+root = os.path.abspath(d['dataset'])
+
+
+def link(rel, sub):
+    dst = f"{out}/{sub}/{os.path.basename(rel)}"
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    if not os.path.exists(dst):
+        os.symlink(f"{root}/{rel}", dst)
+
+
 goods = sorted(d['train_good'], key=lambda e: e['stem'])
-for sub in ['train/good', 'test/good']:
-    os.makedirs(f'{out}/{sub}', exist_ok=True)
 for i, e in enumerate(goods):
-    sub = 'test/good' if i % every == 0 else 'train/good'
-    dst = f"{out}/{sub}/{os.path.basename(e['image'])}"
-    if not os.path.exists(dst): os.symlink(f"{root}/{e['image']}", dst)
+    link(e['image'], 'test/good' if i % every == 0 else 'train/good')
 for t, v in d['defects'].items():
-    os.makedirs(f'{out}/test/{t}', exist_ok=True); os.makedirs(f'{out}/ground_truth/{t}', exist_ok=True)
     for e in v['train']:
-        for key, sub in [('image', 'test'), ('mask', 'ground_truth')]:
-            dst = f"{out}/{sub}/{t}/{os.path.basename(e[key])}"
-            if not os.path.exists(dst): os.symlink(f"{root}/{e[key]}", dst)
-print(out, sum(1 for i in range(len(goods)) if i % every == 0), 'val good,', sum(len(v['train']) for v in d['defects'].values()), 'val defects')
+        link(e['image'], f'test/{t}')
+        link(e['mask'], f'ground_truth/{t}')
+print(out, len(goods[::every]), 'val good,', sum(len(v['train']) for v in d['defects'].values()), 'val defects')
