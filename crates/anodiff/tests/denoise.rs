@@ -452,3 +452,98 @@ fn pipelines_default_to_the_models_own_size() {
         .to_string();
     assert!(e.contains("keeps none of the 2 steps"), "{e}");
 }
+
+/// Delegates to a real scheduler and records whether each model output reaching `step` still
+/// carries an autograd graph.
+struct Recording {
+    inner: Box<dyn Scheduler>,
+    tracked: Arc<Mutex<Vec<bool>>>,
+}
+
+impl Scheduler for Recording {
+    fn set_timesteps(&mut self, steps: usize) -> anodiff::Result<()> {
+        self.inner.set_timesteps(steps)
+    }
+    fn timesteps(&self) -> &[f64] {
+        self.inner.timesteps()
+    }
+    fn init_noise_sigma(&self) -> f64 {
+        self.inner.init_noise_sigma()
+    }
+    fn scale_model_input(&self, sample: &Tensor, t: f64) -> anodiff::Result<Tensor> {
+        self.inner.scale_model_input(sample, t)
+    }
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        t: f64,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> anodiff::Result<Tensor> {
+        self.tracked.lock().unwrap().push(model_output.track_op());
+        self.inner.step(model_output, t, sample, noise)
+    }
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, t: &[usize]) -> anodiff::Result<Tensor> {
+        self.inner.add_noise(original, noise, t)
+    }
+    fn config(&self) -> &SchedulerConfig {
+        self.inner.config()
+    }
+}
+
+/// With trainable weights the UNet's output carries the graph of its whole forward; PNDM keeps
+/// four past outputs, so without a detach sampling held that many forwards' activations (an MTD
+/// DualAnoDiff generation reached 18 GB and was OOM-killed). Every output the scheduler sees must
+/// be graph-free, and the result must not change.
+#[test]
+fn sampling_with_trainable_weights_keeps_no_autograd_graph() {
+    let cfg = Preset::by_name("tiny").unwrap().unet;
+    let dev = Device::Cpu;
+    let trainable =
+        UNet2DConditionModel::new(&cfg, &Params::fresh(3, &dev).with_trainable(|_| true)).unwrap();
+    let frozen = UNet2DConditionModel::new(&cfg, &Params::fresh(3, &dev)).unwrap();
+    let lat = randn(1, &[1, 4, S, S]);
+    let emb = randn(2, &[1, TOKENS, 64]);
+    let t = Tensor::full(500f32, 1, &dev).unwrap();
+    // The premise: a plain forward through trainable weights is tracked.
+    let direct = trainable
+        .forward(&lat, &t, &emb, &ForwardCtx::default())
+        .unwrap();
+    assert!(
+        direct.track_op(),
+        "a trainable UNet's output should be tracked"
+    );
+
+    let cond = Conditioning::guided(emb.clone(), randn(3, &[1, TOKENS, 64]));
+    let mut outs = Vec::new();
+    for u in [&trainable, &frozen] {
+        let tracked = Arc::new(Mutex::new(Vec::new()));
+        let mut s = Recording {
+            inner: sched(SchedulerKind::Pndm, 4),
+            tracked: tracked.clone(),
+        };
+        let o = DenoiseOptions {
+            guidance: 3.0,
+            ..DenoiseOptions::new(&cond)
+        };
+        let out = denoise(u, &mut s, lat.clone(), o, &mut SeededNoise::new(4)).unwrap();
+        let seen = tracked.lock().unwrap().clone();
+        assert!(seen.len() >= 4, "PNDM stepped {} times", seen.len());
+        assert!(
+            seen.iter().all(|&t| !t),
+            "the scheduler saw tracked model outputs: {seen:?}"
+        );
+        assert!(!out.track_op());
+        outs.push(out);
+    }
+    // Same weights (same seed), so detaching must not change a single value.
+    let d = (&outs[0] - &outs[1])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(d, 0.0, "trainable and frozen weights sampled differently");
+}

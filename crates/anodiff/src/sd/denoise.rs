@@ -128,7 +128,8 @@ impl<'a> DenoiseOptions<'a> {
 /// scheduler that has not stepped since) from `o.start` to the end, and returns the final latents
 /// `[B, C, h, w]`. The latents must already be at the noise level of the first step visited
 /// (`init_noise_sigma`-scaled noise for a full run). Step noise is drawn from `noise` exactly when
-/// diffusers draws it.
+/// diffusers draws it. Sampling records no gradient: every UNet output is detached before the
+/// scheduler sees it, so trainable weights cost no more memory than frozen ones after a step.
 pub fn denoise(
     unet: &UNet2DConditionModel,
     sched: &mut dyn Scheduler,
@@ -236,7 +237,11 @@ pub fn denoise(
                 ctx: &ctx,
             })?;
         }
-        let mut pred = unet.forward(&inp, &tt, &embeds, &ctx)?;
+        // Detached at once: with trainable weights (LoRA, SAIM, BCM, a model being trained) the
+        // output carries the autograd graph of the whole forward, and of a reference pass fused
+        // into it; schedulers that keep past outputs (PNDM keeps four) would hold that many
+        // forwards' activations alive (18 GB for a 64-px DualAnoDiff batch of 8 pairs).
+        let mut pred = unet.forward(&inp, &tt, &embeds, &ctx)?.detach();
         if cfg {
             pred = apply_cfg(&pred, o.guidance)?;
         }
@@ -245,8 +250,7 @@ pub fn denoise(
         } else {
             None
         };
-        // Sampling never back-propagates: without the detach, trainable weights (LoRA, SAIM, …)
-        // would keep every step's activations alive through the autograd graph (gigabytes).
+        // Sampling never back-propagates: the next step's input carries no graph either.
         latents = sched
             .step(&pred, t, &latents, step_noise.as_ref())?
             .detach();
