@@ -48,7 +48,11 @@ pub struct Args {
     /// Pairs per denoising batch (keep it the same across the shards of one run).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Switch BCM's reference image every N samples.
+    /// Switch BCM's reference image every N samples (the paper: 50, for 500 samples). A block's
+    /// samples share their reference (and, with --init-strength, their starting image), and the
+    /// reference order depends only on --seed, so runs for several defect types at one seed share
+    /// their references too: for a few dozen samples, lower it (e.g. to --batch) to get more than
+    /// one background.
     #[arg(long, default_value_t = 50)]
     pub reference_every: usize,
     /// Accepted mask areas: [smallest / F, largest × F] of the training masks.
