@@ -1,8 +1,9 @@
 //! The public denoising loop (`sd::denoise`) on small random-weight UNets: a batch of different
 //! rows gives what each row gives alone (with and without guidance, with extra channels and a
 //! partial start), the CFG row layout reaches attention processors as documented, the step hook
-//! sees every UNet call and can run a reference pass, bad input is a clear error, and the
-//! pipelines' default size comes from the model.
+//! sees every UNet call and can run a reference pass, bad input is a clear error, the
+//! pipelines' default size comes from the model, and sampling through trainable weights keeps no
+//! autograd graph.
 
 mod common;
 use anodiff::nn::Params;
