@@ -14,7 +14,7 @@ root = os.path.abspath(d['dataset'])
 def link(rel, sub):
     dst = f"{out}/{sub}/{os.path.basename(rel)}"
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if not os.path.exists(dst):
+    if not os.path.lexists(dst):  # a link left by an earlier run, even one whose target moved
         os.symlink(f"{root}/{rel}", dst)
 
 

@@ -15,7 +15,7 @@ use anodiff::sd::scheduler::{make_scheduler, Scheduler, SchedulerConfig, Schedul
 use anodiff::sd::unet::{UNet2DConditionModel, UNetConfig};
 use anodiff::sd::{denoise, Conditioning, DenoiseOptions, StepInput};
 use candle_core::{Device, Tensor};
-use common::rel;
+use common::{max_diff, rel};
 use std::sync::{Arc, Mutex};
 
 /// Latent side of the test runs (the tiny preset's UNet takes any size).
@@ -538,13 +538,6 @@ fn sampling_with_trainable_weights_keeps_no_autograd_graph() {
         outs.push(out);
     }
     // Same weights (same seed), so detaching must not change a single value.
-    let d = (&outs[0] - &outs[1])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_diff(&outs[0], &outs[1]);
     assert_eq!(d, 0.0, "trainable and frozen weights sampled differently");
 }
