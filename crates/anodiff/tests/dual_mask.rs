@@ -1,6 +1,7 @@
 //! Masks from generated part images, on hand-made part images: a grey image with a blob gives the
 //! blob, noise specks go, Otsu splits a bimodal histogram between the modes, and failed pairs
-//! (empty, not flat, area out of range) are rejected with the right reason.
+//! (empty, not flat, area out of range) are rejected with the right reason, and the judge skips the
+//! edge ring the extractor skips.
 
 use anodiff::data::mask_ops::{otsu, BinaryMask};
 use anodiff::dual::mask::{
@@ -206,4 +207,34 @@ fn an_off_grey_frame_at_the_edge_stays_out_of_the_mask() {
     .unwrap();
     assert_eq!(framed.get_pixel(0, 40)[0], 255);
     assert!(iou(&framed, &truth) < 0.9);
+}
+
+#[test]
+fn the_judge_skips_the_edge_ring_the_extractor_skips() {
+    // A good part (blob on grey, 4 levels of offset noise) whose outermost ring is white: the
+    // padding artefact of small UNets. The extractor leaves the ring out of the mask, so the judge
+    // must not reject the pair for it; counted, the ring alone lifts the mean distance above 6.
+    let (mut img, truth) = blob_part([30, 30, 30]);
+    let (w, h) = img.dimensions();
+    for y in 0..h {
+        for x in 0..w {
+            if x == 0 || y == 0 || x == w - 1 || y == h - 1 {
+                img.put_pixel(x, y, Rgb([255, 255, 255]));
+            } else if *img.get_pixel(x, y) == GREY {
+                img.put_pixel(x, y, Rgb([132, 132, 132]));
+            }
+        }
+    }
+    let m = DistanceMask::default().extract(&img).unwrap();
+    assert!(iou(&m, &truth) >= 0.95);
+    let opts = RejectOptions::default();
+    assert_eq!(opts.border, DistanceMaskOptions::default().border);
+    assert_eq!(judge(&img, &m, &opts).unwrap(), Verdict::Accepted);
+    let counted = RejectOptions { border: 0, ..opts };
+    match judge(&img, &m, &counted).unwrap() {
+        Verdict::Rejected(Reason::PartNotFlat {
+            outside_mean_distance,
+        }) => assert!(outside_mean_distance > 6.0, "{outside_mean_distance}"),
+        v => panic!("expected PartNotFlat with the ring counted, got {v:?}"),
+    }
 }

@@ -263,11 +263,12 @@ pub fn dual_generate(
     };
     let (_, sampler) = open_pairs(&run)?;
     let area = AreaRange::from_areas(&training_mask_areas(&sampler, run.seed)?, o.area_tolerance)?;
+    let extractor = DistanceMask::new(DistanceMaskOptions::default());
     let reject = RejectOptions {
         area: Some(area),
+        border: extractor.options().border,
         ..RejectOptions::default()
     };
-    let extractor = DistanceMask::new(DistanceMaskOptions::default());
     let text = PairText::encode(&sd, &model, &settings.negative_prompt)?;
     let zero = zero_reference(&sd, size)?;
     let described = format!(

@@ -19,7 +19,7 @@
 //! [`judge`] rejects pairs the generator got wrong, with a [`Reason`]: an empty mask; an area
 //! outside the range the real training masks span ([`AreaRange`], with a tolerance factor); or a
 //! part image that is not grey outside its mask (the part branch drew more than the defect, so
-//! the mask cannot be trusted).
+//! the mask cannot be trusted). "Outside" skips the same edge ring the extractor treats as fill.
 
 use crate::data::mask_ops::{otsu, BinaryMask, ScalarMap};
 use crate::error::{Error, Result};
@@ -113,7 +113,7 @@ impl DistanceMask {
         let (w, h) = (raw.width, raw.height);
         for y in 0..h {
             for x in 0..w {
-                if x < o.border || y < o.border || x + o.border >= w || y + o.border >= h {
+                if near_edge(x, y, w, h, o.border) {
                     raw.data[y * w + x] = 0.0;
                 }
             }
@@ -142,6 +142,11 @@ impl MaskExtractor for DistanceMask {
     fn extract(&self, part: &RgbImage) -> Result<GrayImage> {
         Ok(self.extract_detailed(part)?.mask)
     }
+}
+
+/// Whether pixel (x, y) of a `w`×`h` image lies within `border` pixels of its edge.
+fn near_edge(x: usize, y: usize, w: usize, h: usize, border: usize) -> bool {
+    x < border || y < border || x + border >= w || y + border >= h
 }
 
 /// Per-pixel distance of `img` from the grey `fill`: Euclidean over RGB / √3, in grey levels.
@@ -265,6 +270,10 @@ pub struct RejectOptions {
     pub outside_margin: usize,
     /// The part image's fill grey, 0–255.
     pub fill: f32,
+    /// Pixels this close to the image edge are not counted: the same ring
+    /// [`DistanceMaskOptions::border`] treats as fill, so that the padding artefact the extractor
+    /// ignores does not reject the pair either (keep the two equal).
+    pub border: usize,
 }
 
 impl Default for RejectOptions {
@@ -274,6 +283,7 @@ impl Default for RejectOptions {
             max_outside_distance: 6.0,
             outside_margin: 2,
             fill: 127.5,
+            border: DistanceMaskOptions::default().border,
         }
     }
 }
@@ -294,9 +304,17 @@ pub fn judge(part: &RgbImage, mask: &GrayImage, opts: &RejectOptions) -> Result<
     if count == 0 {
         return Ok(Verdict::Rejected(Reason::EmptyMask));
     }
-    let near = m.dilated(opts.outside_margin);
+    let mut ignored = m.dilated(opts.outside_margin);
+    let (w, h) = (ignored.width, ignored.height);
+    for y in 0..h {
+        for x in 0..w {
+            if near_edge(x, y, w, h, opts.border) {
+                ignored.data[y * w + x] = true;
+            }
+        }
+    }
     let dist = distance_map(part, opts.fill);
-    if let Some(outside) = dist.mean_where(&near, false) {
+    if let Some(outside) = dist.mean_where(&ignored, false) {
         if outside > opts.max_outside_distance {
             return Ok(Verdict::Rejected(Reason::PartNotFlat {
                 outside_mean_distance: outside,
