@@ -1,12 +1,12 @@
 //! The DualAnoDiff jobs end to end on a tiny pixel-space model and a synthetic category: exact
 //! resume, the run folder loading back to the trained state, generation outputs and their
-//! manifest, and shards that merge into exactly what one run writes.
+//! manifest, shards that merge into exactly what one run writes, and re-judging a folder in place.
 
 mod common;
 
 use anodiff::data::synth::{synth_dataset, SynthOptions};
 use anodiff::dual::generate::{
-    dual_generate, merge_shards, read_manifest, GenerateOptions, ManifestLine, Shard,
+    dual_generate, merge_shards, read_manifest, rejudge, GenerateOptions, ManifestLine, Shard,
 };
 use anodiff::dual::pairs::{PairOptions, Sampling};
 use anodiff::dual::run::{dual_train, DualTrainOptions, PairData};
@@ -227,6 +227,62 @@ fn generation_writes_pairs_and_shards_merge_into_one_run() {
             k.display()
         );
     }
+
+    // Re-judging with unchanged rules changes nothing, byte for byte.
+    let r2 = rejudge(&o.out, &one, g.area_tolerance).unwrap();
+    assert_eq!((r2.attempted, r2.accepted), (r.attempted, r.accepted));
+    assert!(
+        files(&one) == a,
+        "a re-judge with the same rules changed files"
+    );
+    // A pair an older rule let through (here: a flat grey part, filed as accepted), left half
+    // moved by an interrupted re-judge (its image still under rejected/): it goes back to
+    // rejected/ with its reason, and the counts follow.
+    let l = &lines[0];
+    let name = format!("{}.png", l.stem);
+    let from = sample_dir(&one, l);
+    for sub in ["mask", "part", "image"] {
+        let to = match sub {
+            "image" => one.join("rejected").join(sub),
+            _ => one.join(sub),
+        };
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::rename(from.join(sub).join(&name), to.join(&name)).unwrap();
+    }
+    let flat = image::RgbImage::from_pixel(32, 32, image::Rgb([128, 128, 128]));
+    flat.save(one.join("part").join(&name)).unwrap();
+    let mut edited = read_manifest(&one.join("manifest.jsonl")).unwrap();
+    edited[0].accepted = true;
+    edited[0].rejected = None;
+    let text: String = edited
+        .iter()
+        .map(|l| serde_json::to_string(l).unwrap() + "\n")
+        .collect();
+    std::fs::write(one.join("manifest.jsonl"), text).unwrap();
+    let r3 = rejudge(&o.out, &one, g.area_tolerance).unwrap();
+    let after = read_manifest(&one.join("manifest.jsonl")).unwrap();
+    assert!(!after[0].accepted);
+    assert_eq!(after[0].rejected.as_deref(), Some("empty mask"));
+    assert_eq!(after[0].mask_area, 0.0);
+    for sub in ["mask", "part", "image"] {
+        assert!(
+            one.join("rejected").join(sub).join(&name).is_file(),
+            "{sub}"
+        );
+        assert!(
+            !one.join(sub).join(&name).exists(),
+            "{sub} left among the accepted"
+        );
+    }
+    assert_eq!(r3.attempted, 5);
+    assert_eq!(r3.accepted, after.iter().filter(|l| l.accepted).count());
+    assert_eq!(after[1..], lines[1..], "the other samples' lines changed");
+    // A sample whose files are gone is an error naming it.
+    std::fs::remove_file(one.join("rejected").join("part").join(&name)).unwrap();
+    let e = rejudge(&o.out, &one, g.area_tolerance)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&format!("part/{name}")), "{e}");
     std::fs::remove_dir_all(&root).ok();
 }
 

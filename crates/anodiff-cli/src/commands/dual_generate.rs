@@ -1,7 +1,9 @@
 //! `anodiff dual-generate`: defect images with pixel-aligned masks from a `dual-train` run.
 
 use crate::progress::bar;
-use anodiff::dual::generate::{dual_generate, merge_shards, GenerateOptions, Shard};
+use anodiff::dual::generate::{
+    dual_generate, merge_shards, rejudge, GenerateOptions, GenerateReport, Shard,
+};
 use anodiff::sd::scheduler::SchedulerKind;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -70,6 +72,11 @@ pub struct Args {
     /// Merge the manifests of N shards already in --out into manifest.jsonl, then stop.
     #[arg(long)]
     pub merge_shards: Option<usize>,
+    /// Do not sample: re-apply the mask extraction and checks (with this --area-tolerance) to the
+    /// pairs already in --out, moving them between accepted and rejected/ and rewriting
+    /// manifest.jsonl — after an upgrade changed the checks, or to try another tolerance.
+    #[arg(long, conflicts_with_all = ["merge_shards", "shard"])]
+    pub rejudge: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -103,6 +110,12 @@ pub fn run(a: Args) -> Result<()> {
         init_strength: a.init_strength,
     };
     let run = a.run.expect("clap requires --run");
+    if a.rejudge {
+        let r = rejudge(&run, &a.out, a.area_tolerance)?;
+        print_counts(&r);
+        println!("rewrote {}", a.out.join("manifest.jsonl").display());
+        return Ok(());
+    }
     let pb = bar(a.n as u64, "dual-generate");
     let pb2 = pb.clone();
     let r = dual_generate(&run, &o, &a.out, move |done, total| {
@@ -110,10 +123,14 @@ pub fn run(a: Args) -> Result<()> {
         pb2.set_position(done as u64);
     })?;
     pb.finish_and_clear();
+    print_counts(&r);
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
+fn print_counts(r: &GenerateReport) {
     println!(
         "{} attempted, {} accepted; rejected: {} empty mask, {} area out of range, {} part not flat; {:.2} s per sample",
         r.attempted, r.accepted, r.rejected_empty, r.rejected_area, r.rejected_not_flat, r.secs_per_sample
     );
-    println!("wrote {}", a.out.display());
-    Ok(())
 }

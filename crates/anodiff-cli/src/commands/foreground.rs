@@ -5,6 +5,7 @@
 use anodiff::data::foreground::{
     black_out_foreground, ClassicalForeground, ForegroundSpec, FOREGROUND_SPECS,
 };
+use anodiff::data::mask_ops::area_fraction;
 use anodiff::data::mvtec::{MvtecDataset, OnBadFile, Sample};
 use anyhow::{bail, Context, Result};
 use image::imageops::{self, FilterType};
@@ -134,7 +135,7 @@ pub fn run(a: Args) -> Result<()> {
             }
             None => (estimator.estimate(&img, Some(&s.path))?, String::new()),
         };
-        let share = mask.iter().filter(|&&v| v >= 128).count() as f64 / mask.len().max(1) as f64;
+        let share = area_fraction(&mask);
         println!(
             "{:>5.1} % foreground  {}  {note}",
             100.0 * share,

@@ -134,6 +134,11 @@ impl ScalarMap {
     }
 }
 
+/// Share of a mask's pixels that are set (value ≥ 128), in [0, 1]; 0 for an empty image.
+pub fn area_fraction(mask: &GrayImage) -> f64 {
+    mask.iter().filter(|&&v| v >= 128).count() as f64 / mask.len().max(1) as f64
+}
+
 /// Otsu's split of a set of values.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Otsu {

@@ -11,7 +11,8 @@
 //! Sample `k` (stem `k` zero-padded to 6 digits) depends only on the run, the settings, `seed`
 //! and `k`: its noise comes from its own stream, and batches are fixed blocks of the global index
 //! range (`[b·batch, (b+1)·batch)`), so shards — which take whole blocks — compute every sample
-//! exactly as an unsharded run does, byte for byte.
+//! exactly as an unsharded run does, byte for byte. [`rejudge`] re-applies the checks to a folder
+//! without sampling again.
 
 use super::mask::{
     judge, AreaRange, DistanceMask, DistanceMaskOptions, MaskExtractor, Reason, RejectOptions,
@@ -24,6 +25,7 @@ use super::run::{
 };
 use super::sample::{sample_pairs, Backbone, InitLatents, PairText, References, SampleSettings};
 use crate::data::foreground::{black_out_foreground, ForegroundSpec};
+use crate::data::mask_ops::area_fraction;
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
 use crate::io::image::{is_image_file, load_rgb, save_png};
@@ -121,7 +123,7 @@ pub struct ManifestLine {
 }
 
 /// What a generation run reports.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct GenerateReport {
     /// Samples attempted by this shard.
     pub attempted: usize,
@@ -135,6 +137,51 @@ pub struct GenerateReport {
     pub rejected_not_flat: usize,
     /// Seconds per sample (wall time / attempted).
     pub secs_per_sample: f64,
+}
+
+impl GenerateReport {
+    /// Counts one attempted sample's verdict; returns the rejection reason as the manifest
+    /// writes it (`None` when accepted).
+    fn count(&mut self, verdict: &Verdict) -> Option<String> {
+        self.attempted += 1;
+        match verdict {
+            Verdict::Accepted => {
+                self.accepted += 1;
+                None
+            }
+            Verdict::Rejected(r) => {
+                match r {
+                    Reason::EmptyMask => self.rejected_empty += 1,
+                    Reason::AreaOutOfRange { .. } => self.rejected_area += 1,
+                    Reason::PartNotFlat { .. } => self.rejected_not_flat += 1,
+                }
+                Some(r.to_string())
+            }
+        }
+    }
+}
+
+/// The mask extractor and the rejection checks of a run: the area range spans its training
+/// masks (at the geometry it was trained on) widened by `area_tolerance`.
+fn checks(run: &DualTrainOptions, area_tolerance: f64) -> Result<(DistanceMask, RejectOptions)> {
+    let (_, sampler) = open_pairs(run)?;
+    let area = AreaRange::from_areas(&training_mask_areas(&sampler, run.seed)?, area_tolerance)?;
+    let extractor = DistanceMask::new(DistanceMaskOptions::default());
+    let reject = RejectOptions {
+        area: Some(area),
+        border: extractor.options().border,
+        ..RejectOptions::default()
+    };
+    Ok((extractor, reject))
+}
+
+/// Where a pair's files live: `out` when accepted, `out/rejected` when not.
+fn pair_dir(out: &Path, accepted: bool) -> PathBuf {
+    if accepted {
+        out.to_path_buf()
+    } else {
+        out.join("rejected")
+    }
 }
 
 /// BCM reference images: defect-free images and their backgrounds (foreground blacked out),
@@ -261,14 +308,7 @@ pub fn dual_generate(
     } else {
         None
     };
-    let (_, sampler) = open_pairs(&run)?;
-    let area = AreaRange::from_areas(&training_mask_areas(&sampler, run.seed)?, o.area_tolerance)?;
-    let extractor = DistanceMask::new(DistanceMaskOptions::default());
-    let reject = RejectOptions {
-        area: Some(area),
-        border: extractor.options().border,
-        ..RejectOptions::default()
-    };
+    let (extractor, reject) = checks(&run, o.area_tolerance)?;
     let text = PairText::encode(&sd, &model, &settings.negative_prompt)?;
     let zero = zero_reference(&sd, size)?;
     let described = format!(
@@ -301,14 +341,7 @@ pub fn dual_generate(
         .map(|b| (o.n - b * o.batch).min(o.batch))
         .sum();
     let mut lines = Vec::new();
-    let mut report = GenerateReport {
-        attempted: 0,
-        accepted: 0,
-        rejected_empty: 0,
-        rejected_area: 0,
-        rejected_not_flat: 0,
-        secs_per_sample: 0.0,
-    };
+    let mut report = GenerateReport::default();
     let t0 = std::time::Instant::now();
     progress(0, total);
     for b in blocks {
@@ -379,22 +412,10 @@ pub fn dual_generate(
             let stem = format!("{k:06}");
             let (whole, part) = (&pair[0], &pair[1]);
             let mask = extractor.extract(part)?;
-            let area = mask.iter().filter(|&&v| v >= 128).count() as f64 / mask.len() as f64;
+            let area = area_fraction(&mask);
             let verdict = judge(part, &mask, &reject)?;
-            let (dir, why) = match &verdict {
-                Verdict::Accepted => {
-                    report.accepted += 1;
-                    (out.to_path_buf(), None)
-                }
-                Verdict::Rejected(r) => {
-                    match r {
-                        Reason::EmptyMask => report.rejected_empty += 1,
-                        Reason::AreaOutOfRange { .. } => report.rejected_area += 1,
-                        Reason::PartNotFlat { .. } => report.rejected_not_flat += 1,
-                    }
-                    (out.join("rejected"), Some(r.to_string()))
-                }
-            };
+            let why = report.count(&verdict);
+            let dir = pair_dir(out, why.is_none());
             save_png(&dir.join("image").join(format!("{stem}.png")), whole)?;
             save_png(&dir.join("part").join(format!("{stem}.png")), part)?;
             save_png(
@@ -411,12 +432,68 @@ pub fn dual_generate(
                 rejected: why,
                 settings: described.clone(),
             });
-            report.attempted += 1;
         }
         progress(report.attempted, total);
     }
     report.secs_per_sample = t0.elapsed().as_secs_f64() / report.attempted.max(1) as f64;
     write_manifest(&out.join(manifest_name(&o.shard)), &lines)?;
+    Ok(report)
+}
+
+/// Re-applies the current mask extraction and checks to the pairs already in `out` (a merged
+/// `dual-generate` folder), without sampling again: after an upgrade that changed the checks, or
+/// to try another `area_tolerance`. Each pair's mask is extracted again from its part image, its
+/// files move between `out` and `out/rejected` as the new verdict says, and `manifest.jsonl` is
+/// rewritten (atomically, last). Files are looked up in both places, so an interrupted re-judge
+/// can simply be run again. Errors name a missing file; nothing is deleted but a replaced mask.
+pub fn rejudge(run_dir: &Path, out: &Path, area_tolerance: f64) -> Result<GenerateReport> {
+    let run = read_run(run_dir)?;
+    let (extractor, reject) = checks(&run, area_tolerance)?;
+    let manifest = out.join(MANIFEST);
+    let mut lines = read_manifest(&manifest)?;
+    let mut report = GenerateReport::default();
+    let t0 = std::time::Instant::now();
+    let find = |sub: &str, stem: &str| -> Result<PathBuf> {
+        let name = format!("{stem}.png");
+        [true, false]
+            .iter()
+            .map(|&acc| pair_dir(out, acc).join(sub).join(&name))
+            .find(|p| p.exists())
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{}: sample {stem} of the manifest has no {sub}/{name} (neither accepted nor rejected)",
+                    out.display()
+                ))
+            })
+    };
+    for line in &mut lines {
+        let (part_path, image_path) = (find("part", &line.stem)?, find("image", &line.stem)?);
+        let part = load_rgb(&part_path)?;
+        let mask = extractor.extract(&part)?;
+        let why = report.count(&judge(&part, &mask, &reject)?);
+        let dir = pair_dir(out, why.is_none());
+        for sub in ["image", "mask", "part"] {
+            let d = dir.join(sub);
+            std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        }
+        let name = format!("{}.png", line.stem);
+        save_png(&dir.join("mask").join(&name), &grey_to_rgb(&mask))?;
+        for (from, sub) in [(part_path, "part"), (image_path, "image")] {
+            let to = dir.join(sub).join(&name);
+            if from != to {
+                std::fs::rename(&from, &to).map_err(|e| Error::io(&from, e))?;
+            }
+        }
+        let stale = pair_dir(out, why.is_some()).join("mask").join(&name);
+        if stale.exists() {
+            std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
+        }
+        line.mask_area = area_fraction(&mask);
+        line.accepted = why.is_none();
+        line.rejected = why;
+    }
+    report.secs_per_sample = t0.elapsed().as_secs_f64() / report.attempted.max(1) as f64;
+    write_manifest(&manifest, &lines)?;
     Ok(report)
 }
 

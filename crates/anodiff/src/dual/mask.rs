@@ -21,7 +21,7 @@
 //! part image that is not grey outside its mask (the part branch drew more than the defect, so
 //! the mask cannot be trusted). "Outside" skips the same edge ring the extractor treats as fill.
 
-use crate::data::mask_ops::{otsu, BinaryMask, ScalarMap};
+use crate::data::mask_ops::{area_fraction, otsu, BinaryMask, ScalarMap};
 use crate::error::{Error, Result};
 use image::{GrayImage, RgbImage};
 
@@ -173,10 +173,7 @@ impl AreaRange {
     /// (e.g. drawn from the `PairSampler`): a `DefectCrop` window holds a larger share of defect
     /// than the whole image. Errors when `tolerance` < 1 or no mask has a defect pixel.
     pub fn from_training_masks(masks: &[GrayImage], tolerance: f64) -> Result<Self> {
-        let areas: Vec<f64> = masks
-            .iter()
-            .map(|m| m.iter().filter(|&&v| v >= 128).count() as f64 / m.len().max(1) as f64)
-            .collect();
+        let areas: Vec<f64> = masks.iter().map(area_fraction).collect();
         Self::from_areas(&areas, tolerance)
     }
 

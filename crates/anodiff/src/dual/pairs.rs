@@ -34,6 +34,7 @@
 use crate::data::augment::{apply_params, AugmentOptions, AugmentParams, Augmenter};
 use crate::data::foreground::ForegroundEstimator;
 use crate::data::mask_folder::MaskFolder;
+use crate::data::mask_ops::area_fraction;
 use crate::data::split::SplitManifest;
 use crate::error::{Error, Result};
 use crate::io::image::IMAGE_EXTENSIONS;
@@ -267,7 +268,7 @@ impl PairSet {
     pub fn mask_areas(&self) -> Vec<f64> {
         self.examples
             .iter()
-            .map(|e| fraction_set(&e.mask))
+            .map(|e| area_fraction(&e.mask))
             .collect()
     }
 }
@@ -679,10 +680,6 @@ fn binarise(m: &mut GrayImage) {
     for v in m.iter_mut() {
         *v = if *v >= 128 { 255 } else { 0 };
     }
-}
-
-fn fraction_set(m: &GrayImage) -> f64 {
-    m.iter().filter(|&&v| v >= 128).count() as f64 / m.len().max(1) as f64
 }
 
 /// `img` resized to `dims` with `filter` (a copy when already that size).
