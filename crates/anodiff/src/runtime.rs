@@ -49,7 +49,7 @@ pub fn set_thread_count(threads: Option<usize>) {
 /// candle's backward walks the graph recursively, so workers get the main thread's room and more.
 const WORKER_STACK: usize = 64 << 20;
 
-/// Runs `f` on a worker thread of the global pool (built here with [`WORKER_STACK`]-sized stacks
+/// Runs `f` on a worker thread of the global pool (built here with `WORKER_STACK`-sized stacks
 /// and the count of [`set_thread_count`]) and returns its result.
 ///
 /// Why: a parallel op called from a thread outside the pool is injected into the pool and the

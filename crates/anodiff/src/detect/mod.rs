@@ -15,7 +15,7 @@
 //! - [`prototypes`]: the shots' patch prototypes and nearest-prototype distances;
 //! - [`infer`]: the detector — multi-scale masks, prototype-guided mask, their combination;
 //! - [`job`]: detection over a split (prediction format, shot draws, ablations, kNN) or a folder;
-//! - [`bench`]: `bench detection` — detect + `evaluate` over datasets, shot counts and draws.
+//! - [`bench`](mod@bench): `bench detection` — detect + `evaluate` over datasets, shot counts and draws.
 
 pub mod bench;
 pub mod distance;

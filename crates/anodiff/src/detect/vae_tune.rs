@@ -243,7 +243,7 @@ fn sobel(d: &Tensor) -> Result<(Tensor, Tensor)> {
 }
 
 /// The weight-free "gradient" term: `mean|G_x(x̂) − G_x(x)| + mean|G_y(x̂) − G_y(x)|` with the
-/// Sobel operators of [`sobel`] (per channel, valid interior, ÷ 8). Differentiable in both
+/// Sobel operators of `sobel` (per channel, valid interior, ÷ 8). Differentiable in both
 /// arguments; works in the inputs' dtype.
 pub fn gradient_l1(x: &Tensor, x_hat: &Tensor) -> Result<Tensor> {
     if x.dims() != x_hat.dims() {
