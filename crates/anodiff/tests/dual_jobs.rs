@@ -6,7 +6,8 @@ mod common;
 
 use anodiff::data::synth::{synth_dataset, SynthOptions};
 use anodiff::dual::generate::{
-    dual_generate, merge_shards, read_manifest, rejudge, GenerateOptions, ManifestLine, Shard,
+    dual_generate, merge_shards, read_manifest, rejudge, CheckOptions, GenerateOptions,
+    ManifestLine, Shard,
 };
 use anodiff::dual::pairs::{PairOptions, Sampling};
 use anodiff::dual::run::{dual_train, DualTrainOptions, PairData};
@@ -187,7 +188,7 @@ fn generation_writes_pairs_and_shards_merge_into_one_run() {
     let r = dual_generate(&o.out, &g, &one, |_, _| {}).unwrap();
     assert_eq!(r.attempted, 5);
     assert_eq!(
-        r.accepted + r.rejected_empty + r.rejected_area + r.rejected_not_flat,
+        r.accepted + r.rejected_empty + r.rejected_area + r.rejected_not_flat + r.rejected_faint,
         5
     );
     let lines = read_manifest(&one.join("manifest.jsonl")).unwrap();
@@ -229,12 +230,30 @@ fn generation_writes_pairs_and_shards_merge_into_one_run() {
     }
 
     // Re-judging with unchanged rules changes nothing, byte for byte.
-    let r2 = rejudge(&o.out, &one, g.area_tolerance).unwrap();
+    let r2 = rejudge(&o.out, &one, &g.checks).unwrap();
     assert_eq!((r2.attempted, r2.accepted), (r.attempted, r.accepted));
     assert!(
         files(&one) == a,
         "a re-judge with the same rules changed files"
     );
+    // Stricter rules move pairs out, the old ones bring them back exactly.
+    let strict = CheckOptions {
+        min_contrast_share: 100.0,
+        ..g.checks
+    };
+    let rs = rejudge(&o.out, &one, &strict).unwrap();
+    assert_eq!(rs.accepted, 0);
+    assert!(rs.rejected_faint >= r.accepted);
+    rejudge(&o.out, &one, &g.checks).unwrap();
+    assert!(
+        files(&one) == a,
+        "a round trip through stricter rules changed files"
+    );
+    let bad = CheckOptions {
+        min_contrast_share: -1.0,
+        ..g.checks
+    };
+    assert!(rejudge(&o.out, &one, &bad).is_err());
     // A pair an older rule let through (here: a flat grey part, filed as accepted), left half
     // moved by an interrupted re-judge (its image still under rejected/): it goes back to
     // rejected/ with its reason, and the counts follow.
@@ -259,7 +278,7 @@ fn generation_writes_pairs_and_shards_merge_into_one_run() {
         .map(|l| serde_json::to_string(l).unwrap() + "\n")
         .collect();
     std::fs::write(one.join("manifest.jsonl"), text).unwrap();
-    let r3 = rejudge(&o.out, &one, g.area_tolerance).unwrap();
+    let r3 = rejudge(&o.out, &one, &g.checks).unwrap();
     let after = read_manifest(&one.join("manifest.jsonl")).unwrap();
     assert!(!after[0].accepted);
     assert_eq!(after[0].rejected.as_deref(), Some("empty mask"));
@@ -279,9 +298,7 @@ fn generation_writes_pairs_and_shards_merge_into_one_run() {
     assert_eq!(after[1..], lines[1..], "the other samples' lines changed");
     // A sample whose files are gone is an error naming it.
     std::fs::remove_file(one.join("rejected").join("part").join(&name)).unwrap();
-    let e = rejudge(&o.out, &one, g.area_tolerance)
-        .unwrap_err()
-        .to_string();
+    let e = rejudge(&o.out, &one, &g.checks).unwrap_err().to_string();
     assert!(e.contains(&format!("part/{name}")), "{e}");
     std::fs::remove_dir_all(&root).ok();
 }

@@ -1,12 +1,12 @@
 //! Masks from generated part images, on hand-made part images: a grey image with a blob gives the
 //! blob, noise specks go, Otsu splits a bimodal histogram between the modes, and failed pairs
-//! (empty, not flat, area out of range) are rejected with the right reason, and the judge skips the
-//! edge ring the extractor skips.
+//! (empty, not flat, too faint, area out of range) are rejected with the right reason, and the judge
+//! skips the edge ring the extractor skips.
 
 use anodiff::data::mask_ops::{otsu, BinaryMask};
 use anodiff::dual::mask::{
-    judge, AreaRange, DistanceMask, DistanceMaskOptions, MaskExtractor, Reason, RejectOptions,
-    Threshold, Verdict,
+    defect_contrast, judge, AreaRange, DistanceMask, DistanceMaskOptions, MaskExtractor, Reason,
+    RejectOptions, Threshold, Verdict, PART_FILL,
 };
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
@@ -237,4 +237,39 @@ fn the_judge_skips_the_edge_ring_the_extractor_skips() {
         }) => assert!(outside_mean_distance > 6.0, "{outside_mean_distance}"),
         v => panic!("expected PartNotFlat with the ring counted, got {v:?}"),
     }
+}
+
+#[test]
+fn a_defect_far_fainter_than_the_real_ones_is_rejected() {
+    // A blob 22.5 levels from the fill: found by the extractor (its floor is 12), but fainter
+    // than a 30-level minimum and brighter than a 20-level one.
+    let (img, truth) = blob_part([105, 105, 105]);
+    let c = defect_contrast(&img, &truth, PART_FILL).unwrap();
+    assert!((c - 22.5).abs() < 1e-4, "{c}");
+    assert_eq!(
+        defect_contrast(&img, &GrayImage::new(96, 80), PART_FILL),
+        None
+    );
+    assert_eq!(
+        defect_contrast(&img, &GrayImage::new(3, 3), PART_FILL),
+        None
+    );
+    let m = DistanceMask::default().extract(&img).unwrap();
+    assert!(iou(&m, &truth) >= 0.95);
+    let with = |min| RejectOptions {
+        min_contrast: Some(min),
+        ..Default::default()
+    };
+    match judge(&img, &m, &with(30.0)).unwrap() {
+        Verdict::Rejected(r @ Reason::FaintDefect { contrast, min }) => {
+            assert!(contrast < min && contrast > 15.0, "{contrast} vs {min}");
+            assert!(r.to_string().contains("too faint"));
+        }
+        v => panic!("expected FaintDefect, got {v:?}"),
+    }
+    assert_eq!(judge(&img, &m, &with(20.0)).unwrap(), Verdict::Accepted);
+    assert_eq!(
+        judge(&img, &m, &RejectOptions::default()).unwrap(),
+        Verdict::Accepted
+    );
 }

@@ -2,7 +2,7 @@
 
 use crate::progress::bar;
 use anodiff::dual::generate::{
-    dual_generate, merge_shards, rejudge, GenerateOptions, GenerateReport, Shard,
+    dual_generate, merge_shards, rejudge, CheckOptions, GenerateOptions, GenerateReport, Shard,
 };
 use anodiff::sd::scheduler::SchedulerKind;
 use anyhow::{bail, Result};
@@ -58,8 +58,13 @@ pub struct Args {
     #[arg(long, default_value_t = 50)]
     pub reference_every: usize,
     /// Accepted mask areas: [smallest / F, largest × F] of the training masks.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = CheckOptions::default().area_tolerance)]
     pub area_tolerance: f64,
+    /// Reject defects fainter than this share of the training defects' median contrast (mean
+    /// distance from the part image's grey inside the mask): masks around sampling grain, not a
+    /// drawn defect. 0 turns the check off.
+    #[arg(long, default_value_t = CheckOptions::default().min_contrast_share)]
+    pub min_contrast: f64,
     /// Start each whole image from a defect-free image (the block's reference image) noised to
     /// this share of the schedule, in (0, 1], instead of from pure noise (the paper); the part
     /// image starts from noised mid-grey. For small bases trained here, which draw blurry objects
@@ -88,6 +93,10 @@ pub fn run(a: Args) -> Result<()> {
         );
         return Ok(());
     }
+    let checks = CheckOptions {
+        area_tolerance: a.area_tolerance,
+        min_contrast_share: a.min_contrast,
+    };
     let bcm = match a.bcm.as_str() {
         "on" => true,
         "off" => false,
@@ -106,12 +115,12 @@ pub fn run(a: Args) -> Result<()> {
             Some(s) => Shard::parse(s)?,
             None => Shard::ALL,
         },
-        area_tolerance: a.area_tolerance,
+        checks,
         init_strength: a.init_strength,
     };
     let run = a.run.expect("clap requires --run");
     if a.rejudge {
-        let r = rejudge(&run, &a.out, a.area_tolerance)?;
+        let r = rejudge(&run, &a.out, &checks)?;
         print_counts(&r);
         println!("rewrote {}", a.out.join("manifest.jsonl").display());
         return Ok(());
@@ -130,7 +139,7 @@ pub fn run(a: Args) -> Result<()> {
 
 fn print_counts(r: &GenerateReport) {
     println!(
-        "{} attempted, {} accepted; rejected: {} empty mask, {} area out of range, {} part not flat; {:.2} s per sample",
-        r.attempted, r.accepted, r.rejected_empty, r.rejected_area, r.rejected_not_flat, r.secs_per_sample
+        "{} attempted, {} accepted; rejected: {} empty mask, {} area out of range, {} part not flat, {} too faint; {:.2} s per sample",
+        r.attempted, r.accepted, r.rejected_empty, r.rejected_area, r.rejected_not_flat, r.rejected_faint, r.secs_per_sample
     );
 }

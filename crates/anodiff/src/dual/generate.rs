@@ -21,7 +21,7 @@ use super::mask::{
 use super::model::DualModel;
 use super::pairs::Sampling;
 use super::run::{
-    grey_to_rgb, open_pairs, read_run, training_mask_areas, zero_reference, DualTrainOptions,
+    grey_to_rgb, open_pairs, read_run, training_defects, zero_reference, DualTrainOptions,
 };
 use super::sample::{sample_pairs, Backbone, InitLatents, PairText, References, SampleSettings};
 use crate::data::foreground::{black_out_foreground, ForegroundSpec};
@@ -73,8 +73,8 @@ pub struct GenerateOptions {
     pub reference_every: usize,
     /// This run's slice.
     pub shard: Shard,
-    /// Area tolerance factor of the rejection range around the training masks' areas.
-    pub area_tolerance: f64,
+    /// How strict the automatic rejection is.
+    pub checks: CheckOptions,
     /// Start each whole image from a defect-free image (the block's BCM reference image before
     /// its foreground is blacked out) noised to this share of the schedule, and each part image
     /// from the noised mid-grey image; `None` starts from pure noise (the paper). A CPU-scale
@@ -95,8 +95,32 @@ impl Default for GenerateOptions {
             batch: 8,
             reference_every: 50,
             shard: Shard::ALL,
-            area_tolerance: 4.0,
+            checks: CheckOptions::default(),
             init_strength: None,
+        }
+    }
+}
+
+/// How strict generation's automatic rejection is, relative to the run's real training defects
+/// (the checks themselves: [`judge`]).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckOptions {
+    /// Accepted mask areas: [smallest / F, largest × F] of the training masks.
+    pub area_tolerance: f64,
+    /// Smallest accepted defect contrast, as a share of the training part images' median
+    /// contrast (0 turns the check off).
+    pub min_contrast_share: f64,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        Self {
+            area_tolerance: 4.0,
+            // Half the typical real defect: drops masks around sampling grain (MTD at 64 px: the
+            // real parts' medians 38–53 levels, grain specks that crossed the extractor's floor
+            // 14–25). The price: real defects as faint as those (6–21 % of MTD's, none of BSData's
+            // or the synthetic ones) would be dropped too (BENCHMARKS.md).
+            min_contrast_share: 0.5,
         }
     }
 }
@@ -135,6 +159,8 @@ pub struct GenerateReport {
     pub rejected_area: usize,
     /// See above.
     pub rejected_not_flat: usize,
+    /// Rejected as far fainter than the real defects.
+    pub rejected_faint: usize,
     /// Seconds per sample (wall time / attempted).
     pub secs_per_sample: f64,
 }
@@ -154,6 +180,7 @@ impl GenerateReport {
                     Reason::EmptyMask => self.rejected_empty += 1,
                     Reason::AreaOutOfRange { .. } => self.rejected_area += 1,
                     Reason::PartNotFlat { .. } => self.rejected_not_flat += 1,
+                    Reason::FaintDefect { .. } => self.rejected_faint += 1,
                 }
                 Some(r.to_string())
             }
@@ -161,14 +188,30 @@ impl GenerateReport {
     }
 }
 
-/// The mask extractor and the rejection checks of a run: the area range spans its training
-/// masks (at the geometry it was trained on) widened by `area_tolerance`.
-fn checks(run: &DualTrainOptions, area_tolerance: f64) -> Result<(DistanceMask, RejectOptions)> {
+/// The mask extractor and the rejection checks of a run, from its training defects at the
+/// geometry it was trained on: their area range widened by the tolerance, and a share of their
+/// median contrast.
+fn checks(run: &DualTrainOptions, o: &CheckOptions) -> Result<(DistanceMask, RejectOptions)> {
+    if !(o.min_contrast_share >= 0.0 && o.min_contrast_share.is_finite()) {
+        return Err(Error::invalid(format!(
+            "minimum contrast share {} must be a finite number ≥ 0",
+            o.min_contrast_share
+        )));
+    }
     let (_, sampler) = open_pairs(run)?;
-    let area = AreaRange::from_areas(&training_mask_areas(&sampler, run.seed)?, area_tolerance)?;
+    let defects = training_defects(&sampler, run.seed)?;
+    let areas: Vec<f64> = defects.iter().map(|d| d.area).collect();
+    let area = AreaRange::from_areas(&areas, o.area_tolerance)?;
+    let mut contrasts: Vec<f32> = defects.iter().filter_map(|d| d.contrast).collect();
+    contrasts.sort_by(f32::total_cmp);
+    let min_contrast = match contrasts.get(contrasts.len() / 2) {
+        Some(&median) if o.min_contrast_share > 0.0 => Some(median * o.min_contrast_share as f32),
+        _ => None,
+    };
     let extractor = DistanceMask::new(DistanceMaskOptions::default());
     let reject = RejectOptions {
         area: Some(area),
+        min_contrast,
         border: extractor.options().border,
         ..RejectOptions::default()
     };
@@ -308,7 +351,7 @@ pub fn dual_generate(
     } else {
         None
     };
-    let (extractor, reject) = checks(&run, o.area_tolerance)?;
+    let (extractor, reject) = checks(&run, &o.checks)?;
     let text = PairText::encode(&sd, &model, &settings.negative_prompt)?;
     let zero = zero_reference(&sd, size)?;
     let described = format!(
@@ -442,13 +485,13 @@ pub fn dual_generate(
 
 /// Re-applies the current mask extraction and checks to the pairs already in `out` (a merged
 /// `dual-generate` folder), without sampling again: after an upgrade that changed the checks, or
-/// to try another `area_tolerance`. Each pair's mask is extracted again from its part image, its
+/// to try other [`CheckOptions`]. Each pair's mask is extracted again from its part image, its
 /// files move between `out` and `out/rejected` as the new verdict says, and `manifest.jsonl` is
 /// rewritten (atomically, last). Files are looked up in both places, so an interrupted re-judge
 /// can simply be run again. Errors name a missing file; nothing is deleted but a replaced mask.
-pub fn rejudge(run_dir: &Path, out: &Path, area_tolerance: f64) -> Result<GenerateReport> {
+pub fn rejudge(run_dir: &Path, out: &Path, o: &CheckOptions) -> Result<GenerateReport> {
     let run = read_run(run_dir)?;
-    let (extractor, reject) = checks(&run, area_tolerance)?;
+    let (extractor, reject) = checks(&run, o)?;
     let manifest = out.join(MANIFEST);
     let mut lines = read_manifest(&manifest)?;
     let mut report = GenerateReport::default();

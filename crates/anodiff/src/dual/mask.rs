@@ -16,14 +16,21 @@
 //!
 //! A learned segmenter can plug in later behind [`MaskExtractor`].
 //!
-//! [`judge`] rejects pairs the generator got wrong, with a [`Reason`]: an empty mask; an area
-//! outside the range the real training masks span ([`AreaRange`], with a tolerance factor); or a
-//! part image that is not grey outside its mask (the part branch drew more than the defect, so
-//! the mask cannot be trusted). "Outside" skips the same edge ring the extractor treats as fill.
+//! [`judge`] rejects pairs the generator got wrong, with a [`Reason`]: an empty mask; a part
+//! image that is not grey outside its mask (the part branch drew more than the defect, so the
+//! mask cannot be trusted; "outside" skips the same edge ring the extractor treats as fill); a
+//! defect far fainter than the real ones ([`defect_contrast`] below a share of the training parts'
+//! median: the mask then outlines sampling grain that crossed the threshold, not a drawn defect);
+//! or an area outside the range the real training masks span ([`AreaRange`], with a tolerance
+//! factor).
 
 use crate::data::mask_ops::{area_fraction, otsu, BinaryMask, ScalarMap};
 use crate::error::{Error, Result};
 use image::{GrayImage, RgbImage};
+
+/// The grey of a part image outside its defect, 0–255: 0 in the [-1, 1] space the part branch
+/// is trained in.
+pub const PART_FILL: f32 = 127.5;
 
 /// Turns a generated anomaly-part image into a binary mask (255 = defect), the image's size.
 pub trait MaskExtractor: Send + Sync {
@@ -65,7 +72,7 @@ pub struct DistanceMaskOptions {
 impl Default for DistanceMaskOptions {
     fn default() -> Self {
         Self {
-            fill: 127.5,
+            fill: PART_FILL,
             sigma: 1.0,
             threshold: Threshold::Otsu { floor: 12.0 },
             min_component: 4,
@@ -158,6 +165,16 @@ pub fn distance_map(img: &RgbImage, fill: f32) -> ScalarMap {
     })
 }
 
+/// Mean distance from the grey `fill` over a mask's pixels (value ≥ 128), in grey levels: how
+/// visible the defect of a part image is against its fill. `None` for an empty mask or sizes that
+/// differ. On a real part image `I ⊙ M` it is the defect's own distance from mid-grey.
+pub fn defect_contrast(part: &RgbImage, mask: &GrayImage, fill: f32) -> Option<f32> {
+    if part.dimensions() != mask.dimensions() {
+        return None;
+    }
+    distance_map(part, fill).mean_where(&BinaryMask::from_gray(mask, 128), true)
+}
+
 /// The range of defect areas (fractions of the image) a generated mask may have.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AreaRange {
@@ -222,6 +239,13 @@ pub enum Reason {
         /// Mean distance from the fill value over the pixels away from the mask, grey levels.
         outside_mean_distance: f32,
     },
+    /// The defect inside the mask is far fainter than the real ones.
+    FaintDefect {
+        /// [`defect_contrast`] of the pair, grey levels.
+        contrast: f32,
+        /// The smallest accepted.
+        min: f32,
+    },
 }
 
 impl std::fmt::Display for Reason {
@@ -241,6 +265,11 @@ impl std::fmt::Display for Reason {
                 f,
                 "part image not grey outside the mask (mean distance \
                  {outside_mean_distance:.1} levels)"
+            ),
+            Reason::FaintDefect { contrast, min } => write!(
+                f,
+                "defect too faint: {contrast:.1} grey levels from the fill inside the mask, \
+                 below {min:.1}"
             ),
         }
     }
@@ -262,6 +291,8 @@ pub struct RejectOptions {
     pub area: Option<AreaRange>,
     /// Largest mean distance from `fill` (grey levels) allowed away from the mask.
     pub max_outside_distance: f32,
+    /// Smallest [`defect_contrast`] accepted (grey levels); `None` skips the check.
+    pub min_contrast: Option<f32>,
     /// Pixels within this many pixels of the mask are not counted as "outside" (the defect's
     /// soft edge).
     pub outside_margin: usize,
@@ -278,16 +309,17 @@ impl Default for RejectOptions {
         Self {
             area: None,
             max_outside_distance: 6.0,
+            min_contrast: None,
             outside_margin: 2,
-            fill: 127.5,
+            fill: PART_FILL,
             border: DistanceMaskOptions::default().border,
         }
     }
 }
 
 /// Accepts or rejects a generated pair from its part image and the mask extracted from it.
-/// Checks, in order: empty mask, part not flat outside the mask, area range. A mask whose size
-/// differs from the part image's is an error.
+/// Checks, in order: empty mask, part not flat outside the mask, defect contrast, area range. A
+/// mask whose size differs from the part image's is an error.
 pub fn judge(part: &RgbImage, mask: &GrayImage, opts: &RejectOptions) -> Result<Verdict> {
     if part.dimensions() != mask.dimensions() {
         return Err(Error::invalid(format!(
@@ -316,6 +348,12 @@ pub fn judge(part: &RgbImage, mask: &GrayImage, opts: &RejectOptions) -> Result<
             return Ok(Verdict::Rejected(Reason::PartNotFlat {
                 outside_mean_distance: outside,
             }));
+        }
+    }
+    if let Some(min) = opts.min_contrast {
+        let contrast = dist.mean_where(&m, true).unwrap_or(0.0);
+        if contrast < min {
+            return Ok(Verdict::Rejected(Reason::FaintDefect { contrast, min }));
         }
     }
     if let Some(r) = opts.area {

@@ -13,12 +13,13 @@
 //! The final weights are the last step's: no checkpoint is ever chosen by looking at test data.
 
 use super::config::DualConfig;
-use super::mask::{DistanceMask, DistanceMaskOptions, MaskExtractor};
+use super::mask::{defect_contrast, DistanceMask, DistanceMaskOptions, MaskExtractor, PART_FILL};
 use super::model::DualModel;
 use super::pairs::{PairOptions, PairSampler, PairSet};
 use super::sample::{sample_pairs, Backbone, PairText, References, SampleSettings};
 use super::train::{run_dual_training, LossSettings};
 use crate::data::foreground::ForegroundSpec;
+use crate::data::mask_ops::area_fraction;
 use crate::data::split::SplitManifest;
 use crate::error::{Error, Result};
 use crate::io::image_tensor::tensor_to_rgb;
@@ -371,14 +372,26 @@ pub fn grey_to_rgb(m: &GrayImage) -> RgbImage {
     })
 }
 
-/// The training-mask areas at the training geometry (for generation's rejection range): each
+/// A real training defect as generation's checks see it, at the training geometry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainingDefect {
+    /// Mask area, fraction of the image.
+    pub area: f64,
+    /// [`defect_contrast`] of its part image `I ⊙ M` (`None` when the mask is empty here).
+    pub contrast: Option<f32>,
+}
+
+/// The training defects at the training geometry (for generation's rejection ranges): each
 /// example drawn once with a fixed seed.
-pub fn training_mask_areas(sampler: &PairSampler, seed: u64) -> Result<Vec<f64>> {
+pub fn training_defects(sampler: &PairSampler, seed: u64) -> Result<Vec<TrainingDefect>> {
     (0..sampler.len())
         .map(|i| {
             let d = sampler.draw(i, mix(seed ^ i as u64))?;
-            let on = d.mask.iter().filter(|&&v| v >= 128).count();
-            Ok(on as f64 / d.mask.len().max(1) as f64)
+            Ok(TrainingDefect {
+                area: area_fraction(&d.mask),
+                // Inside the mask the part image is the image itself.
+                contrast: defect_contrast(&d.image, &d.mask, PART_FILL),
+            })
         })
         .collect()
 }
