@@ -1,10 +1,12 @@
 //! Pretraining from scratch in pixel space: presets, a short run that must lower the loss and
-//! write a folder `StableDiffusion::load` reads, and the demo report writer.
+//! write a folder `StableDiffusion::load` reads, training on native-scale windows, and the demo
+//! report writer.
 
 mod common;
 
 use anodiff::data::synth::{synth_dataset, SynthOptions};
 use anodiff::io::html::loss_svg;
+use anodiff::io::image::centre_window;
 use anodiff::sd::noise::SeededNoise;
 use anodiff::sd::pipeline::{SampleOptions, StableDiffusion};
 use anodiff::sd::presets::Preset;
@@ -75,6 +77,7 @@ fn short_pretrain_lowers_loss_and_writes_a_loadable_model() {
         pixel_norm: true,
         prompt_dropout: 0.0,
         canvas: 0.0,
+        tile_scale: None,
     };
     let t = std::time::Instant::now();
     let r = pretrain(&o, |_| {}).unwrap();
@@ -114,6 +117,66 @@ fn short_pretrain_lowers_loss_and_writes_a_loadable_model() {
         .txt2img(&so, &mut SeededNoise::new(0), &mut |_, _| {})
         .unwrap();
     assert_eq!(x.dims(), &[1, 3, 32, 32]);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn pretraining_on_native_scale_windows() {
+    // 64-px images, a 32-px preset: with a tile scale of 1 the model trains on 32-px windows at
+    // native resolution (a quarter of each image) instead of squashed whole images.
+    let tmp = temp_dir("tiles");
+    let opts = SynthOptions {
+        size: 64,
+        train_good: 6,
+        test_good: 2,
+        per_defect: 1,
+    };
+    let summary = synth_dataset(&tmp.join("data"), 5, &opts).unwrap();
+    let o = PretrainOptions {
+        dataset: summary.categories[0].clone(),
+        preset: "tiny-pixel".into(),
+        out: tmp.join("run"),
+        steps: 3,
+        batch: 2,
+        warmup: 1,
+        checkpoint_every: 0,
+        samples: 2,
+        sample_steps: 2,
+        tile_scale: Some(1.0),
+        ..Default::default()
+    };
+    let r = pretrain(&o, |_| {}).unwrap();
+    assert_eq!((r.size, r.tile_scale), (32, Some(1.0)));
+    assert_eq!((r.train_images, r.test_images), (6, 2));
+    assert!(r.held_out.iter().all(|(_, l)| l.is_finite()));
+    // The grid's second row shows the real images as the model saw them: the first one's
+    // centre window at native scale (row 1 of 32-px cells + 2-px gaps + 4-px row gap).
+    let grid = image::open(r.grid.unwrap()).unwrap().to_rgb8();
+    let mut good: Vec<_> = std::fs::read_dir(summary.categories[0].join("train/good"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    good.sort();
+    let first = image::open(&good[0]).unwrap().to_rgb8();
+    assert_eq!(first.dimensions(), (64, 64));
+    let shown = image::imageops::crop_imm(&grid, 0, 38, 32, 32).to_image();
+    assert!(
+        shown == centre_window(&first, 32),
+        "the grid does not show the native-scale centre window"
+    );
+    for bad in [0.0, -1.0, f64::NAN] {
+        let e = pretrain(
+            &PretrainOptions {
+                tile_scale: Some(bad),
+                out: tmp.join("bad"),
+                ..o.clone()
+            },
+            |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tile scale"), "{e}");
+    }
     let _ = std::fs::remove_dir_all(&tmp);
 }
 

@@ -110,6 +110,7 @@ pub fn run(a: Args) -> Result<()> {
         pixel_norm: true,
         prompt_dropout: 0.1,
         canvas: 0.25,
+        tile_scale: None,
     };
     let pb = bar(p.steps as u64, "demo 1/5: pretraining the base model");
     let pb2 = pb.clone();

@@ -55,6 +55,11 @@ pub struct Args {
     /// which a model that saw only whole images cannot denoise.
     #[arg(long, default_value_t = 0.0)]
     pub canvas: f64,
+    /// Train on random preset-size windows of the images scaled by this factor (1 = native
+    /// resolution) instead of on whole images squashed to the preset size: for defects a few
+    /// pixels wide at native scale, and as the base of `dual-train --sampling crop`.
+    #[arg(long)]
+    pub tile_scale: Option<f64>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -74,6 +79,7 @@ pub fn run(a: Args) -> Result<()> {
         pixel_norm: !a.no_pixel_norm,
         prompt_dropout: a.prompt_dropout,
         canvas: a.canvas,
+        tile_scale: a.tile_scale,
     };
     let pb = bar(o.steps as u64, "pretrain");
     let pb2 = pb.clone();

@@ -37,7 +37,7 @@ use crate::data::mask_folder::MaskFolder;
 use crate::data::mask_ops::area_fraction;
 use crate::data::split::SplitManifest;
 use crate::error::{Error, Result};
-use crate::io::image::IMAGE_EXTENSIONS;
+use crate::io::image::{scaled_dims, IMAGE_EXTENSIONS};
 use crate::seed::mix;
 use candle_core::{Device, Tensor};
 use image::imageops::FilterType;
@@ -711,15 +711,8 @@ fn prepare(e: &PairExample, sampling: &Sampling) -> Option<Prepared> {
     let (w, h) = e.image.dimensions();
     let dims = match *sampling {
         Sampling::Resize { size, margin } => (size + margin, size + margin),
-        Sampling::DefectCrop { size, scale } => {
-            // At least `size` along both axes, so a window always fits.
-            let s = (scale as f64)
-                .max(size as f64 / w as f64)
-                .max(size as f64 / h as f64);
-            let nw = ((w as f64 * s).round() as u32).max(size);
-            let nh = ((h as f64 * s).round() as u32).max(size);
-            (nw, nh)
-        }
+        // At least `size` along both axes, so a window always fits.
+        Sampling::DefectCrop { size, scale } => scaled_dims((w, h), scale as f64, size),
     };
     let mask = resize_mask(&e.mask, dims);
     let defect: Vec<(u32, u32)> = mask

@@ -1,5 +1,6 @@
 //! Image files: which extensions count as images, decoding with errors that name the file,
-//! atomic PNG output, and loading a list of images at one square training size.
+//! atomic PNG output, and loading a list of images at one square training size or at a scale
+//! (for windows cut at native resolution).
 
 use super::atomic::write_atomic;
 use crate::error::{Error, Result};
@@ -104,6 +105,50 @@ pub fn load_square<T: Sync>(
         .collect()
 }
 
+/// The size of a `w`×`h` image scaled by `scale`, the factor raised where needed so that both
+/// sides are at least `min_side` (a `min_side`² window always fits). The aspect ratio is kept.
+pub fn scaled_dims((w, h): (u32, u32), scale: f64, min_side: u32) -> (u32, u32) {
+    let s = scale
+        .max(min_side as f64 / w.max(1) as f64)
+        .max(min_side as f64 / h.max(1) as f64);
+    (
+        ((w as f64 * s).round() as u32).max(min_side),
+        ((h as f64 * s).round() as u32).max(min_side),
+    )
+}
+
+/// Loads every item scaled as [`scaled_dims`] says (bilinear), in parallel.
+pub fn load_scaled<T: Sync>(
+    items: &[T],
+    scale: f64,
+    min_side: u32,
+    load: impl Fn(&T) -> Result<image::RgbImage> + Sync,
+) -> Result<Vec<image::RgbImage>> {
+    items
+        .par_iter()
+        .map(|item| {
+            let img = load(item)?;
+            let (w, h) = scaled_dims(img.dimensions(), scale, min_side);
+            if (w, h) == img.dimensions() {
+                return Ok(img);
+            }
+            Ok(image::imageops::resize(
+                &img,
+                w,
+                h,
+                image::imageops::FilterType::Triangle,
+            ))
+        })
+        .collect()
+}
+
+/// The centred `side`² window of `img` (clamped to the image where it is smaller).
+pub fn centre_window(img: &image::RgbImage, side: u32) -> image::RgbImage {
+    let (w, h) = img.dimensions();
+    let (cw, ch) = (side.min(w), side.min(h));
+    image::imageops::crop_imm(img, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +165,19 @@ mod tests {
         assert!(is_image_file(Path::new("b.bmp")));
         assert!(!is_image_file(Path::new("b.txt")));
         assert!(!is_image_file(Path::new("png")));
+    }
+
+    #[test]
+    fn scaling_keeps_the_aspect_and_always_fits_a_window() {
+        // BSData's frames: native, halved, and a scale too small for a 64-px window.
+        assert_eq!(scaled_dims((1130, 460), 1.0, 64), (1130, 460));
+        assert_eq!(scaled_dims((1130, 460), 0.5, 64), (565, 230));
+        assert_eq!(scaled_dims((1130, 460), 0.05, 64), (157, 64));
+        assert_eq!(scaled_dims((40, 100), 1.0, 64), (64, 160));
+        let img = image::RgbImage::from_fn(7, 5, |x, y| image::Rgb([x as u8, y as u8, 0]));
+        let c = centre_window(&img, 3);
+        assert_eq!(c.dimensions(), (3, 3));
+        assert_eq!(c.get_pixel(0, 0), &image::Rgb([2, 1, 0]));
+        assert_eq!(centre_window(&img, 9).dimensions(), (7, 5));
     }
 }

@@ -61,6 +61,12 @@ pub struct PretrainOptions {
     /// ([`crate::data::canvas`]), trained with the empty prompt: the form of DualAnoDiff's part
     /// images, which a base that saw only whole images predicts badly.
     pub canvas: f64,
+    /// Train on random preset-size windows of the images scaled by this factor (1 = native
+    /// resolution; raised where an image would not cover a window) instead of on whole images
+    /// squashed to the preset size: small defects keep their pixels (a BSData pit covers a median
+    /// 110 pixels at native scale, under one squashed to 64 px), the base for `dual-train
+    /// --sampling crop`. Held-out loss and the grid's real images then use centre windows.
+    pub tile_scale: Option<f64>,
 }
 
 impl Default for PretrainOptions {
@@ -81,6 +87,7 @@ impl Default for PretrainOptions {
             pixel_norm: true,
             prompt_dropout: 0.1,
             canvas: 0.0,
+            tile_scale: None,
         }
     }
 }
@@ -100,6 +107,8 @@ pub struct PretrainReport {
     pub test_images: usize,
     /// Image side in pixels.
     pub size: usize,
+    /// Scale of the training windows (`None`: whole images squashed to `size`).
+    pub tile_scale: Option<f64>,
     /// Parameters trained (UNet + text encoder).
     pub trainable_parameters: usize,
     /// `train_log.jsonl`: one line per update (loss, lr, grad norm, time).
@@ -151,6 +160,24 @@ fn load_images(samples: &[crate::data::mvtec::Sample], side: u32) -> Result<Vec<
     crate::io::image::load_square(samples, side, MvtecDataset::load_image)
 }
 
+/// `side`² views of the images as the model sees them: squashed whole, or (with a tile scale)
+/// the centre window of the scaled image.
+fn load_views(
+    samples: &[crate::data::mvtec::Sample],
+    side: u32,
+    tile_scale: Option<f64>,
+) -> Result<Vec<image::RgbImage>> {
+    match tile_scale {
+        None => load_images(samples, side),
+        Some(s) => Ok(
+            crate::io::image::load_scaled(samples, s, side, MvtecDataset::load_image)?
+                .iter()
+                .map(|i| crate::io::image::centre_window(i, side))
+                .collect(),
+        ),
+    }
+}
+
 /// Trains `o.preset` from scratch on `o.dataset` and writes `o.out/model`, `train_log.jsonl`,
 /// checkpoints, `samples.png` and `report.json`.
 pub fn pretrain(
@@ -167,11 +194,23 @@ pub fn pretrain(
             o.dataset.display()
         )));
     }
+    if let Some(s) = o.tile_scale {
+        if !(s.is_finite() && s > 0.0) {
+            return Err(Error::invalid(format!(
+                "pretrain: tile scale {s} must be a positive number"
+            )));
+        }
+    }
     let category = crate::data::mvtec::category_name(&o.dataset).unwrap_or_else(|| "object".into());
     let prompt = category_prompt(&category);
-    // Resized once to 1/8 above the training side; each step takes a random crop and flips.
-    let margin = (size + size / 8) as u32;
-    let train = load_images(&ds.train_good, margin)?;
+    // Whole images: resized once to 1/8 above the training side; tiles: scaled once. Each step
+    // takes a random training-size crop and flips.
+    let train = match o.tile_scale {
+        None => load_images(&ds.train_good, (size + size / 8) as u32)?,
+        Some(s) => {
+            crate::io::image::load_scaled(&ds.train_good, s, size as u32, MvtecDataset::load_image)?
+        }
+    };
     let (mut sd, params) = fresh_pixel_model(&preset, o.seed, &dev)?;
     if o.pixel_norm {
         let norm = PixelNorm::from_images(&train)?;
@@ -179,7 +218,7 @@ pub fn pretrain(
         sd.pixel_norm = Some(norm);
     }
     // Held-out images in the space the UNet denoises.
-    let test: Vec<Tensor> = load_images(&ds.test_good, size as u32)?
+    let test: Vec<Tensor> = load_views(&ds.test_good, size as u32, o.tile_scale)?
         .iter()
         .map(|i| sd.encode_mean(&rgb_to_tensor(i, &dev)?))
         .collect::<Result<_>>()?;
@@ -198,7 +237,7 @@ pub fn pretrain(
     };
     let mut trainer = Trainer::new(cfg, vars, train.len())?.with_metadata(json!({
         "job": "pretrain", "preset": preset.name, "prompt": prompt,
-        "dataset": o.dataset, "size": size,
+        "dataset": o.dataset, "size": size, "tile_scale": o.tile_scale,
     }));
     if let Some(dir) = &o.resume {
         trainer.resume(dir)?;
@@ -259,7 +298,7 @@ pub fn pretrain(
         // Evenly spaced over the sorted list: the first files are often one capture run (MTD's
         // first 126 are its darkest), which made good samples look wrongly bright beside them.
         let picks = crate::data::subsample::evenly_spaced(&ds.train_good, o.samples);
-        let real = load_images(&picks, size as u32)?;
+        let real = load_views(&picks, size as u32, o.tile_scale)?;
         let path = o.out.join("samples.png");
         crate::io::image::save_png_grid(&[&samples, &real], 8, &path)?;
         Some(path)
@@ -274,6 +313,7 @@ pub fn pretrain(
         train_images: train.len(),
         test_images: test.len(),
         size,
+        tile_scale: o.tile_scale,
         trainable_parameters,
         log: o.out.join("train_log.jsonl"),
         first_loss: steps.first().map_or(f64::NAN, |s| s.loss),
