@@ -61,9 +61,9 @@ pub struct Args {
     #[arg(long, default_value_t = CheckOptions::default().area_tolerance)]
     pub area_tolerance: f64,
     /// Reject defects fainter than this share of the training defects' median contrast (mean
-    /// distance from the part image's grey inside the mask): masks around sampling grain, not a
-    /// drawn defect. Real defects that faint are dropped too (at 0.5: 6–21 % of MTD's at 64 px,
-    /// whose grey defects barely differ from the fill; none of BSData's). 0 turns the check off.
+    /// smoothed distance from the part image's grey inside the extracted mask, measured the same
+    /// way on the real part images): masks around sampling grain, not a drawn defect. Real
+    /// defects that faint would be dropped too. 0 turns the check off.
     #[arg(long, default_value_t = CheckOptions::default().min_contrast_share)]
     pub min_contrast: f64,
     /// Start each whole image from a defect-free image (the block's reference image) noised to

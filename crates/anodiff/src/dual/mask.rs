@@ -165,14 +165,44 @@ pub fn distance_map(img: &RgbImage, fill: f32) -> ScalarMap {
     })
 }
 
-/// Mean distance from the grey `fill` over a mask's pixels (value ≥ 128), in grey levels: how
-/// visible the defect of a part image is against its fill. `None` for an empty mask or sizes that
-/// differ. On a real part image `I ⊙ M` it is the defect's own distance from mid-grey.
-pub fn defect_contrast(part: &RgbImage, mask: &GrayImage, fill: f32) -> Option<f32> {
+/// How visible the defect of a part image is, as the extractor sees it: the mean of the
+/// distance from the grey `fill`, Gaussian-smoothed with `sigma` (the extractor's), over the
+/// mask's pixels (value ≥ 128), in grey levels. Smoothed, so that a thin defect drawn a little
+/// softer than the real ones is compared like for like (a 1-px line keeps ~40 % of its contrast at
+/// σ 1, blurred or not). `None` for an empty mask or sizes that differ.
+pub fn defect_contrast(part: &RgbImage, mask: &GrayImage, fill: f32, sigma: f32) -> Option<f32> {
     if part.dimensions() != mask.dimensions() {
         return None;
     }
-    distance_map(part, fill).mean_where(&BinaryMask::from_gray(mask, 128), true)
+    distance_map(part, fill)
+        .gaussian_blur(sigma)
+        .mean_where(&BinaryMask::from_gray(mask, 128), true)
+}
+
+/// The part image `I ⊙ M` of a real defect (mid-grey outside the mask), and [`defect_contrast`]
+/// inside the mask `extractor` finds in it — the way a generated part is measured — or inside
+/// the real mask when the extractor finds nothing.
+pub fn real_part_contrast(
+    image: &RgbImage,
+    mask: &GrayImage,
+    extractor: &DistanceMask,
+) -> Result<Option<f32>> {
+    let fill = extractor.options().fill;
+    let grey = image::Rgb([fill.round() as u8; 3]);
+    let part = RgbImage::from_fn(image.width(), image.height(), |x, y| {
+        if mask.get_pixel(x, y)[0] >= 128 {
+            *image.get_pixel(x, y)
+        } else {
+            grey
+        }
+    });
+    let found = extractor.extract(&part)?;
+    let m = if found.iter().any(|&v| v >= 128) {
+        &found
+    } else {
+        mask
+    };
+    Ok(defect_contrast(&part, m, fill, extractor.options().sigma))
 }
 
 /// The range of defect areas (fractions of the image) a generated mask may have.
@@ -298,6 +328,8 @@ pub struct RejectOptions {
     pub outside_margin: usize,
     /// The part image's fill grey, 0–255.
     pub fill: f32,
+    /// Smoothing of [`defect_contrast`] (keep it equal to [`DistanceMaskOptions::sigma`]).
+    pub sigma: f32,
     /// Pixels this close to the image edge are not counted: the same ring
     /// [`DistanceMaskOptions::border`] treats as fill, so that the padding artefact the extractor
     /// ignores does not reject the pair either (keep the two equal).
@@ -312,6 +344,7 @@ impl Default for RejectOptions {
             min_contrast: None,
             outside_margin: 2,
             fill: PART_FILL,
+            sigma: DistanceMaskOptions::default().sigma,
             border: DistanceMaskOptions::default().border,
         }
     }
@@ -351,7 +384,7 @@ pub fn judge(part: &RgbImage, mask: &GrayImage, opts: &RejectOptions) -> Result<
         }
     }
     if let Some(min) = opts.min_contrast {
-        let contrast = dist.mean_where(&m, true).unwrap_or(0.0);
+        let contrast = defect_contrast(part, mask, opts.fill, opts.sigma).unwrap_or(0.0);
         if contrast < min {
             return Ok(Verdict::Rejected(Reason::FaintDefect { contrast, min }));
         }

@@ -13,7 +13,7 @@
 //! The final weights are the last step's: no checkpoint is ever chosen by looking at test data.
 
 use super::config::DualConfig;
-use super::mask::{defect_contrast, DistanceMask, DistanceMaskOptions, MaskExtractor, PART_FILL};
+use super::mask::{real_part_contrast, DistanceMask, DistanceMaskOptions, MaskExtractor};
 use super::model::DualModel;
 use super::pairs::{PairOptions, PairSampler, PairSet};
 use super::sample::{sample_pairs, Backbone, PairText, References, SampleSettings};
@@ -377,20 +377,24 @@ pub fn grey_to_rgb(m: &GrayImage) -> RgbImage {
 pub struct TrainingDefect {
     /// Mask area, fraction of the image.
     pub area: f64,
-    /// [`defect_contrast`] of its part image `I ⊙ M` (`None` when the mask is empty here).
+    /// Contrast of its part image `I ⊙ M` as `extractor` sees it ([`real_part_contrast`];
+    /// `None` when the mask is empty here).
     pub contrast: Option<f32>,
 }
 
 /// The training defects at the training geometry (for generation's rejection ranges): each
 /// example drawn once with a fixed seed.
-pub fn training_defects(sampler: &PairSampler, seed: u64) -> Result<Vec<TrainingDefect>> {
+pub fn training_defects(
+    sampler: &PairSampler,
+    seed: u64,
+    extractor: &DistanceMask,
+) -> Result<Vec<TrainingDefect>> {
     (0..sampler.len())
         .map(|i| {
             let d = sampler.draw(i, mix(seed ^ i as u64))?;
             Ok(TrainingDefect {
                 area: area_fraction(&d.mask),
-                // Inside the mask the part image is the image itself.
-                contrast: defect_contrast(&d.image, &d.mask, PART_FILL),
+                contrast: real_part_contrast(&d.image, &d.mask, extractor)?,
             })
         })
         .collect()
