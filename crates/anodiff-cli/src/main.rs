@@ -64,6 +64,7 @@ enum Command {
 }
 
 fn main() {
+    anodiff::runtime::quiet_broken_pipe();
     anodiff::runtime::tune_allocator();
     let cli = Cli::parse();
     // Must happen before the first parallel op creates the global thread pool.

@@ -1,5 +1,6 @@
 //! The `anodiff` binary on the tiny diffusers fixture model: same seed → same bytes, and bad
-//! input gives a clear error and a non-zero exit, never a panic or a half-written file.
+//! input gives a clear error and a non-zero exit, never a panic or a half-written file; a closed
+//! stdout ends the process quietly.
 
 mod common;
 use common::*;
@@ -243,4 +244,23 @@ fn inpaint_runs_with_the_9_channel_unet() {
     let got = image::open(&out).unwrap();
     assert_eq!((got.width(), got.height()), (32, 32));
     let _ = std::fs::remove_dir_all(m);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_the_process_quietly() {
+    // `anodiff presets | head -0`: the pipe's reader is gone before anything is written. Other
+    // tools end on SIGPIPE; a panic message with a backtrace would be a bug.
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_anodiff"))
+        .arg("presets")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.signal(), Some(13), "{:?}: {err}", o.status);
 }

@@ -24,6 +24,18 @@ pub fn tune_allocator() {
     }
 }
 
+/// Lets a closed standard output end the process quietly, as it ends other command-line tools:
+/// Rust ignores SIGPIPE, so `anodiff … | head -1` made the next `println!` panic with "failed
+/// printing to stdout: Broken pipe" and a backtrace. Restores the default signal action (Unix
+/// only; a no-op elsewhere). For binaries, not for library users.
+pub fn quiet_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: resets one signal's disposition to the default; called first thing in main.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Fixes the worker-thread count for the whole process through `RAYON_NUM_THREADS`: `threads`
 /// when given, else the variable as the user set it, else the available parallelism (rayon's own
 /// default). Call before the first parallel op.
