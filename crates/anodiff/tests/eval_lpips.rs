@@ -1,6 +1,6 @@
 //! Parity of `anodiff::eval::lpips::Lpips` with the `lpips` package (v0.1, AlexNet and VGG16
 //! backbones): distance, spatial map and the gradient with respect to an input; a
-//! finite-difference check of that gradient in f64; the loader's errors.
+//! finite-difference check of that gradient in f64; the loader's errors; IC-LPIPS on top of it.
 //!
 //! Fixture: tests/fixtures/lpips/reference.safetensors, written by
 //! `python tools/parity/make_lpips_fixtures.py`. The backbone weights follow the closed formula of
@@ -170,4 +170,56 @@ fn lpips_errors_name_the_problem() {
     let x = Tensor::zeros((1, 3, 24, 40), DType::F32, &Device::Cpu).unwrap();
     let e = m.distance(&x, &x).err().unwrap().to_string();
     assert!(e.contains("31x31") && e.contains("24x40"), "{e}");
+}
+
+#[test]
+fn ic_lpips_is_zero_for_copies_and_grows_with_spread() {
+    use anodiff::eval::ic_lpips::ic_lpips;
+    use rand::{Rng, SeedableRng};
+    let refs = tensors(&fixtures("lpips").join("reference.safetensors"));
+    let dir = temp_dir("ic_lpips");
+    let path = dir.join("alex.safetensors");
+    write_safetensors(&path, &weights(LpipsNet::Alex, &refs)).unwrap();
+    let net = Lpips::load(&path, &Device::Cpu).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let base: Vec<image::RgbImage> = (0..2)
+        .map(|k| {
+            image::RgbImage::from_fn(40, 40, |x, y| {
+                image::Rgb([(x * 6) as u8, (y * 6) as u8, (100 * k) as u8])
+            })
+        })
+        .collect();
+    // Generated: three noisy copies of each training image, with noise of amplitude `a`.
+    let mut copies = |a: i32| -> Vec<image::RgbImage> {
+        base.iter()
+            .flat_map(|b| std::iter::repeat_n(b, 3))
+            .map(|b| {
+                image::RgbImage::from_fn(40, 40, |x, y| {
+                    let p = b.get_pixel(x, y).0;
+                    image::Rgb(p.map(|v| (v as i32 + rng.random_range(-a..=a)).clamp(0, 255) as u8))
+                })
+            })
+            .collect()
+    };
+    let exact = ic_lpips(&net, &base, &copies(0), &Device::Cpu)
+        .unwrap()
+        .unwrap();
+    assert_eq!((exact.clusters_used, exact.clusters), (2, 2));
+    assert!(exact.value.abs() < 1e-6, "{exact:?}");
+    let small = ic_lpips(&net, &base, &copies(10), &Device::Cpu)
+        .unwrap()
+        .unwrap();
+    let large = ic_lpips(&net, &base, &copies(60), &Device::Cpu)
+        .unwrap()
+        .unwrap();
+    println!(
+        "IC-LPIPS: copies {}, noise ±10 {}, noise ±60 {}",
+        exact.value, small.value, large.value
+    );
+    assert!(
+        small.value > 0.0 && large.value > small.value,
+        "{small:?} {large:?}"
+    );
+    let other = image::RgbImage::new(32, 32);
+    assert!(ic_lpips(&net, &base, &[other], &Device::Cpu).is_err());
 }

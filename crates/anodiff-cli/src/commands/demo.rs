@@ -349,6 +349,7 @@ pub fn run(a: Args) -> Result<()> {
         out: a.out.clone(),
         show: 16,
         intro,
+        lpips_weights: None,
     })?;
     eprintln!(
         "{} of {} generated pairs accepted; mask contrast {:.1} vs {:.1} for a moved mask",

@@ -26,6 +26,13 @@ pub struct Args {
     /// Report folder (default: GENERATED/report).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// LPIPS weights (safetensors of `lpips.LPIPS(net='alex'|'vgg').state_dict()`, written by
+    /// tools/export_lpips_weights.py) to report IC-LPIPS, the diversity measure of the paper: the
+    /// mean pairwise LPIPS of generated images sharing their nearest training image. Without
+    /// them it is not computed (no substitute is reported under that name). The paper's IS needs
+    /// an Inception network and is not offered.
+    #[arg(long)]
+    pub lpips_weights: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -47,6 +54,7 @@ pub fn run(a: Args) -> Result<()> {
         out: out.clone(),
         show: a.show,
         intro: String::new(),
+        lpips_weights: a.lpips_weights,
     })?;
     println!(
         "{} of {} accepted; mask contrast {:.1} vs {:.1} moved (ratio {:.2})",
@@ -62,6 +70,12 @@ pub fn run(a: Args) -> Result<()> {
             r.aligned,
             r.shifted,
             r.ratio()
+        );
+    }
+    if let Some(ic) = f.ic_lpips {
+        println!(
+            "IC-LPIPS {:.4} over {} of {} training images",
+            ic.value, ic.clusters_used, ic.clusters
         );
     }
     println!("wrote {}", out.join("report.html").display());

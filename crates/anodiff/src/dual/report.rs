@@ -8,6 +8,8 @@ use super::generate::{read_manifest, MANIFEST};
 use super::run::{grey_to_rgb, read_run};
 use crate::data::split::SplitManifest;
 use crate::error::{Error, Result};
+use crate::eval::ic_lpips::{ic_lpips, IcLpips};
+use crate::eval::lpips::Lpips;
 use crate::io::atomic::write_atomic;
 use crate::io::html::{esc, loss_svg, page_head};
 use crate::io::image::{load_mask, load_rgb, save_png_grid};
@@ -33,6 +35,8 @@ pub struct DualReportInput {
     pub show: usize,
     /// HTML placed at the top of the page (e.g. the demo's explanation and timings).
     pub intro: String,
+    /// LPIPS weights (a file `eval::lpips::Lpips::load` reads) for IC-LPIPS; `None`: not computed.
+    pub lpips_weights: Option<PathBuf>,
 }
 
 /// The measured figures (also written as `report.json`).
@@ -50,6 +54,9 @@ pub struct DualReportFigures {
     pub real_train: Option<Alignment>,
     /// Mask alignment of the real held-out defects of the same type.
     pub real_test: Option<Alignment>,
+    /// IC-LPIPS of the accepted whole images around the few-shot training images (only with
+    /// user-supplied LPIPS weights and at least one cluster of two).
+    pub ic_lpips: Option<IcLpips>,
 }
 
 /// Writes `out/report.html`, `out/report.json` and the grids; returns the figures.
@@ -166,6 +173,16 @@ pub fn write_dual_report(i: &DualReportInput) -> Result<DualReportFigures> {
     let rej_png = grid(&rej_rows, "rejected.png")?;
     let real_png = grid(&real_rows, "real.png")?;
 
+    let ic_lpips = match &i.lpips_weights {
+        Some(w) => {
+            let dev = candle_core::Device::Cpu;
+            let net = Lpips::load(w, &dev)?;
+            let train: Vec<RgbImage> = real_grid.iter().map(|(w, _)| w.clone()).collect();
+            let gen: Vec<RgbImage> = accepted.iter().map(|(_, w, _, _)| w.clone()).collect();
+            ic_lpips(&net, &train, &gen, &dev)?
+        }
+        None => None,
+    };
     let figures = DualReportFigures {
         attempted: lines.len(),
         accepted: accepted.len(),
@@ -173,6 +190,7 @@ pub fn write_dual_report(i: &DualReportInput) -> Result<DualReportFigures> {
         generated,
         real_train,
         real_test,
+        ic_lpips,
     };
     write_json(&i.out.join("report.json"), &figures)?;
 
@@ -249,6 +267,18 @@ pub fn write_dual_report(i: &DualReportInput) -> Result<DualReportFigures> {
         row("real, few-shot training defects", &figures.real_train),
         row("real, held-out defects of the type", &figures.real_test),
     );
+    if let Some(ic) = figures.ic_lpips {
+        let _ = write!(
+            h,
+            "<h2>Diversity</h2><p>IC-LPIPS (LPIPS weights <code>{}</code>): <b>{:.4}</b>, the mean \
+             pairwise LPIPS of accepted whole images that share their nearest training image, over \
+             {} of {} training images with at least two such images.</p>",
+            esc(&i.lpips_weights.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+            ic.value,
+            ic.clusters_used,
+            ic.clusters
+        );
+    }
     if !i.benches.is_empty() {
         h.push_str("<h2>Downstream localisation (anodiff bench localisation)</h2>");
         for (label, dir) in &i.benches {
