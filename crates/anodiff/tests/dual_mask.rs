@@ -7,8 +7,8 @@ mod common;
 
 use anodiff::data::mask_ops::{otsu, BinaryMask};
 use anodiff::dual::mask::{
-    defect_contrast, judge, real_part_contrast, AreaRange, DistanceMask, DistanceMaskOptions,
-    MaskExtractor, Reason, RejectOptions, Threshold, Verdict, PART_FILL,
+    defect_contrast, judge, part_image, real_part_contrast, AreaRange, DistanceMask,
+    DistanceMaskOptions, MaskExtractor, Reason, RejectOptions, Threshold, Verdict, PART_FILL,
 };
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
@@ -312,14 +312,7 @@ fn real_defects_drawn_softer_still_pass_the_contrast_check() {
                     .join(format!("{stem}_mask.png"));
                 let m = image::open(gt).unwrap().to_luma8();
                 let c = real_part_contrast(&img, &m, &extractor).unwrap().unwrap();
-                let part = RgbImage::from_fn(img.width(), img.height(), |x, y| {
-                    if m.get_pixel(x, y)[0] >= 128 {
-                        *img.get_pixel(x, y)
-                    } else {
-                        GREY
-                    }
-                });
-                parts.push((c, part));
+                parts.push((c, part_image(&img, &m, PART_FILL)));
             }
             let mut cs: Vec<f32> = parts.iter().map(|p| p.0).collect();
             cs.sort_by(f32::total_cmp);

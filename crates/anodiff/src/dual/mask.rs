@@ -179,6 +179,19 @@ pub fn defect_contrast(part: &RgbImage, mask: &GrayImage, fill: f32, sigma: f32)
         .mean_where(&BinaryMask::from_gray(mask, 128), true)
 }
 
+/// The part image `I ⊙ M`: `image` inside the mask (value ≥ 128), the grey `fill` (rounded)
+/// outside.
+pub fn part_image(image: &RgbImage, mask: &GrayImage, fill: f32) -> RgbImage {
+    let grey = image::Rgb([fill.round() as u8; 3]);
+    RgbImage::from_fn(image.width(), image.height(), |x, y| {
+        if mask.get_pixel(x, y)[0] >= 128 {
+            *image.get_pixel(x, y)
+        } else {
+            grey
+        }
+    })
+}
+
 /// The part image `I ⊙ M` of a real defect (mid-grey outside the mask), and [`defect_contrast`]
 /// inside the mask `extractor` finds in it — the way a generated part is measured — or inside
 /// the real mask when the extractor finds nothing.
@@ -188,14 +201,7 @@ pub fn real_part_contrast(
     extractor: &DistanceMask,
 ) -> Result<Option<f32>> {
     let fill = extractor.options().fill;
-    let grey = image::Rgb([fill.round() as u8; 3]);
-    let part = RgbImage::from_fn(image.width(), image.height(), |x, y| {
-        if mask.get_pixel(x, y)[0] >= 128 {
-            *image.get_pixel(x, y)
-        } else {
-            grey
-        }
-    });
+    let part = part_image(image, mask, fill);
     let found = extractor.extract(&part)?;
     let m = if found.iter().any(|&v| v >= 128) {
         &found
@@ -384,7 +390,11 @@ pub fn judge(part: &RgbImage, mask: &GrayImage, opts: &RejectOptions) -> Result<
         }
     }
     if let Some(min) = opts.min_contrast {
-        let contrast = defect_contrast(part, mask, opts.fill, opts.sigma).unwrap_or(0.0);
+        // defect_contrast, from the distance map already computed.
+        let contrast = dist
+            .gaussian_blur(opts.sigma)
+            .mean_where(&m, true)
+            .unwrap_or(0.0);
         if contrast < min {
             return Ok(Verdict::Rejected(Reason::FaintDefect { contrast, min }));
         }

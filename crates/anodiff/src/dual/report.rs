@@ -5,6 +5,7 @@
 
 use super::alignment::{alignment, Alignment};
 use super::generate::{read_manifest, MANIFEST};
+use super::mask::{part_image, PART_FILL};
 use super::run::{grey_to_rgb, read_run};
 use crate::data::split::SplitManifest;
 use crate::error::{Error, Result};
@@ -158,16 +159,7 @@ pub fn write_dual_report(i: &DualReportInput) -> Result<DualReportFigures> {
         .collect();
     let real_rows: Vec<_> = real_grid
         .iter()
-        .map(|(w, m)| {
-            let part = RgbImage::from_fn(w.width(), w.height(), |x, y| {
-                if m.get_pixel(x, y)[0] >= 128 {
-                    *w.get_pixel(x, y)
-                } else {
-                    image::Rgb([128, 128, 128])
-                }
-            });
-            (w.clone(), part, grey_to_rgb(m))
-        })
+        .map(|(w, m)| (w.clone(), part_image(w, m, PART_FILL), grey_to_rgb(m)))
         .collect();
     let gen_png = grid(&gen_rows, "generated.png")?;
     let rej_png = grid(&rej_rows, "rejected.png")?;

@@ -91,14 +91,28 @@ pub fn load_square<T: Sync>(
     side: u32,
     load: impl Fn(&T) -> Result<image::RgbImage> + Sync,
 ) -> Result<Vec<image::RgbImage>> {
+    load_resized(items, load, |_| (side, side))
+}
+
+/// Loads every item in parallel (order kept) and resizes it bilinearly to `dims(its size)`;
+/// an image already that size is kept as it is (what `resize` would copy).
+fn load_resized<T: Sync>(
+    items: &[T],
+    load: impl Fn(&T) -> Result<image::RgbImage> + Sync,
+    dims: impl Fn((u32, u32)) -> (u32, u32) + Sync,
+) -> Result<Vec<image::RgbImage>> {
     items
         .par_iter()
         .map(|item| {
             let img = load(item)?;
+            let (w, h) = dims(img.dimensions());
+            if (w, h) == img.dimensions() {
+                return Ok(img);
+            }
             Ok(image::imageops::resize(
                 &img,
-                side,
-                side,
+                w,
+                h,
                 image::imageops::FilterType::Triangle,
             ))
         })
@@ -124,22 +138,7 @@ pub fn load_scaled<T: Sync>(
     min_side: u32,
     load: impl Fn(&T) -> Result<image::RgbImage> + Sync,
 ) -> Result<Vec<image::RgbImage>> {
-    items
-        .par_iter()
-        .map(|item| {
-            let img = load(item)?;
-            let (w, h) = scaled_dims(img.dimensions(), scale, min_side);
-            if (w, h) == img.dimensions() {
-                return Ok(img);
-            }
-            Ok(image::imageops::resize(
-                &img,
-                w,
-                h,
-                image::imageops::FilterType::Triangle,
-            ))
-        })
-        .collect()
+    load_resized(items, load, |d| scaled_dims(d, scale, min_side))
 }
 
 /// The centred `side`² window of `img` (clamped to the image where it is smaller).
