@@ -43,7 +43,7 @@ pub struct Args {
     /// Defect type DualAnoDiff learns (capsule: scratch, spot, crack, missing).
     #[arg(long, default_value = "spot")]
     pub defect: String,
-    /// Pretraining updates (batch 8). 1000 is the fewest at which generated part images come out
+    /// Pretraining updates (batch 8). 1000 is the fewest of those measured at which generated part images come out
     /// flat enough to pass the checks (750: 0 of 32 pairs accepted, 1000: 17 of 32; BENCHMARKS.md).
     #[arg(long, default_value_t = 1000)]
     pub pretrain_steps: usize,
