@@ -36,14 +36,29 @@ pub fn quiet_broken_pipe() {
     }
 }
 
+/// candle's own worker pool for large element-wise ops (besides rayon's) reads its spin limit
+/// from this variable when it starts.
+const CANDLE_SPIN_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
+/// Spins of an idle candle pool worker before it parks (candle's default: 25,000, about a
+/// millisecond). Between two element-wise ops the worker spun on a core that rayon's workers
+/// (convolutions, GEMMs, our kernels) needed: with 2 cores, three busy threads. Measured at 2
+/// threads (`bench small`, 5 alternating rounds, BENCHMARKS.md): locnet64 152 → 125 ms, small
+/// UNet 531 → 447 ms with 1,000.
+const CANDLE_SPIN_LIMIT: u32 = 1000;
+
 /// Fixes the worker-thread count for the whole process through `RAYON_NUM_THREADS`: `threads`
 /// when given, else the variable as the user set it, else the available parallelism (rayon's own
 /// default). Call before the first parallel op.
 ///
 /// Why: besides sizing rayon's pool, candle looks the count up on every matmul, and without the
 /// variable it re-reads and parses `/proc/cpuinfo` each time: about 6,500 reads per SD-1.5 LoRA
-/// training step (`strace -e openat`), ~3 % of the step's CPU time in `perf`.
+/// training step (`strace -e openat`), ~3 % of the step's CPU time in `perf`. Also shortens the
+/// spinning of candle's pool workers to [`CANDLE_SPIN_LIMIT`] unless the user set the variable.
 pub fn set_thread_count(threads: Option<usize>) {
+    if std::env::var_os(CANDLE_SPIN_VAR).is_none() {
+        std::env::set_var(CANDLE_SPIN_VAR, CANDLE_SPIN_LIMIT.to_string());
+    }
     let n = match threads {
         Some(n) => n.max(1),
         None => match std::env::var("RAYON_NUM_THREADS")

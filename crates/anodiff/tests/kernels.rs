@@ -3,6 +3,7 @@
 
 mod common;
 
+use anodiff::kernels::groupnorm::Act;
 use anodiff::kernels::{attention, conv2d, geglu, groupnorm, lowrank, winograd};
 use anodiff::nn::ops::sdpa_basic;
 use candle_core::backprop::GradStore;
@@ -212,9 +213,15 @@ fn kernels_reject_bad_shapes() {
     let w = randn(&[2, 5, 3, 3], DType::F32);
     assert!(conv2d::conv2d(&x, &w, 1, 1).is_err());
     let g = randn(&[6], DType::F32);
-    assert!(
-        groupnorm::group_norm(&randn(&[1, 6, 2, 2], DType::F32), &g, &g, 4, 1e-5, true).is_err()
-    );
+    assert!(groupnorm::group_norm(
+        &randn(&[1, 6, 2, 2], DType::F32),
+        &g,
+        &g,
+        4,
+        1e-5,
+        Act::Silu
+    )
+    .is_err());
     let q = randn(&[1, 2, 4, 8], DType::F32);
     let k = randn(&[1, 2, 5, 7], DType::F32);
     assert!(attention::attention(&q, &k, &k, 1.0).is_err());
@@ -235,14 +242,14 @@ fn groupnorm_matches_candle_fwd_and_grads() {
     ];
     for dt in [DType::F32, DType::F64] {
         for (shape, groups) in cases {
-            for silu in [false, true] {
+            for act in [Act::Identity, Act::Silu, Act::Relu] {
                 let c = shape[1];
                 // Offset mean so the normalisation actually matters.
                 let x = Var::from_tensor(&randn(shape, dt).affine(3.0, 1.5).unwrap()).unwrap();
                 let g = Var::from_tensor(&randn(&[c], dt)).unwrap();
                 let b = Var::from_tensor(&randn(&[c], dt)).unwrap();
-                let ours = groupnorm::group_norm(&x, &g, &b, groups, 1e-5, silu).unwrap();
-                let refr = groupnorm::reference(&x, &g, &b, groups, 1e-5, silu).unwrap();
+                let ours = groupnorm::group_norm(&x, &g, &b, groups, 1e-5, act).unwrap();
+                let refr = groupnorm::reference(&x, &g, &b, groups, 1e-5, act).unwrap();
                 let (g1, g2) = both_grads(&ours, &refr);
                 let errs = [
                     rel(&ours, &refr),
@@ -251,7 +258,7 @@ fn groupnorm_matches_candle_fwd_and_grads() {
                     rel(g1.get(&b).unwrap(), g2.get(&b).unwrap()),
                 ];
                 println!(
-                    "groupnorm {dt:?} {shape:?}/{groups} silu={silu}: fwd,dx,dgamma,dbeta {errs:?}"
+                    "groupnorm {dt:?} {shape:?}/{groups} {act:?}: fwd,dx,dgamma,dbeta {errs:?}"
                 );
                 assert!(
                     errs.iter().all(|&e| e < TOL),
@@ -270,10 +277,34 @@ fn groupnorm_silu_backward_finite_differences_f64() {
     let b = randn(&[4], DType::F64);
     let r = randn(&shape, DType::F64);
     let worst = fd_worst(&[&x, &g, &b], |t| {
-        let y = groupnorm::group_norm(&t[0], &t[1], &t[2], groups, eps, true).unwrap();
+        let y = groupnorm::group_norm(&t[0], &t[1], &t[2], groups, eps, Act::Silu).unwrap();
         (y * &r).unwrap().sum_all().unwrap()
     });
     println!("groupnorm+silu f64 finite differences: worst rel err {worst:.2e} (tol 1e-6)");
+    assert!(worst < 1e-6);
+}
+
+#[test]
+fn groupnorm_relu_backward_finite_differences_f64() {
+    // A central difference across ReLU's kink (z = 0) would be meaningless: the test asserts that
+    // the data keep every |z| far above the step.
+    let (shape, groups, eps) = ([2usize, 4, 3, 3], 2, 1e-5);
+    let x = randn(&shape, DType::F64);
+    let g = randn(&[4], DType::F64);
+    let b = randn(&[4], DType::F64);
+    let r = randn(&shape, DType::F64);
+    let z = groupnorm::group_norm(&x, &g, &b, groups, eps, Act::Identity).unwrap();
+    let min_abs = z.abs().unwrap().flatten_all().unwrap().min(0).unwrap();
+    let min_abs = min_abs.to_scalar::<f64>().unwrap();
+    let worst = fd_worst(&[&x, &g, &b], |t| {
+        let y = groupnorm::group_norm(&t[0], &t[1], &t[2], groups, eps, Act::Relu).unwrap();
+        (y * &r).unwrap().sum_all().unwrap()
+    });
+    println!("groupnorm+relu f64 finite differences: worst rel err {worst:.2e} (tol 1e-6), min |z| {min_abs:.1e}");
+    assert!(
+        min_abs > 1e-3,
+        "data too close to the kink for a finite difference"
+    );
     assert!(worst < 1e-6);
 }
 

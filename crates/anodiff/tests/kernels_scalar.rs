@@ -37,20 +37,22 @@ fn run_all() -> Vec<(String, Tensor)> {
         Var::from_tensor(&seeded(&[16], 4)).unwrap(),
         Var::from_tensor(&seeded(&[16], 5)).unwrap(),
     );
-    let y = groupnorm::group_norm(&x, &gm, &bt, 4, 1e-5, true).unwrap();
-    let g = (&y * &seeded(y.dims(), 6))
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap();
-    out.push(("groupnorm y".into(), y.detach()));
-    for (n, v) in [
-        ("dx", x.as_tensor()),
-        ("dgamma", gm.as_tensor()),
-        ("dbeta", bt.as_tensor()),
-    ] {
-        out.push((format!("groupnorm {n}"), g.get(v).unwrap().clone()));
+    for act in [groupnorm::Act::Silu, groupnorm::Act::Relu] {
+        let y = groupnorm::group_norm(&x, &gm, &bt, 4, 1e-5, act).unwrap();
+        let g = (&y * &seeded(y.dims(), 6))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        out.push((format!("groupnorm {act:?} y"), y.detach()));
+        for (n, v) in [
+            ("dx", x.as_tensor()),
+            ("dgamma", gm.as_tensor()),
+            ("dbeta", bt.as_tensor()),
+        ] {
+            out.push((format!("groupnorm {act:?} {n}"), g.get(v).unwrap().clone()));
+        }
     }
     // Key length 77 (cross-attention) leaves a ragged tail after the 8- and 16-lane loops.
     let q = Var::from_tensor(&seeded(&[2, 3, 70, 24], 7)).unwrap();

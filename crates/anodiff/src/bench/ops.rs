@@ -93,9 +93,9 @@ pub fn run(iters: usize, keys: &[&str], candle: bool) -> candle_core::Result<Vec
     let beta = Var::from_tensor(&randn(&[320])?)?;
     time("groupnorm_silu_fwd_bwd", &|o| {
         let y = if o {
-            groupnorm::group_norm(&x, &gamma, &beta, 32, 1e-5, true)?
+            groupnorm::group_norm(&x, &gamma, &beta, 32, 1e-5, groupnorm::Act::Silu)?
         } else {
-            groupnorm::reference(&x, &gamma, &beta, 32, 1e-5, true)?
+            groupnorm::reference(&x, &gamma, &beta, 32, 1e-5, groupnorm::Act::Silu)?
         };
         (y * &r)?.sum_all()?.backward().map(drop)
     })?;

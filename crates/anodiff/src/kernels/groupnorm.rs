@@ -1,4 +1,4 @@
-//! Fused GroupNorm (+ optional SiLU) as a candle `CustomOp3` (x, gamma, beta) on CPU, with an
+//! Fused GroupNorm (+ optional SiLU or ReLU) as a candle `CustomOp3` (x, gamma, beta) on CPU, with an
 //! analytic backward giving dx, dgamma, dbeta in one pass over the data. Statistics are one
 //! shifted pass in f64 per (batch, group), kept from the forward for the backward; work is
 //! parallel over (batch, group).
@@ -8,24 +8,36 @@ use super::{slice, supported};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
 
-/// GroupNorm over `x: [N, C, …]` with per-channel affine `gamma`, `beta: [C]`, then SiLU if
-/// `silu`. Falls back to candle's composition on non-CPU devices or dtypes other than f32/f64.
+/// The activation applied to the affine GroupNorm output inside the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// None: plain GroupNorm.
+    Identity,
+    /// `z · sigmoid(z)` (the SD UNet's ResNet blocks).
+    Silu,
+    /// `max(z, 0)`, gradient 0 at z = 0 as in PyTorch (the localisation net's conv blocks; fused,
+    /// it saves the separate ReLU's pass and its backward's mask, multiply and accumulate).
+    Relu,
+}
+
+/// GroupNorm over `x: [N, C, …]` with per-channel affine `gamma`, `beta: [C]`, then `act`.
+/// Falls back to candle's composition on non-CPU devices or dtypes other than f32/f64.
 pub fn group_norm(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     groups: usize,
     eps: f64,
-    silu: bool,
+    act: Act,
 ) -> Result<Tensor> {
     if !supported(x) || x.dtype() != gamma.dtype() || x.dtype() != beta.dtype() {
-        return reference(x, gamma, beta, groups, eps, silu);
+        return reference(x, gamma, beta, groups, eps, act);
     }
     let (x, gamma, beta) = (x.contiguous()?, gamma.contiguous()?, beta.contiguous()?);
     let op = GroupNormOp {
         groups,
         eps,
-        silu,
+        act,
         stats: Default::default(),
     };
     x.apply_op3(&gamma, &beta, op)
@@ -38,7 +50,7 @@ pub fn reference(
     beta: &Tensor,
     groups: usize,
     eps: f64,
-    silu: bool,
+    act: Act,
 ) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (b, c) = (dims[0], dims[1]);
@@ -54,10 +66,10 @@ pub fn reference(
     let y = xn
         .broadcast_mul(&gamma.reshape(shape.as_slice())?)?
         .broadcast_add(&beta.reshape(shape.as_slice())?)?;
-    if silu {
-        y.silu()
-    } else {
-        Ok(y)
+    match act {
+        Act::Identity => Ok(y),
+        Act::Silu => y.silu(),
+        Act::Relu => y.relu(),
     }
 }
 
@@ -127,45 +139,73 @@ fn fwd_group<T: Elem>(
     beta: &[T],
     s: usize,
     eps: f64,
-    silu: bool,
+    act: Act,
 ) -> (f64, f64) {
     let (mean, rstd) = stats(x, eps);
     let (mean_t, rstd_t) = (T::from_f64(mean), T::from_f64(rstd));
     if s == 1 {
         // LayerNorm layout (one position per channel): one flat loop over channels.
         for (((o, &v), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-            let z = (v - mean_t) * (rstd_t * g) + b;
-            *o = if silu { z * z.sigmoid() } else { z };
+            *o = activate((v - mean_t) * (rstd_t * g) + b, act);
         }
         return (mean, rstd);
     }
     for (c, (xc, yc)) in x.chunks_exact(s).zip(y.chunks_exact_mut(s)).enumerate() {
         let (a, b) = (rstd_t * gamma[c], beta[c]);
-        if silu {
-            for (o, &v) in yc.iter_mut().zip(xc) {
-                let z = (v - mean_t) * a + b;
-                *o = z * z.sigmoid();
+        // One loop per activation, so each vectorises without a branch per element.
+        match act {
+            Act::Identity => {
+                for (o, &v) in yc.iter_mut().zip(xc) {
+                    *o = (v - mean_t) * a + b;
+                }
             }
-        } else {
-            for (o, &v) in yc.iter_mut().zip(xc) {
-                *o = (v - mean_t) * a + b;
+            Act::Silu => {
+                for (o, &v) in yc.iter_mut().zip(xc) {
+                    let z = (v - mean_t) * a + b;
+                    *o = z * z.sigmoid();
+                }
+            }
+            Act::Relu => {
+                for (o, &v) in yc.iter_mut().zip(xc) {
+                    let z = (v - mean_t) * a + b;
+                    *o = if z > T::zero() { z } else { T::zero() };
+                }
             }
         }
     }
     (mean, rstd)
 }
 
-/// `(x̂, ∂L/∂z)` for one element: the normalised input and the gradient at the affine output `z`
-/// (through SiLU when `silu`), given `d = ∂L/∂y`.
+/// `act(z)` for one element.
 #[inline(always)]
-fn norm_grad<T: Elem>(v: T, d: T, mean: T, rstd: T, g: T, b: T, silu: bool) -> (T, T) {
+fn activate<T: Elem>(z: T, act: Act) -> T {
+    match act {
+        Act::Identity => z,
+        Act::Silu => z * z.sigmoid(),
+        Act::Relu if z > T::zero() => z,
+        Act::Relu => T::zero(),
+    }
+}
+
+/// `(x̂, ∂L/∂z)` for one element: the normalised input and the gradient at the affine output `z`
+/// (through the activation), given `d = ∂L/∂y`.
+#[inline(always)]
+fn norm_grad<T: Elem>(v: T, d: T, mean: T, rstd: T, g: T, b: T, act: Act) -> (T, T) {
     let xh = (v - mean) * rstd;
-    let dz = if silu {
-        let z = xh * g + b;
-        let sg = z.sigmoid();
-        d * sg * (T::one() + z * (T::one() - sg))
-    } else {
-        d
+    let dz = match act {
+        Act::Identity => d,
+        Act::Silu => {
+            let z = xh * g + b;
+            let sg = z.sigmoid();
+            d * sg * (T::one() + z * (T::one() - sg))
+        }
+        Act::Relu => {
+            if xh * g + b > T::zero() {
+                d
+            } else {
+                T::zero()
+            }
+        }
     };
     (xh, dz)
 }
@@ -183,7 +223,7 @@ fn bwd_group<T: Elem>(
     beta: &[T],
     s: usize,
     (mean, rstd): (f64, f64),
-    silu: bool,
+    act: Act,
 ) {
     let (mean_t, rstd_t) = (T::from_f64(mean), T::from_f64(rstd));
     let (mut sum_a, mut sum_b) = (0f64, 0f64);
@@ -191,7 +231,7 @@ fn bwd_group<T: Elem>(
         // LayerNorm layout: per-channel sums are single terms, kept in f64 for the reduction.
         for (c, ((&v, &d), o)) in x.iter().zip(dy).zip(dx.iter_mut()).enumerate() {
             let (g, b) = (gamma[c], beta[c]);
-            let (xh, dz) = norm_grad(v, d, mean_t, rstd_t, g, b, silu);
+            let (xh, dz) = norm_grad(v, d, mean_t, rstd_t, g, b, act);
             *o = dz * g;
             let (dz64, dzx64) = (dz.to_f64(), (dz * xh).to_f64());
             part[2 * c] = dzx64;
@@ -211,7 +251,7 @@ fn bwd_group<T: Elem>(
             let (mut sdz64, mut sdzx64) = (0f64, 0f64);
             // Accumulate in T lanes over short blocks, then in f64, to stay fast and accurate.
             for ((xb, dyb), dxb) in xc.chunks(256).zip(dyc.chunks(256)).zip(dxc.chunks_mut(256)) {
-                let dz_of = |v: T, d: T| norm_grad(v, d, mean_t, rstd_t, g, b, silu);
+                let dz_of = |v: T, d: T| norm_grad(v, d, mean_t, rstd_t, g, b, act);
                 // Whole 8-element groups with one accumulator per lane, so the loop vectorises.
                 let (x8, d8, o8) = (
                     xb.chunks_exact(8),
@@ -265,9 +305,9 @@ unsafe fn fwd_group_avx2<T: Elem>(
     b: &[T],
     s: usize,
     eps: f64,
-    silu: bool,
+    act: Act,
 ) -> (f64, f64) {
-    fwd_group(x, y, g, b, s, eps, silu)
+    fwd_group(x, y, g, b, s, eps, act)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -282,9 +322,9 @@ unsafe fn bwd_group_avx2<T: Elem>(
     b: &[T],
     s: usize,
     stats: (f64, f64),
-    silu: bool,
+    act: Act,
 ) {
-    bwd_group(x, dy, dx, part, g, b, s, stats, silu)
+    bwd_group(x, dy, dx, part, g, b, s, stats, act)
 }
 
 /// Returns y and the (mean, 1/σ) of every (batch, group), which the backward reuses.
@@ -294,7 +334,7 @@ fn fwd<T: Elem>(
     gamma: &[T],
     beta: &[T],
     eps: f64,
-    silu: bool,
+    act: Act,
 ) -> (Vec<T>, Vec<(f64, f64)>) {
     let mut y = vec![T::zero(); x.len()];
     let (gs, groups, avx) = (d.cg * d.s, d.c / d.cg, has_avx2());
@@ -309,17 +349,17 @@ fn fwd<T: Elem>(
             #[cfg(target_arch = "x86_64")]
             if avx {
                 // SAFETY: the CPU supports AVX2 and FMA (checked above).
-                *st = unsafe { fwd_group_avx2(xg, yg, gm, bt, d.s, eps, silu) };
+                *st = unsafe { fwd_group_avx2(xg, yg, gm, bt, d.s, eps, act) };
                 return;
             }
             let _ = avx;
-            *st = fwd_group(xg, yg, gm, bt, d.s, eps, silu);
+            *st = fwd_group(xg, yg, gm, bt, d.s, eps, act);
         });
     (y, stats)
 }
 
 /// Returns `[dx (numel), dgamma (C), dbeta (C)]` packed in one buffer; `stats` from [`fwd`].
-fn bwd<T: Elem>(d: Dims, x: &[T], dy: &[T], gb: &[T], stats: &[(f64, f64)], silu: bool) -> Vec<T> {
+fn bwd<T: Elem>(d: Dims, x: &[T], dy: &[T], gb: &[T], stats: &[(f64, f64)], act: Act) -> Vec<T> {
     let (gamma, beta) = gb.split_at(d.c);
     let mut out = vec![T::zero(); x.len() + 2 * d.c];
     let mut part = vec![0f64; d.n * d.c * 2];
@@ -335,10 +375,10 @@ fn bwd<T: Elem>(d: Dims, x: &[T], dy: &[T], gb: &[T], stats: &[(f64, f64)], silu
             #[cfg(target_arch = "x86_64")]
             if avx {
                 // SAFETY: the CPU supports AVX2 and FMA (checked above).
-                return unsafe { bwd_group_avx2(xg, dyg, dxg, pg, gm, bt, d.s, stats[i], silu) };
+                return unsafe { bwd_group_avx2(xg, dyg, dxg, pg, gm, bt, d.s, stats[i], act) };
             }
             let _ = avx;
-            bwd_group(xg, dyg, dxg, pg, gm, bt, d.s, stats[i], silu)
+            bwd_group(xg, dyg, dxg, pg, gm, bt, d.s, stats[i], act)
         });
     for c in 0..d.c {
         let (mut dg, mut db) = (0f64, 0f64);
@@ -355,7 +395,7 @@ fn bwd<T: Elem>(d: Dims, x: &[T], dy: &[T], gb: &[T], stats: &[(f64, f64)], silu
 struct GroupNormOp {
     groups: usize,
     eps: f64,
-    silu: bool,
+    act: Act,
     /// (mean, 1/σ) per (batch, group), set by the forward and reused by the backward (saves the
     /// backward two passes over x).
     stats: std::sync::Mutex<Vec<(f64, f64)>>,
@@ -385,16 +425,16 @@ impl CustomOp3 for GroupNormOp {
                 l3.dims()
             )
         }
-        let (eps, silu, n) = (self.eps, self.silu, self.name());
+        let (eps, act, n) = (self.eps, self.act, self.name());
         let (y, stats) = match (s1, s2, s3) {
             (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
                 let (x, g, b) = (slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?);
-                let (y, st) = fwd::<f32>(d, x, g, b, eps, silu);
+                let (y, st) = fwd::<f32>(d, x, g, b, eps, act);
                 (CpuStorage::F32(y), st)
             }
             (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
                 let (x, g, b) = (slice(s1, l1, n)?, slice(s2, l2, n)?, slice(s3, l3, n)?);
-                let (y, st) = fwd::<f64>(d, x, g, b, eps, silu);
+                let (y, st) = fwd::<f64>(d, x, g, b, eps, act);
                 (CpuStorage::F64(y), st)
             }
             _ => candle_core::bail!("{n}: only f32/f64 with matching dtypes"),
@@ -424,7 +464,7 @@ impl CustomOp3 for GroupNormOp {
         let op = GroupNormBwd {
             groups: self.groups,
             stats,
-            silu: self.silu,
+            act: self.act,
         };
         let packed = x
             .contiguous()?
@@ -442,7 +482,7 @@ struct GroupNormBwd {
     groups: usize,
     /// The forward's (mean, 1/σ) per (batch, group).
     stats: Vec<(f64, f64)>,
-    silu: bool,
+    act: Act,
 }
 
 impl CustomOp3 for GroupNormBwd {
@@ -470,7 +510,7 @@ impl CustomOp3 for GroupNormBwd {
                 l3.dims()
             )
         }
-        let (stats, silu, n) = (&self.stats, self.silu, self.name());
+        let (stats, act, n) = (&self.stats, self.act, self.name());
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(bwd(
                 d,
@@ -478,7 +518,7 @@ impl CustomOp3 for GroupNormBwd {
                 slice(s2, l2, n)?,
                 slice(s3, l3, n)?,
                 stats,
-                silu,
+                act,
             )),
             (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(bwd(
                 d,
@@ -486,7 +526,7 @@ impl CustomOp3 for GroupNormBwd {
                 slice(s2, l2, n)?,
                 slice(s3, l3, n)?,
                 stats,
-                silu,
+                act,
             )),
             _ => candle_core::bail!("{n}: only f32/f64 with matching dtypes"),
         };

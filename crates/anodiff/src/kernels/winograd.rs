@@ -596,7 +596,10 @@ fn conv_t<const M: usize, const A: usize, T: Transforms<M, A>>(
 ) -> Vec<f32> {
     let aa = A * A;
     let (tiles, chunk) = chunking(p, M, A);
-    let mut out = vec![0f32; p.n * p.o * p.ho() * p.wo()];
+    // Every output element lies in exactly one tile and is written by the output transform, so
+    // the buffer is not zeroed first (a memset of the whole output per call).
+    let len = p.n * p.o * p.ho() * p.wo();
+    let mut out = scratch(len);
     let mut v = scratch(aa * p.c * chunk);
     let mut m = scratch(aa * p.o * chunk);
     for t0 in (0..tiles).step_by(chunk) {
@@ -623,14 +626,17 @@ fn conv_t<const M: usize, const A: usize, T: Transforms<M, A>>(
             }
         });
         // 3. Output transform, one task per output channel.
-        let op = Ptr(out.as_mut_ptr());
+        let op = Ptr(out.as_mut_ptr().cast());
         // SAFETY: the GEMMs above wrote all aa·O·tc elements.
         let m = unsafe { std::slice::from_raw_parts(m.as_ptr().cast::<f32>(), aa * p.o * tc) };
         (0..p.o)
             .into_par_iter()
             .for_each(|oi| simd_dispatch!(output_channel::<M, A, T>(p, m, oi, t0, tc, op)));
     }
-    out
+    let mut out = std::mem::ManuallyDrop::new(out);
+    // SAFETY: all `len` elements were written above (the tiles cover the output); MaybeUninit<f32>
+    // and f32 have the same layout, and the allocation is handed over whole.
+    unsafe { Vec::from_raw_parts(out.as_mut_ptr().cast::<f32>(), len, out.capacity()) }
 }
 
 #[cfg(test)]

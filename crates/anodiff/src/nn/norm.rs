@@ -2,6 +2,7 @@
 
 use super::params::{Init, Params};
 use crate::error::Result;
+use crate::kernels::groupnorm::Act;
 use candle_core::{Module, Tensor, D};
 
 /// Group normalisation with a per-channel affine (diffusers' `GroupNorm`).
@@ -35,17 +36,31 @@ impl GroupNorm {
 
     /// `silu(group_norm(x))`, fused into one kernel on CPU (see `kernels::groupnorm`).
     pub fn forward_silu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_act(x, Act::Silu)
+    }
+
+    /// `relu(group_norm(x))`, fused into one kernel on CPU.
+    pub fn forward_relu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_act(x, Act::Relu)
+    }
+
+    /// `act(group_norm(x))`: the fused kernel, or candle's ops with `ANODIFF_KERNELS=candle`.
+    fn forward_act(&self, x: &Tensor, act: Act) -> candle_core::Result<Tensor> {
         if crate::kernels::enabled() {
-            crate::kernels::groupnorm::group_norm(
+            return crate::kernels::groupnorm::group_norm(
                 x,
                 &self.weight,
                 &self.bias,
                 self.groups,
                 self.eps,
-                true,
-            )
-        } else {
-            self.forward_basic(x)?.silu()
+                act,
+            );
+        }
+        let y = self.forward_basic(x)?;
+        match act {
+            Act::Identity => Ok(y),
+            Act::Silu => y.silu(),
+            Act::Relu => y.relu(),
         }
     }
 
@@ -70,18 +85,7 @@ impl GroupNorm {
 impl Module for GroupNorm {
     /// `x: [B, C, …]`; statistics over each group of channels and all trailing positions.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if crate::kernels::enabled() {
-            crate::kernels::groupnorm::group_norm(
-                x,
-                &self.weight,
-                &self.bias,
-                self.groups,
-                self.eps,
-                false,
-            )
-        } else {
-            self.forward_basic(x)
-        }
+        self.forward_act(x, Act::Identity)
     }
 }
 
@@ -132,7 +136,7 @@ impl Module for LayerNorm {
                 &b,
                 1,
                 self.eps,
-                false,
+                Act::Identity,
             )?;
             return y.reshape(x.shape());
         }
