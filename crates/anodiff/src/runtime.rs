@@ -54,7 +54,8 @@ const CANDLE_SPIN_LIMIT: u32 = 1000;
 /// Why: besides sizing rayon's pool, candle looks the count up on every matmul, and without the
 /// variable it re-reads and parses `/proc/cpuinfo` each time: about 6,500 reads per SD-1.5 LoRA
 /// training step (`strace -e openat`), ~3 % of the step's CPU time in `perf`. Also shortens the
-/// spinning of candle's pool workers to [`CANDLE_SPIN_LIMIT`] unless the user set the variable.
+/// spinning of candle's pool workers to 1,000 spins (`CANDLE_SPIN_LIMIT`) unless the user set
+/// `CANDLE_BARRIER_POOL_SPIN_LIMIT`.
 pub fn set_thread_count(threads: Option<usize>) {
     if std::env::var_os(CANDLE_SPIN_VAR).is_none() {
         std::env::set_var(CANDLE_SPIN_VAR, CANDLE_SPIN_LIMIT.to_string());

@@ -1,5 +1,5 @@
-//! Fused GroupNorm (+ optional SiLU or ReLU) as a candle `CustomOp3` (x, gamma, beta) on CPU, with an
-//! analytic backward giving dx, dgamma, dbeta in one pass over the data. Statistics are one
+//! Fused GroupNorm (+ optional SiLU or ReLU) as a candle `CustomOp3` (x, gamma, beta) on CPU,
+//! with an analytic backward giving dx, dgamma, dbeta in one pass over the data. Statistics are one
 //! shifted pass in f64 per (batch, group), kept from the forward for the backward; work is
 //! parallel over (batch, group).
 
