@@ -20,6 +20,17 @@ pub enum Act {
     Relu,
 }
 
+impl Act {
+    /// The activation as candle ops on a tensor (the composed reference and the kernels-off path).
+    pub fn apply(self, y: Tensor) -> Result<Tensor> {
+        match self {
+            Act::Identity => Ok(y),
+            Act::Silu => y.silu(),
+            Act::Relu => y.relu(),
+        }
+    }
+}
+
 /// GroupNorm over `x: [N, C, …]` with per-channel affine `gamma`, `beta: [C]`, then `act`.
 /// Falls back to candle's composition on non-CPU devices or dtypes other than f32/f64.
 pub fn group_norm(
@@ -66,11 +77,7 @@ pub fn reference(
     let y = xn
         .broadcast_mul(&gamma.reshape(shape.as_slice())?)?
         .broadcast_add(&beta.reshape(shape.as_slice())?)?;
-    match act {
-        Act::Identity => Ok(y),
-        Act::Silu => y.silu(),
-        Act::Relu => y.relu(),
-    }
+    act.apply(y)
 }
 
 /// Element type the kernels run in.

@@ -56,12 +56,7 @@ impl GroupNorm {
                 act,
             );
         }
-        let y = self.forward_basic(x)?;
-        match act {
-            Act::Identity => Ok(y),
-            Act::Silu => y.silu(),
-            Act::Relu => y.relu(),
-        }
+        act.apply(self.forward_basic(x)?)
     }
 
     /// The composition of candle basic ops (the `ANODIFF_KERNELS=candle` path).
