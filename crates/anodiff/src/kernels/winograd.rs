@@ -349,30 +349,48 @@ impl Plan {
     fn tiles(&self, m: usize) -> (usize, usize) {
         (self.ho().div_ceil(m), self.wo().div_ceil(m))
     }
-    /// (image, tile row, tile column) of tile number `t`.
-    fn tile(&self, t: usize, m: usize) -> (usize, usize, usize) {
+    /// (image, tile row, tile column) of tiles `t0..t0 + tc`, counted up rather than divided
+    /// out: the per-channel transforms look every tile up once per channel, and three integer
+    /// divisions per lookup cost as much as gathering the tile.
+    fn tiles_from(&self, t0: usize, tc: usize, m: usize) -> Vec<Where> {
         let (th, tw) = self.tiles(m);
-        (t / (th * tw), (t / tw) % th, t % tw)
+        let (mut b, mut ty, mut tx) = (t0 / (th * tw), (t0 / tw) % th, t0 % tw);
+        (0..tc)
+            .map(|_| {
+                let here = (b, ty, tx);
+                tx += 1;
+                if tx == tw {
+                    (tx, ty) = (0, ty + 1);
+                    if ty == th {
+                        (ty, b) = (0, b + 1);
+                    }
+                }
+                here
+            })
+            .collect()
     }
 }
 
-/// Input transform of channel `ci` for tiles `t0..t0+tc` into `V[ξ][ci][·]`.
+/// (image, tile row, tile column) of one tile.
+type Where = (usize, usize, usize);
+
+/// Input transform of channel `ci` for the chunk's tiles `at` into `V[ξ][ci][·]`.
 #[inline(always)]
 fn input_channel<const M: usize, const A: usize, T: Transforms<M, A>>(
     p: &Plan,
     x: &[f32],
     ci: usize,
-    t0: usize,
-    tc: usize,
+    at: &[Where],
     vp: Ptr,
 ) {
+    let tc = at.len();
     let hw = p.h * p.w;
     let pad = p.pad as isize;
     for q0 in (0..tc).step_by(L) {
         let n = L.min(tc - q0);
         let mut d = [[[0f32; L]; A]; A];
         for l in 0..n {
-            let (b, ty, tx) = p.tile(t0 + q0 + l, M);
+            let (b, ty, tx) = at[q0 + l];
             let xc = &x[(b * p.c + ci) * hw..(b * p.c + ci + 1) * hw];
             let (y0, x0) = ((ty * M) as isize - pad, (tx * M) as isize - pad);
             let inside = y0 >= 0 && x0 >= 0 && y0 as usize + A <= p.h && x0 as usize + A <= p.w;
@@ -408,16 +426,17 @@ fn input_channel<const M: usize, const A: usize, T: Transforms<M, A>>(
     }
 }
 
-/// Output transform of channel `oi` for tiles `t0..t0+tc` from `M[ξ][oi][·]` into the output.
+/// Output transform of channel `oi` for the chunk's tiles `at` from `M[ξ][oi][·]` into the
+/// output.
 #[inline(always)]
 fn output_channel<const M: usize, const A: usize, T: Transforms<M, A>>(
     p: &Plan,
     m: &[f32],
     oi: usize,
-    t0: usize,
-    tc: usize,
+    at: &[Where],
     op: Ptr,
 ) {
+    let tc = at.len();
     let (ho, wo) = (p.ho(), p.wo());
     for q0 in (0..tc).step_by(L) {
         let n = L.min(tc - q0);
@@ -427,7 +446,7 @@ fn output_channel<const M: usize, const A: usize, T: Transforms<M, A>>(
         }
         let y = two_sided(&s, T::at);
         for l in 0..n {
-            let (b, ty, tx) = p.tile(t0 + q0 + l, M);
+            let (b, ty, tx) = at[q0 + l];
             let base = (b * p.o + oi) * ho * wo;
             for (i, yi) in y.iter().enumerate().take(ho - ty * M) {
                 let row = base + (ty * M + i) * wo + tx * M;
@@ -447,16 +466,16 @@ fn grad_channel<const M: usize, const A: usize, T: Transforms<M, A>>(
     p: &Plan,
     dy: &[f32],
     oi: usize,
-    t0: usize,
-    tc: usize,
+    at: &[Where],
     gp: Ptr,
 ) {
+    let tc = at.len();
     let (ho, wo) = (p.ho(), p.wo());
     for q0 in (0..tc).step_by(L) {
         let n = L.min(tc - q0);
         let mut d = [[[0f32; L]; M]; M];
         for l in 0..n {
-            let (b, ty, tx) = p.tile(t0 + q0 + l, M);
+            let (b, ty, tx) = at[q0 + l];
             let base = (b * p.o + oi) * ho * wo;
             for (i, di) in d.iter_mut().enumerate().take(ho - ty * M) {
                 let row = &dy[base + (ty * M + i) * wo + tx * M..];
@@ -481,18 +500,17 @@ fn chunking(p: &Plan, m: usize, a: usize) -> (usize, usize) {
     (tiles, (BUDGET / (a * a * p.c.max(p.o))).clamp(1, tiles))
 }
 
-/// Input transform of tiles `t0..t0 + tc` into `v` (`V[ξ][c][t]`), one task per channel.
+/// Input transform of the chunk's tiles `at` into `v` (`V[ξ][c][t]`), one task per channel.
 fn input_transform<const M: usize, const A: usize, T: Transforms<M, A>>(
     p: &Plan,
     x: &[f32],
-    t0: usize,
-    tc: usize,
+    at: &[Where],
     v: &mut [std::mem::MaybeUninit<f32>],
 ) {
     let vp = Ptr(v.as_mut_ptr().cast());
     (0..p.c)
         .into_par_iter()
-        .for_each(|ci| simd_dispatch!(input_channel::<M, A, T>(p, x, ci, t0, tc, vp)));
+        .for_each(|ci| simd_dispatch!(input_channel::<M, A, T>(p, x, ci, at, vp)));
 }
 
 /// Weight gradient of [`conv`]: `dW[o][c] = Gᵀ (Σ_t Ŷ_t[o] ⊙ V_t[c]) G`, the exact adjoint of the
@@ -516,11 +534,12 @@ fn weight_grad_t<const M: usize, const A: usize, T: Transforms<M, A>>(
     let mut du = vec![0f32; aa * p.o * p.c];
     for (k, t0) in (0..tiles).step_by(chunk).enumerate() {
         let tc = chunk.min(tiles - t0);
-        input_transform::<M, A, T>(p, x, t0, tc, &mut v);
+        let at = &p.tiles_from(t0, tc, M);
+        input_transform::<M, A, T>(p, x, at, &mut v);
         let gp = Ptr(gy.as_mut_ptr().cast());
         (0..p.o)
             .into_par_iter()
-            .for_each(|oi| simd_dispatch!(grad_channel::<M, A, T>(p, dy, oi, t0, tc, gp)));
+            .for_each(|oi| simd_dispatch!(grad_channel::<M, A, T>(p, dy, oi, at, gp)));
         let (vp, gp, dp) = (
             Ptr(v.as_mut_ptr().cast()),
             Ptr(gy.as_mut_ptr().cast()),
@@ -604,8 +623,9 @@ fn conv_t<const M: usize, const A: usize, T: Transforms<M, A>>(
     let mut m = scratch(aa * p.o * chunk);
     for t0 in (0..tiles).step_by(chunk) {
         let tc = chunk.min(tiles - t0);
+        let at = &p.tiles_from(t0, tc, M);
         // 1. Input transform.
-        input_transform::<M, A, T>(p, x, t0, tc, &mut v);
+        input_transform::<M, A, T>(p, x, at, &mut v);
         // 2. One GEMM per position ξ; the positions are the parallel axis.
         let (vp, mp) = (Ptr(v.as_mut_ptr().cast()), Ptr(m.as_mut_ptr().cast()));
         (0..aa).into_par_iter().for_each(|xi| {
@@ -631,7 +651,7 @@ fn conv_t<const M: usize, const A: usize, T: Transforms<M, A>>(
         let m = unsafe { std::slice::from_raw_parts(m.as_ptr().cast::<f32>(), aa * p.o * tc) };
         (0..p.o)
             .into_par_iter()
-            .for_each(|oi| simd_dispatch!(output_channel::<M, A, T>(p, m, oi, t0, tc, op)));
+            .for_each(|oi| simd_dispatch!(output_channel::<M, A, T>(p, m, oi, at, op)));
     }
     let mut out = std::mem::ManuallyDrop::new(out);
     // SAFETY: all `len` elements were written above (the tiles cover the output); MaybeUninit<f32>
