@@ -490,3 +490,84 @@ fn geglu_matches_composition_and_finite_differences() {
     println!("geglu f64 finite differences: worst rel err {worst:.2e} (tol 1e-8)");
     assert!(worst < 1e-8);
 }
+
+#[test]
+fn adamw_in_place_is_bit_identical_to_the_composition() {
+    use anodiff::kernels::adamw::{self, AdamWScalars};
+    // More elements than one rayon chunk, so the split is exercised; three steps with and without
+    // weight decay, the moments carried from step to step on both sides.
+    let n = 70_001;
+    let (lr, b1, b2, eps) = (3e-3, 0.9, 0.999, 1e-8);
+    for wd in [0.0, 1e-2] {
+        let p0 = randn(&[n], DType::F32);
+        let (p, m, v) = (
+            p0.copy().unwrap(),
+            p0.zeros_like().unwrap(),
+            p0.zeros_like().unwrap(),
+        );
+        let (mut rp, mut rm, mut rv) = (
+            p0.clone(),
+            p0.zeros_like().unwrap(),
+            p0.zeros_like().unwrap(),
+        );
+        for t in 1..=3 {
+            let g = randn(&[n], DType::F32);
+            let (bc1, bc2) = (1.0 - f64::powi(b1, t), 1.0 - f64::powi(b2, t));
+            let s = AdamWScalars {
+                decay: (wd != 0.0).then_some(1.0 - lr * wd),
+                one_minus_beta1: 1.0 - b1,
+                beta2: b2,
+                one_minus_beta2: 1.0 - b2,
+                inv_sqrt_bc2: 1.0 / bc2.sqrt(),
+                eps,
+                step: -lr / bc1,
+            };
+            assert!(adamw::supported(&p, &g, &m, &v));
+            adamw::update(&p, &g, &m, &v, s).unwrap();
+            // The composition `train::AdamW` uses off the kernels (torch's operation order).
+            let base = if wd != 0.0 {
+                (&rp * (1.0 - lr * wd)).unwrap()
+            } else {
+                rp.clone()
+            };
+            rm = (&rm + ((&g - &rm).unwrap() * (1.0 - b1)).unwrap()).unwrap();
+            rv = ((&rv * b2).unwrap() + (g.sqr().unwrap() * (1.0 - b2)).unwrap()).unwrap();
+            let den = ((rv.sqrt().unwrap() / bc2.sqrt()).unwrap() + eps).unwrap();
+            rp = (base + ((&rm / &den).unwrap() * (-lr / bc1)).unwrap()).unwrap();
+            for (what, got, want) in [("p", &p, &rp), ("m", &m, &rm), ("v", &v, &rv)] {
+                let (a, b) = (
+                    got.to_vec1::<f32>().unwrap(),
+                    want.to_vec1::<f32>().unwrap(),
+                );
+                let differ = a
+                    .iter()
+                    .zip(&b)
+                    .filter(|(x, y)| x.to_bits() != y.to_bits())
+                    .count();
+                assert_eq!(
+                    differ, 0,
+                    "wd {wd} step {t}: {differ} elements of {what} differ"
+                );
+            }
+        }
+        // Shapes that do not match are refused, not written.
+        let short = Tensor::zeros(n - 1, DType::F32, &Device::Cpu).unwrap();
+        assert!(!adamw::supported(&p, &short, &m, &v));
+        assert!(adamw::update(
+            &p,
+            &short,
+            &m,
+            &v,
+            AdamWScalars {
+                decay: None,
+                one_minus_beta1: 0.1,
+                beta2: 0.9,
+                one_minus_beta2: 0.1,
+                inv_sqrt_bc2: 1.0,
+                eps,
+                step: -lr,
+            }
+        )
+        .is_err());
+    }
+}

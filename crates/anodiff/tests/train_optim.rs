@@ -79,7 +79,7 @@ fn adamw_matches_torch() {
         );
         assert!(err < tol, "step {}: {got:?} vs {:?}", i + 1, TORCH_PARAM[i]);
     }
-    let st = opt.state_tensors();
+    let st = opt.state_tensors().unwrap();
     let m = st[0].1.to_vec1::<f32>().unwrap();
     let v = st[1].1.to_vec1::<f32>().unwrap();
     let (em, ev) = (max_diff(&m, &TORCH_M3), max_diff(&v, &TORCH_V3));

@@ -7,12 +7,14 @@
 //! - [`attention`]: scaled-dot-product attention over blocks of query rows, no stored score matrix;
 //! - [`lowrank`]: a frozen linear layer, alone or with one LoRA term, as a single graph node;
 //! - [`geglu`]: the feed-forward gate `a · gelu(b)` with its own backward;
+//! - [`adamw`]: the AdamW update in place (no per-op temporaries), bit-identical to the composition;
 //! - `gemm` (strided matrix-multiply wrapper) and `simd` (AVX2 element-wise helpers, with
 //!   [`force_scalar`] to test the plain paths), shared by the others.
 //!
 //! Non-CPU devices and dtypes other than f32/f64 fall back to candle's composition.
 //! `ANODIFF_KERNELS=candle` disables the kernels at run time (A/B tests, benchmarks).
 
+pub mod adamw;
 pub mod attention;
 pub mod conv2d;
 pub mod geglu;

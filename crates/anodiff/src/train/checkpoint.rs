@@ -89,7 +89,7 @@ pub fn save(
             .map(|(n, v)| (n.clone(), v.as_detached_tensor()))
             .collect();
         write_safetensors(&tmp.join("weights.safetensors"), &weights)?;
-        write_safetensors(&tmp.join("optimizer.safetensors"), &opt.state_tensors())?;
+        write_safetensors(&tmp.join("optimizer.safetensors"), &opt.state_tensors()?)?;
         write_json(&tmp.join("config.json"), config)?;
         let state = CheckpointState {
             format: FORMAT_VERSION,

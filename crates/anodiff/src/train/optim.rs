@@ -6,6 +6,7 @@
 
 use super::grads::Grads;
 use crate::error::{Error, Result};
+use crate::kernels::{self, adamw, adamw::AdamWScalars};
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -68,10 +69,10 @@ impl AdamW {
                     var.dtype()
                 )));
             }
-            let z = var.as_tensor().zeros_like()?;
+            // Two allocations: the moments are updated in place, so they must not share storage.
             slots.push(Slot {
-                m: z.clone(),
-                v: z,
+                m: var.as_tensor().zeros_like()?,
+                v: var.as_tensor().zeros_like()?,
                 step: 0,
             });
         }
@@ -103,6 +104,23 @@ impl AdamW {
             let Some(g) = grads.get(i) else { continue };
             slot.step += 1;
             let t = slot.step as i32;
+            let bc1 = 1.0 - c.beta1.powi(t);
+            let bc2 = 1.0 - c.beta2.powi(t);
+            let p = var.as_tensor();
+            if kernels::enabled() && adamw::supported(p, g, &slot.m, &slot.v) {
+                let s = AdamWScalars {
+                    decay: (c.weight_decay != 0.0).then_some(1.0 - lr * c.weight_decay),
+                    one_minus_beta1: 1.0 - c.beta1,
+                    beta2: c.beta2,
+                    one_minus_beta2: 1.0 - c.beta2,
+                    inv_sqrt_bc2: 1.0 / bc2.sqrt(),
+                    eps: c.eps,
+                    step: -lr / bc1,
+                };
+                adamw::update(p, g, &slot.m, &slot.v, s)?;
+                continue;
+            }
+            // The same arithmetic as tensor expressions (other devices, `ANODIFF_KERNELS=candle`).
             let p = var.as_detached_tensor();
             let p = if c.weight_decay != 0.0 {
                 (p * (1.0 - lr * c.weight_decay))?
@@ -112,8 +130,6 @@ impl AdamW {
             let m = (&slot.m + ((g - &slot.m)? * (1.0 - c.beta1))?)?;
             // torch: v·β2 first, then += (1−β2)·g²; keep that order.
             let v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let bc1 = 1.0 - c.beta1.powi(t);
-            let bc2 = 1.0 - c.beta2.powi(t);
             let denom = ((v.sqrt()? / bc2.sqrt())? + c.eps)?;
             let upd = ((&m / &denom)? * (-lr / bc1))?;
             var.set(&(p + upd)?)?;
@@ -124,13 +140,14 @@ impl AdamW {
     }
 
     /// The moment tensors by name: `exp_avg.<var>` and `exp_avg_sq.<var>` (torch's state keys).
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::with_capacity(2 * self.vars.len());
         for ((name, _), s) in self.vars.iter().zip(&self.slots) {
-            out.push((format!("exp_avg.{name}"), s.m.clone()));
-            out.push((format!("exp_avg_sq.{name}"), s.v.clone()));
+            // Snapshots: the live moments are updated in place by the next step.
+            out.push((format!("exp_avg.{name}"), s.m.copy()?));
+            out.push((format!("exp_avg_sq.{name}"), s.v.copy()?));
         }
-        out
+        Ok(out)
     }
 
     /// Per-variable update counts.
@@ -170,9 +187,11 @@ impl AdamW {
             let step = *steps.get(name).ok_or_else(|| {
                 Error::invalid(format!("{origin}: no optimiser step count for `{name}`"))
             })?;
+            // Own copies: the update writes the moments in place, and the loaded tensors may
+            // share storage with the caller's map.
             slots.push(Slot {
-                m: get(format!("exp_avg.{name}"))?,
-                v: get(format!("exp_avg_sq.{name}"))?,
+                m: get(format!("exp_avg.{name}"))?.copy()?,
+                v: get(format!("exp_avg_sq.{name}"))?.copy()?,
                 step,
             });
         }
