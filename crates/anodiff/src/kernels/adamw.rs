@@ -6,7 +6,8 @@
 //! parameters, a step of ~100 ms) that traffic is a visible share of the step. The arithmetic here
 //! is the composition's, operation for operation, with candle's rounding of scalars to f32 (its
 //! `affine(mul, add)` computes `x·mul + add`, so `+ 0.0` terms are kept): the result is
-//! bit-identical to the composed form (`tests/train_optim.rs`).
+//! bit-identical to the composed form (`tests/kernels.rs`,
+//! `adamw_in_place_is_bit_identical_to_the_composition`).
 
 use super::slice;
 use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor};
