@@ -53,8 +53,8 @@ pub fn update(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: AdamWScalars) -
     if !supported(p, g, m, v) {
         bail!("adamw update: tensors must be contiguous f32 CPU tensors of one shape");
     }
-    m.inplace_op2(g, &FirstMoment(s))?;
-    v.inplace_op2(g, &SecondMoment(s))?;
+    m.inplace_op2(g, &Moment::First(s))?;
+    v.inplace_op2(g, &Moment::Second(s))?;
     p.inplace_op3(m, v, &Apply(s))
 }
 
@@ -82,39 +82,44 @@ fn src_slice<'a>(src: (&'a CpuStorage, &Layout), n: usize, op: &str) -> Result<&
     Ok(s)
 }
 
-struct FirstMoment(AdamWScalars);
+/// Which moment an in-place pass updates from the gradient.
+#[derive(Clone, Copy)]
+enum Moment {
+    /// `m ← m + (g − m)(1 − β1)`.
+    First(AdamWScalars),
+    /// `v ← β2·v + (1 − β2)·g²`.
+    Second(AdamWScalars),
+}
 
-impl InplaceOp2 for FirstMoment {
-    fn name(&self) -> &'static str {
-        "adamw-m"
-    }
-
-    fn cpu_fwd(
+impl Moment {
+    /// `x ← f(x, g)` over the destination, in rayon chunks (one generic loop per moment, so each
+    /// vectorises without a branch per element).
+    fn run(
         &self,
         dst: &mut CpuStorage,
         l: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
+        src: (&CpuStorage, &Layout),
+        f: impl Fn(f32, f32) -> f32 + Sync,
     ) -> Result<()> {
-        let m = dst_slice(dst, l, self.name())?;
-        let g = src_slice((s2, l2), m.len(), self.name())?;
-        let c1 = self.0.one_minus_beta1 as f32;
-        m.par_chunks_mut(CHUNK)
+        let x = dst_slice(dst, l, self.name())?;
+        let g = src_slice(src, x.len(), self.name())?;
+        x.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
-            .for_each(|(m, g)| {
-                for (m, &g) in m.iter_mut().zip(g) {
-                    *m += (g - *m) * c1 + 0.0;
+            .for_each(|(x, g)| {
+                for (x, &g) in x.iter_mut().zip(g) {
+                    *x = f(*x, g);
                 }
             });
         Ok(())
     }
 }
 
-struct SecondMoment(AdamWScalars);
-
-impl InplaceOp2 for SecondMoment {
+impl InplaceOp2 for Moment {
     fn name(&self) -> &'static str {
-        "adamw-v"
+        match self {
+            Moment::First(_) => "adamw-m",
+            Moment::Second(_) => "adamw-v",
+        }
     }
 
     fn cpu_fwd(
@@ -124,17 +129,18 @@ impl InplaceOp2 for SecondMoment {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        let v = dst_slice(dst, l, self.name())?;
-        let g = src_slice((s2, l2), v.len(), self.name())?;
-        let (b2, c2) = (self.0.beta2 as f32, self.0.one_minus_beta2 as f32);
-        v.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .for_each(|(v, g)| {
-                for (v, &g) in v.iter_mut().zip(g) {
-                    *v = (*v * b2 + 0.0) + ((g * g) * c2 + 0.0);
-                }
-            });
-        Ok(())
+        match *self {
+            Moment::First(s) => {
+                let c1 = s.one_minus_beta1 as f32;
+                self.run(dst, l, (s2, l2), |m, g| m + ((g - m) * c1 + 0.0))
+            }
+            Moment::Second(s) => {
+                let (b2, c2) = (s.beta2 as f32, s.one_minus_beta2 as f32);
+                self.run(dst, l, (s2, l2), |v, g| {
+                    (v * b2 + 0.0) + ((g * g) * c2 + 0.0)
+                })
+            }
+        }
     }
 }
 
