@@ -75,7 +75,7 @@ pub fn set_thread_count(threads: Option<usize>) {
 
 /// Stack of each worker thread: the whole command runs on a worker ([`run_on_workers`]), and
 /// candle's backward walks the graph recursively, so workers get the main thread's room and more.
-const WORKER_STACK: usize = 64 << 20;
+pub(crate) const WORKER_STACK: usize = 64 << 20;
 
 /// Runs `f` on a worker thread of the global pool (built here with `WORKER_STACK`-sized stacks
 /// and the count of [`set_thread_count`]) and returns its result.
@@ -90,4 +90,66 @@ pub fn run_on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         .stack_size(WORKER_STACK)
         .build_global();
     rayon::scope(|_| f())
+}
+
+/// Single-thread worker pools, one per core, for running independent pieces of work side by
+/// side — the micro-batches of one training update — each with all of its ops inline on its own
+/// thread (candle's pools bypassed, see [`candle_core::utils::serial`]).
+///
+/// Why: the small networks trained on a CPU issue thousands of small ops per step; split across
+/// cores op by op they leave cores waiting at every op's barrier, while two independent halves of
+/// a batch keep both cores busy with no barrier at all.
+pub struct Lanes {
+    pools: Vec<rayon::ThreadPool>,
+}
+
+impl Lanes {
+    /// `n` lanes (at least 1), each a pool of one thread with the workers' stack size.
+    pub fn new(n: usize) -> std::io::Result<Self> {
+        let pools = (0..n.max(1))
+            .map(|_| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .stack_size(WORKER_STACK)
+                    .thread_name(|_| "anodiff-lane".into())
+                    .build()
+                    .map_err(std::io::Error::other)
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(Self { pools })
+    }
+
+    /// Number of lanes.
+    pub fn len(&self) -> usize {
+        self.pools.len()
+    }
+
+    /// Always false (there is at least one lane).
+    pub fn is_empty(&self) -> bool {
+        self.pools.is_empty()
+    }
+
+    /// `f(0), …, f(n - 1)` with item `i` on lane `i % len`, items of one lane in order; the
+    /// results in item order. A panicking item is re-raised on the caller's thread.
+    pub fn map<T: Send>(&self, n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+        let lanes = self.pools.len().min(n).max(1);
+        let run_lane = |j: usize| {
+            self.pools[j].install(|| {
+                candle_core::utils::serial(|| (j..n).step_by(lanes).map(&f).collect::<Vec<T>>())
+            })
+        };
+        let per_lane: Vec<Vec<T>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (1..lanes).map(|j| s.spawn(move || run_lane(j))).collect();
+            let mut all = vec![run_lane(0)];
+            for h in handles {
+                all.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            }
+            all
+        });
+        // Interleave back: item i is the (i / lanes)-th result of lane i % lanes.
+        let mut iters: Vec<_> = per_lane.into_iter().map(Vec::into_iter).collect();
+        (0..n)
+            .map(|i| iters[i % lanes].next().expect("one result per item"))
+            .collect()
+    }
 }

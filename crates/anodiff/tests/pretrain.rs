@@ -67,6 +67,8 @@ fn short_pretrain_lowers_loss_and_writes_a_loadable_model() {
         out: run.clone(),
         steps: 30,
         batch: 4,
+        // Two micro-batches side by side: the learning check covers that path too.
+        micro_batches: 2,
         lr: 2e-3,
         warmup: 3,
         seed: 0,
@@ -145,6 +147,12 @@ fn pretraining_on_native_scale_windows() {
         tile_scale: Some(1.0),
         ..Default::default()
     };
+    let bad = PretrainOptions {
+        micro_batches: 3,
+        ..o.clone()
+    };
+    let e = pretrain(&bad, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("micro-batches 3"), "{e}");
     let r = pretrain(&o, |_| {}).unwrap();
     assert_eq!((r.size, r.tile_scale), (32, Some(1.0)));
     assert_eq!((r.train_images, r.test_images), (6, 2));

@@ -56,6 +56,27 @@ unsafe impl Send for BarrierPool {}
 
 thread_local! {
     static IN_BARRIER_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    // anodiff patch: set by `serial` for the calling thread only.
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// anodiff patch: runs `f` with every CPU op issued from this thread executed on this thread —
+/// the element-wise pool runs its work inline and matmuls get one thread — so that independent
+/// computations (e.g. the micro-batches of one training update) can run side by side, one per
+/// core, without contending for the shared pools. Values are the same as outside.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool, bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            IN_BARRIER_POOL.with(|c| c.set(self.0));
+            SERIAL.with(|c| c.set(self.1));
+        }
+    }
+    let _restore = Restore(
+        IN_BARRIER_POOL.with(|c| c.replace(true)),
+        SERIAL.with(|c| c.replace(true)),
+    );
+    f()
 }
 
 unsafe fn call_trampoline<F: Fn(usize)>(data: *const (), tid: usize) {
@@ -417,6 +438,9 @@ fn candle_num_threads() -> usize {
 }
 
 pub fn get_num_threads() -> usize {
+    if SERIAL.with(|c| c.get()) {
+        return 1;
+    }
     // Respond to the same environment variable as rayon.
     rayon_num_threads()
 }

@@ -127,6 +127,10 @@ pub struct SmallArgs {
     /// Time only these keys (repeatable): locnet64_step, locnet128_step, small_unet_step.
     #[arg(long, value_name = "KEY")]
     pub only: Vec<String>,
+    /// Compute each batch as this many micro-batches side by side, one per core, gradients
+    /// added (what `pretrain --micro-batches` does); must divide 8 and 16.
+    #[arg(long, default_value_t = 1)]
+    pub micro_batches: usize,
     /// Print one JSON object of median milliseconds (keys as `tools/bench_reference.py small`).
     #[arg(long)]
     pub json: bool,
@@ -137,6 +141,7 @@ fn run_small(a: SmallArgs) -> Result<()> {
         steps: a.steps,
         warmup: a.warmup,
         only: a.only,
+        micro_batches: a.micro_batches,
     };
     let quiet = a.json;
     let r = bench_small(&o, &mut |msg| {

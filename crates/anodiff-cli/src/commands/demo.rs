@@ -47,6 +47,10 @@ pub struct Args {
     /// flat enough to pass the checks (750: 0 of 32 pairs accepted, 1000: 17 of 32; BENCHMARKS.md).
     #[arg(long, default_value_t = 1000)]
     pub pretrain_steps: usize,
+    /// Micro-batches each training batch is split into, computed side by side on the cores
+    /// (see `pretrain --micro-batches`).
+    #[arg(long, default_value_t = 1)]
+    pub micro_batches: usize,
     /// DualAnoDiff training updates (batch 4 pairs).
     #[arg(long, default_value_t = 300)]
     pub dual_steps: usize,
@@ -101,6 +105,7 @@ pub fn run(a: Args) -> Result<()> {
         out: a.out.join("run"),
         steps: a.pretrain_steps,
         batch: 8,
+        micro_batches: a.micro_batches,
         lr: 1e-3,
         warmup: (a.pretrain_steps / 20).max(1),
         seed: a.seed,

@@ -18,6 +18,7 @@ use super::{median_ms, peak_rss_mb};
 use crate::error::Result;
 use crate::eval::localisation::{focal_loss, LocalisationNet};
 use crate::nn::Params;
+use crate::runtime::Lanes;
 use crate::sd::attention::ForwardCtx;
 use crate::sd::presets::Preset;
 use crate::sd::unet::UNet2DConditionModel;
@@ -34,6 +35,9 @@ pub struct SmallBenchOptions {
     pub warmup: usize,
     /// Only these keys (empty: all).
     pub only: Vec<String>,
+    /// Each batch as this many micro-batches side by side, one per core, gradients added
+    /// (what `pretrain --micro-batches` does; 1: the batch at once). Must divide every batch.
+    pub micro_batches: usize,
 }
 
 impl Default for SmallBenchOptions {
@@ -42,6 +46,7 @@ impl Default for SmallBenchOptions {
             steps: 25,
             warmup: 5,
             only: Vec::new(),
+            micro_batches: 1,
         }
     }
 }
@@ -99,14 +104,15 @@ fn time_steps(
     Ok(median_ms(&mut times))
 }
 
-/// Times training steps of the network built from `p` (all its parameters trainable): `loss`,
-/// backward, AdamW with weight decay 0. Returns (median ms, parameter count).
+/// Times training steps of the network built from `p` (all its parameters trainable): `loss`
+/// of each micro-batch (its index), backward, AdamW with weight decay 0. Returns (median ms,
+/// parameter count).
 fn time_training(
     o: &SmallBenchOptions,
     what: &str,
     p: &Params,
     progress: &mut dyn FnMut(&str),
-    loss: impl Fn() -> Result<Tensor>,
+    loss: impl Fn(usize) -> Result<Tensor> + Sync,
 ) -> Result<(f64, usize)> {
     let vars = p.vars();
     let mut opt = AdamW::new(
@@ -117,12 +123,35 @@ fn time_training(
             ..AdamWConfig::default()
         },
     )?;
+    let k = o.micro_batches.max(1);
+    let lanes = Lanes::new(k.min(rayon::current_num_threads()))
+        .map_err(|e| crate::error::Error::invalid(format!("starting threads: {e}")))?;
     let ms = time_steps(o, what, progress, || {
-        let grads = Grads::from_store(&loss()?.backward()?, &vars);
+        let grads = if k == 1 {
+            Grads::from_store(&loss(0)?.backward()?, &vars)
+        } else {
+            let mut all = lanes
+                .map(k, |i| -> Result<Grads> {
+                    Ok(Grads::from_store(&loss(i)?.backward()?, &vars))
+                })
+                .into_iter();
+            let mut g = all.next().expect("k >= 1")?;
+            for other in all {
+                g.accumulate(other?)?;
+            }
+            g.scale(1.0 / k as f64)?;
+            g
+        };
         opt.step(&grads, 1e-4)?;
         Ok(())
     })?;
     Ok((ms, p.parameter_count()))
+}
+
+/// Rows `i·n/k .. (i+1)·n/k` of `t` (micro-batch `i` of `k`).
+fn micro(t: &Tensor, i: usize, k: usize) -> Result<Tensor> {
+    let n = t.dim(0)?;
+    Ok(t.narrow(0, i * n / k, n / k)?)
 }
 
 /// One localisation-net training step at `size` px, `width`, `batch`: (median ms, parameters).
@@ -142,8 +171,13 @@ fn locnet(
     let mask = Tensor::rand(0f32, 1.0, (batch, 1, size, size), &dev)?
         .ge(0.9)?
         .to_dtype(DType::F32)?;
-    time_training(o, what, &p, progress, || {
-        Ok(focal_loss(&net.forward(&x)?, &mask, 2.0)?)
+    let k = o.micro_batches.max(1);
+    time_training(o, what, &p, progress, |i| {
+        Ok(focal_loss(
+            &net.forward(&micro(&x, i, k)?)?,
+            &micro(&mask, i, k)?,
+            2.0,
+        )?)
     })
 }
 
@@ -164,10 +198,15 @@ fn small_unet(o: &SmallBenchOptions, progress: &mut dyn FnMut(&str)) -> Result<(
     )?;
     let t = Tensor::new(&[999f32, 870., 740., 610., 480., 350., 220., 90.], &dev)?;
     let ctx = ForwardCtx::default();
-    time_training(o, "small_unet_step", &p, progress, || {
-        Ok((unet.forward(&x, &t, &ehs, &ctx)? - &target)?
-            .sqr()?
-            .mean_all()?)
+    let k = o.micro_batches.max(1);
+    time_training(o, "small_unet_step", &p, progress, |i| {
+        let out = unet.forward(
+            &micro(&x, i, k)?,
+            &micro(&t, i, k)?,
+            &micro(&ehs, i, k)?,
+            &ctx,
+        )?;
+        Ok((out - micro(&target, i, k)?)?.sqr()?.mean_all()?)
     })
 }
 
@@ -180,6 +219,12 @@ pub fn bench_small(
         return Err(crate::error::Error::invalid(format!(
             "unknown key `{k}` (known: {})",
             KEYS.join(", ")
+        )));
+    }
+    if o.micro_batches == 0 || [8, 16].iter().any(|b| b % o.micro_batches != 0) {
+        return Err(crate::error::Error::invalid(format!(
+            "micro-batches {} must divide the batches 8 and 16",
+            o.micro_batches
         )));
     }
     let want = |k: &str| o.only.is_empty() || o.only.iter().any(|x| x == k);

@@ -12,6 +12,7 @@ use super::optim::{AdamW, AdamWConfig};
 use super::order::{stream_seed, DataOrder};
 use super::schedule::LrSchedule;
 use crate::error::{Error, Result};
+use crate::runtime::Lanes;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -136,6 +137,8 @@ pub struct Trainer {
     progress: Option<Progress>,
     started: Option<(Instant, usize)>,
     last_checkpoint: Option<PathBuf>,
+    /// One single-thread pool per core for [`Trainer::train_step_par`] (made on first use).
+    lanes: Option<Lanes>,
 }
 
 impl Trainer {
@@ -164,6 +167,7 @@ impl Trainer {
             progress: None,
             started: None,
             last_checkpoint: None,
+            lanes: None,
             cfg,
         })
     }
@@ -347,33 +351,72 @@ impl Trainer {
     where
         F: FnMut(&Batch) -> Result<Tensor>,
     {
+        self.update(|vars, batches| {
+            batches
+                .iter()
+                .map(|b| micro_grads(b, loss_fn(b), vars))
+                .collect()
+        })
+    }
+
+    /// Like [`Trainer::train_step`], with the micro-batches of the update computed side by
+    /// side, one per core (each on its own thread with every op of it run inline, see
+    /// [`candle_core::utils::serial`]). The result is bit-identical to `train_step`: each
+    /// micro-batch is computed the same way and the gradients are added in micro-batch order.
+    /// Why: the small networks trained on a CPU leave a core idle in their many small ops;
+    /// two independent halves of a batch keep both busy. With one worker thread, or one
+    /// micro-batch, this is `train_step`.
+    pub fn train_step_par<F>(&mut self, loss_fn: &F) -> Result<StepStats>
+    where
+        F: Fn(&Batch) -> Result<Tensor> + Sync,
+    {
+        let lanes = self.cfg.grad_accum.min(rayon::current_num_threads());
+        if lanes < 2 {
+            return self.train_step(&mut |b: &Batch| loss_fn(b));
+        }
+        if self.lanes.as_ref().is_none_or(|l| l.len() != lanes) {
+            self.lanes = Some(
+                Lanes::new(lanes)
+                    .map_err(|e| Error::invalid(format!("starting training threads: {e}")))?,
+            );
+        }
+        let pools = self.lanes.take().expect("made above");
+        let out = self.update(|vars, batches| {
+            pools.map(batches.len(), |i| {
+                micro_grads(&batches[i], loss_fn(&batches[i]), vars)
+            })
+        });
+        self.lanes = Some(pools);
+        out
+    }
+
+    /// The update around `grads_of`, which turns this update's micro-batches into their loss
+    /// values and gradients (in micro-batch order).
+    fn update<G>(&mut self, grads_of: G) -> Result<StepStats>
+    where
+        G: FnOnce(&[(String, Var)], &[Batch]) -> Vec<Result<(f64, Grads)>>,
+    {
         let t0 = Instant::now();
         let (run_start, run_start_step) = *self.started.get_or_insert((t0, self.step));
         let step = self.step + 1;
         let k = self.cfg.grad_accum;
         let mut order = self.order.clone();
-        let mut grads: Option<Grads> = None;
-        let mut loss_sum = 0.0;
-        for micro in 0..k {
-            let batch = Batch {
+        let batches: Vec<Batch> = (0..k)
+            .map(|micro| Batch {
                 step,
                 micro,
                 indices: order.next_batch(self.cfg.batch_size),
                 seed: stream_seed(self.cfg.seed, step as u64, micro as u64),
-            };
-            let loss = loss_fn(&batch)?;
-            if loss.elem_count() != 1 {
-                return Err(Error::invalid(format!(
-                    "step {step}: the loss must be a scalar, got shape {:?}",
-                    loss.dims()
-                )));
-            }
-            let value = loss.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+            })
+            .collect();
+        let mut grads: Option<Grads> = None;
+        let mut loss_sum = 0.0;
+        for (micro, r) in grads_of(self.opt.vars(), &batches).into_iter().enumerate() {
+            let (value, g) = r?;
             if !value.is_finite() {
                 return Err(self.stop(step, format!("loss is {value} (micro-batch {micro})")));
             }
             loss_sum += value;
-            let g = Grads::from_store(&loss.backward()?, self.opt.vars());
             match grads.as_mut() {
                 Some(acc) => acc.accumulate(g)?,
                 None => grads = Some(g),
@@ -437,15 +480,33 @@ impl Trainer {
 
     /// Like [`Trainer::run`], calling `after_step(step)` after every update (and its checkpoint):
     /// sample grids, validation. An error stops the run.
-    pub fn run_with<F, H>(&mut self, mut loss_fn: F, mut after_step: H) -> Result<Vec<StepStats>>
+    pub fn run_with<F, H>(&mut self, mut loss_fn: F, after_step: H) -> Result<Vec<StepStats>>
     where
         F: FnMut(&Batch) -> Result<Tensor>,
+        H: FnMut(usize) -> Result<()>,
+    {
+        self.run_loop(|t| t.train_step(&mut loss_fn), after_step)
+    }
+
+    /// Like [`Trainer::run_with`], with each update's micro-batches computed side by side
+    /// ([`Trainer::train_step_par`]; the same results as `run_with`).
+    pub fn run_with_par<F, H>(&mut self, loss_fn: F, after_step: H) -> Result<Vec<StepStats>>
+    where
+        F: Fn(&Batch) -> Result<Tensor> + Sync,
+        H: FnMut(usize) -> Result<()>,
+    {
+        self.run_loop(|t| t.train_step_par(&loss_fn), after_step)
+    }
+
+    fn run_loop<S, H>(&mut self, mut step: S, mut after_step: H) -> Result<Vec<StepStats>>
+    where
+        S: FnMut(&mut Self) -> Result<StepStats>,
         H: FnMut(usize) -> Result<()>,
     {
         let mut out = Vec::with_capacity(self.cfg.steps.saturating_sub(self.step));
         let mut saved_at = None;
         while self.step < self.cfg.steps {
-            out.push(self.train_step(&mut loss_fn)?);
+            out.push(step(self)?);
             let every = self.cfg.checkpoint_every;
             if every > 0 && self.step.is_multiple_of(every) {
                 self.save_checkpoint()?;
@@ -458,4 +519,25 @@ impl Trainer {
         }
         Ok(out)
     }
+}
+
+/// The loss value and gradients of one micro-batch (`loss` as the closure returned it). A
+/// non-finite value is returned as is (the caller stops the run) and gets no backward pass.
+fn micro_grads(b: &Batch, loss: Result<Tensor>, vars: &[(String, Var)]) -> Result<(f64, Grads)> {
+    let loss = loss?;
+    if loss.elem_count() != 1 {
+        return Err(Error::invalid(format!(
+            "step {}: the loss must be a scalar, got shape {:?}",
+            b.step,
+            loss.dims()
+        )));
+    }
+    let value = loss.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+    if !value.is_finite() {
+        return Ok((
+            value,
+            Grads::from_tensors(vars.iter().map(|_| None).collect()),
+        ));
+    }
+    Ok((value, Grads::from_store(&loss.backward()?, vars)))
 }
