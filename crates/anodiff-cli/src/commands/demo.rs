@@ -153,6 +153,7 @@ pub fn run(a: Args) -> Result<()> {
         ..PairOptions::default()
     };
     o.steps = a.dual_steps;
+    o.micro_batches = a.micro_batches;
     o.lr = 5e-4;
     o.warmup = 20;
     o.prompt_dropout = 0.1;
@@ -252,6 +253,7 @@ pub fn run(a: Args) -> Result<()> {
             out: a.out.join("detect-run"),
             steps: a.detect_steps,
             batch: 8,
+            micro_batches: a.micro_batches,
             warmup: (a.detect_steps / 20).max(1),
             seed: a.seed,
             checkpoint_every: 0,

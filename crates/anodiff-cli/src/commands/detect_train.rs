@@ -30,6 +30,11 @@ pub struct Args {
     /// Images per update.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Compute each batch as this many equal micro-batches side by side, one per core (faster
+    /// for small networks on 2+ cores; each micro-batch draws its own noise, so results depend
+    /// on this number, never on the thread count). Must divide --batch.
+    #[arg(long, default_value_t = 1)]
+    pub micro_batches: usize,
     /// Peak learning rate (warmup, then cosine to 0). For fine-tuning a pretrained folder use far
     /// less (e.g. 1e-5 full, 1e-4 LoRA).
     #[arg(long, default_value_t = 1e-3)]
@@ -115,6 +120,7 @@ pub fn run(a: Args) -> Result<()> {
         out: a.out,
         steps: a.steps,
         batch: a.batch,
+        micro_batches: a.micro_batches,
         lr: a.lr,
         warmup: a.warmup,
         lora_rank: a.lora_rank,

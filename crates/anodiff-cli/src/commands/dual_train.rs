@@ -93,6 +93,11 @@ pub struct Args {
     /// Pairs per update.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,
+    /// Compute each batch as this many equal micro-batches side by side, one per core (faster
+    /// for small networks on 2+ cores; each micro-batch draws its own noise, so results depend
+    /// on this number, never on the thread count). Must divide --batch.
+    #[arg(long, default_value_t = 1)]
+    pub micro_batches: usize,
     /// AdamW learning rate (constant after the warm-up). 2e-5 is the paper's for SD-1.5; small
     /// CPU-scale models trained from scratch need more (see BENCHMARKS.md).
     #[arg(long, default_value_t = 2e-5)]
@@ -204,6 +209,7 @@ fn options(a: &Args) -> Result<DualTrainOptions> {
     };
     o.steps = a.steps.unwrap_or(5000);
     o.batch = a.batch;
+    o.micro_batches = a.micro_batches;
     o.lr = a.lr;
     o.warmup = a.warmup;
     o.prompt_dropout = a.prompt_dropout;

@@ -1,8 +1,8 @@
 //! Patch features from our own diffusion UNet, so prototype guidance and the nearest-neighbour
 //! baseline need no external weights: the image is noised lightly (timestep `t`, fixed noise),
 //! run through the UNet once, and the inputs of the self-attention layers on the finest attention
-//! grid are recorded by an attention processor (the UNet is not touched; an installed LoRA keeps
-//! working because the recorder is stacked after the layer's own processor). Each layer's patch
+//! grid are recorded by an observer in the pass's context (the UNet's processors are not touched,
+//! so an installed LoRA keeps working and passes on other threads are unaffected). Each layer's patch
 //! vectors are L2-normalised (so layers weigh alike), concatenated, and averaged over a 3 × 3
 //! neighbourhood (PatchCore's local aggregation).
 //!
@@ -10,9 +10,7 @@
 //! the masked-image input.
 
 use crate::error::{Error, Result};
-use crate::sd::attention::{
-    AttnCall, AttnKind, AttnProcessor, HasAttention, PassKind, ProcessorStack,
-};
+use crate::sd::attention::{AttnCall, AttnKind, AttnObserver, Observer, PassKind};
 use crate::sd::noise::{NoiseSource, SeededNoise};
 use crate::sd::pipeline::StableDiffusion;
 use crate::sd::scheduler::schedule::NoiseSchedule;
@@ -49,8 +47,8 @@ struct Recorder {
     taken: Mutex<Vec<Taken>>,
 }
 
-impl AttnProcessor for Recorder {
-    fn output(&self, call: &AttnCall, hidden: &Tensor, out: Tensor) -> Result<Tensor> {
+impl AttnObserver for Recorder {
+    fn observe(&self, call: &AttnCall, hidden: &Tensor, _out: &Tensor) -> Result<()> {
         if call.layer.kind == AttnKind::SelfAttn && call.ctx.pass == PassKind::Main {
             if let Some(hw) = call.hw {
                 self.taken.lock().expect("recorder lock").push((
@@ -60,7 +58,7 @@ impl AttnProcessor for Recorder {
                 ));
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -93,27 +91,16 @@ pub fn unet_features(
     } else {
         xt
     };
+    // The recorder rides on this pass's context: the model's processors (an installed LoRA
+    // among them) stay as they are, and passes on other threads are not recorded.
     let rec = Arc::new(Recorder::default());
-    // Stack the recorder after each layer's own processor, and put the originals back after.
-    let mut originals = Vec::new();
-    sd.unet
-        .visit_attention(&mut |a| originals.push(a.processor()));
-    let mut i = 0;
-    sd.unet.visit_attention(&mut |a| {
-        let stack: Arc<dyn AttnProcessor> =
-            Arc::new(ProcessorStack(vec![originals[i].clone(), rec.clone()]));
-        a.set_processor(stack);
-        i += 1;
-    });
     let ts = Tensor::from_vec(vec![o.timestep as f32; n], n, &sd.device)?;
-    let ctx = crate::sd::attention::ForwardCtx::default();
-    let run = sd.unet.forward(&input, &ts, &text.repeat((n, 1, 1))?, &ctx);
-    let mut j = 0;
-    sd.unet.visit_attention(&mut |a| {
-        a.set_processor(originals[j].clone());
-        j += 1;
-    });
-    run?;
+    let ctx = crate::sd::attention::ForwardCtx {
+        observer: Some(Observer(rec.clone())),
+        ..Default::default()
+    };
+    sd.unet
+        .forward(&input, &ts, &text.repeat((n, 1, 1))?, &ctx)?;
     let taken = std::mem::take(&mut *rec.taken.lock().expect("recorder lock"));
     let finest = taken
         .iter()

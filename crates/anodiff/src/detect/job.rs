@@ -14,6 +14,7 @@ use crate::eval::npy::Map2;
 use crate::eval::predictions::{PredictionWriter, HEADER, SCORES_FILE};
 use crate::io::json::write_json;
 use crate::io::shard::Shard;
+use crate::runtime::Lanes;
 use image::RgbImage;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -169,7 +170,9 @@ fn to_original(map: &[f32], size: usize, h: usize, w: usize) -> Result<Map2> {
 }
 
 /// The maps of the requested methods (model size) and the inpaintings the prototype branch ran.
-type MethodMaps = (Vec<(Method, Vec<f32>)>, usize);
+/// One method's map at model size.
+type MethodMap = (Method, Vec<f32>);
+type MethodMaps = (Vec<MethodMap>, usize);
 
 /// The grey level (0–1, mean of the channels) of `img` resized to `s × s`.
 fn grey_at(img: &RgbImage, s: usize) -> Vec<f32> {
@@ -300,28 +303,19 @@ pub fn detect_split_shard(
         .collect::<Result<_>>()?;
     let mut timings = Vec::with_capacity(jobs.len());
     let (t_all, mut inpaintings_all) = (Instant::now(), 0usize);
-    for (i, (defect, e)) in jobs.iter().enumerate() {
+    // One image's maps (every draw and method), computed apart from the writing so that several
+    // images run side by side, one per core; results are written in job order.
+    let compute = |e: &crate::data::split::SplitEntry| -> Result<ImageMaps> {
         let t0 = Instant::now();
         let img = split.load_image(e)?;
-        let (h, w) = (img.height() as usize, img.width() as usize);
         let ms = if need_ms {
             Some(det.multi_scale(&img)?)
         } else {
             None
         };
         let mut inpaintings = ms.as_ref().map_or(0, |m| m.inpaintings);
-        if let Some(m) = &ms {
-            for o in outputs {
-                if let Some(nd) = &o.normal_dir {
-                    let p = nd.join(defect).join(format!("{}.png", e.stem));
-                    if let Some(parent) = p.parent() {
-                        std::fs::create_dir_all(parent).map_err(|er| Error::io(parent, er))?;
-                    }
-                    crate::io::image::save_png(&p, &m.normal)?;
-                }
-            }
-        }
         let draws = if need_shots { banks.len() } else { 1 };
+        let mut per_draw = Vec::new();
         for d in 0..draws {
             let wanted: Vec<Method> = outputs
                 .iter()
@@ -333,23 +327,59 @@ pub fn detect_split_shard(
             }
             let (maps, n) = maps_for(&det, &wanted, ms.as_ref(), banks.get(d), &img)?;
             inpaintings += n;
-            for (m, map) in maps {
-                let score = m.image_score(settings, &map);
-                for (o, wtr) in outputs.iter().zip(writers.iter_mut()) {
-                    if o.draw == d && o.method == m {
-                        wtr.write(defect, &e.stem, &to_original(&map, size, h, w)?, score)?;
+            per_draw.push((d, maps));
+        }
+        Ok(ImageMaps {
+            hw: (img.height() as usize, img.width() as usize),
+            normal: ms.map(|m| m.normal),
+            per_draw,
+            inpaintings,
+            secs: t0.elapsed().as_secs_f64(),
+        })
+    };
+    let lanes = Lanes::new(rayon::current_num_threads().min(jobs.len()).max(1))
+        .map_err(|er| Error::invalid(format!("starting detection threads: {er}")))?;
+    let mut done = 0;
+    for group in jobs.chunks(lanes.len()) {
+        let computed = if group.len() > 1 {
+            lanes.map(group.len(), |i| compute(group[i].1))
+        } else {
+            vec![compute(group[0].1)]
+        };
+        for ((defect, e), r) in group.iter().zip(computed) {
+            let r = r?;
+            let (h, w) = r.hw;
+            if let Some(normal) = &r.normal {
+                for o in outputs {
+                    if let Some(nd) = &o.normal_dir {
+                        let p = nd.join(defect).join(format!("{}.png", e.stem));
+                        if let Some(parent) = p.parent() {
+                            std::fs::create_dir_all(parent).map_err(|er| Error::io(parent, er))?;
+                        }
+                        crate::io::image::save_png(&p, normal)?;
                     }
                 }
             }
+            for (d, maps) in r.per_draw {
+                for (m, map) in maps {
+                    let score = m.image_score(settings, &map);
+                    for (o, wtr) in outputs.iter().zip(writers.iter_mut()) {
+                        if o.draw == d && o.method == m {
+                            wtr.write(defect, &e.stem, &to_original(&map, size, h, w)?, score)?;
+                        }
+                    }
+                }
+            }
+            inpaintings_all += r.inpaintings;
+            timings.push(ImageTiming {
+                defect: defect.to_string(),
+                stem: e.stem.clone(),
+                secs: r.secs,
+                inpaintings: r.inpaintings,
+            });
+            done += 1;
+            progress(done, jobs.len(), r.secs);
         }
-        inpaintings_all += inpaintings;
-        timings.push(ImageTiming {
-            defect: defect.to_string(),
-            stem: e.stem.clone(),
-            secs: t0.elapsed().as_secs_f64(),
-            inpaintings,
-        });
-        progress(i + 1, jobs.len(), t0.elapsed().as_secs_f64());
     }
     let total = t_all.elapsed().as_secs_f64();
     let summary = DetectSummary {
@@ -369,6 +399,18 @@ pub fn detect_split_shard(
         write_json(&o.dir.join(shard.file_name("detect", "json")), &summary)?;
     }
     Ok(summary)
+}
+
+/// What [`detect_split_shard`] computes for one image before writing it.
+struct ImageMaps {
+    /// Original height and width.
+    hw: (usize, usize),
+    /// The multi-scale branch's "normal" image, when it ran.
+    normal: Option<RgbImage>,
+    /// Per shot draw: each method's map at model size.
+    per_draw: Vec<(usize, Vec<MethodMap>)>,
+    inpaintings: usize,
+    secs: f64,
 }
 
 /// One image of the production-line form.

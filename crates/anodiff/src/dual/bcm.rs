@@ -21,6 +21,7 @@ use candle_core::{Module, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
 
 /// How the background features are mixed into the keys/values of the whole-image rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -127,28 +128,42 @@ impl BcmLayer {
 }
 
 /// Hidden states recorded by a reference pass, by attention-layer index, waiting for the main pass.
+///
+/// Kept per thread: a reference pass and its main pass run on one thread, and the micro-batches
+/// of one training update may run side by side on several ([`crate::runtime::Lanes`]) through the
+/// same model, so one thread's states must not be taken or cleared by another's passes.
 #[derive(Default)]
 pub struct ReferenceStore {
-    states: Mutex<HashMap<usize, Tensor>>,
+    states: Mutex<HashMap<(ThreadId, usize), Tensor>>,
 }
 
 impl ReferenceStore {
-    /// Drops anything recorded (before a new reference pass, or to run a main pass without BCM).
+    /// Drops anything this thread recorded (before a new reference pass, or to run a main pass
+    /// without BCM).
     pub fn clear(&self) {
-        self.states.lock().unwrap().clear();
+        let me = std::thread::current().id();
+        self.states.lock().unwrap().retain(|k, _| k.0 != me);
     }
 
-    /// Number of layers whose state is recorded and not yet consumed.
+    /// Number of layers whose state this thread recorded and has not yet consumed.
     pub fn pending(&self) -> usize {
-        self.states.lock().unwrap().len()
+        let me = std::thread::current().id();
+        self.states
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.0 == me)
+            .count()
     }
 
     fn record(&self, layer: usize, h: Tensor) {
-        self.states.lock().unwrap().insert(layer, h);
+        let me = std::thread::current().id();
+        self.states.lock().unwrap().insert((me, layer), h);
     }
 
     fn take(&self, layer: usize) -> Option<Tensor> {
-        self.states.lock().unwrap().remove(&layer)
+        let me = std::thread::current().id();
+        self.states.lock().unwrap().remove(&(me, layer))
     }
 }
 

@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
 use crate::io::image::{is_image_file, load_rgb, save_png};
 use crate::io::image_tensor::{rgb_to_tensor, tensor_to_rgb};
+use crate::runtime::Lanes;
 use crate::sd::denoise::partial_start;
 use crate::sd::noise::{NoiseSource, SeededNoise};
 use crate::sd::pipeline::StableDiffusion;
@@ -390,7 +391,9 @@ pub fn dual_generate(
     let mut report = GenerateReport::default();
     let t0 = std::time::Instant::now();
     progress(0, total);
-    for b in blocks {
+    // One block's samples: indices, seeds, reference names and the decoded images (whole, part
+    // interleaved). Blocks are independent, so several run side by side, one per core.
+    let sample_block = |b: usize| -> Result<SampledBlock> {
         let idx: Vec<usize> = (b * o.batch..((b + 1) * o.batch).min(o.n)).collect();
         let seeds: Vec<u64> = idx.iter().map(|&k| mix(o.seed ^ mix(k as u64))).collect();
         let mut streams: Vec<Box<dyn NoiseSource>> = seeds
@@ -453,37 +456,68 @@ pub fn dual_generate(
             ),
         )?;
         let images = tensor_to_rgb(&decode(&sd, &latents)?)?;
-        for (j, pair) in images.chunks(2).enumerate() {
-            let k = idx[j];
-            let stem = format!("{k:06}");
-            let (whole, part) = (&pair[0], &pair[1]);
-            let mask = extractor.extract(part)?;
-            let area = area_fraction(&mask);
-            let verdict = judge(part, &mask, &reject)?;
-            let why = report.count(&verdict);
-            let dir = pair_dir(out, why.is_none());
-            save_png(&dir.join("image").join(format!("{stem}.png")), whole)?;
-            save_png(&dir.join("part").join(format!("{stem}.png")), part)?;
-            save_png(
-                &dir.join("mask").join(format!("{stem}.png")),
-                &grey_to_rgb(&mask),
-            )?;
-            lines.push(ManifestLine {
-                index: k,
-                stem,
-                seed: seeds[j],
-                reference: ref_names[j].clone(),
-                mask_area: area,
-                accepted: why.is_none(),
-                rejected: why,
-                settings: described.clone(),
-            });
+        Ok(SampledBlock {
+            idx,
+            seeds,
+            ref_names,
+            images,
+        })
+    };
+    let lanes = Lanes::new(rayon::current_num_threads().min(blocks.len()).max(1))
+        .map_err(|e| Error::invalid(format!("starting sampling threads: {e}")))?;
+    for group in blocks.chunks(lanes.len()) {
+        let sampled = if group.len() > 1 {
+            lanes.map(group.len(), |i| sample_block(group[i]))
+        } else {
+            vec![sample_block(group[0])]
+        };
+        for block in sampled {
+            let SampledBlock {
+                idx,
+                seeds,
+                ref_names,
+                images,
+            } = block?;
+            for (j, pair) in images.chunks(2).enumerate() {
+                let k = idx[j];
+                let stem = format!("{k:06}");
+                let (whole, part) = (&pair[0], &pair[1]);
+                let mask = extractor.extract(part)?;
+                let area = area_fraction(&mask);
+                let verdict = judge(part, &mask, &reject)?;
+                let why = report.count(&verdict);
+                let dir = pair_dir(out, why.is_none());
+                save_png(&dir.join("image").join(format!("{stem}.png")), whole)?;
+                save_png(&dir.join("part").join(format!("{stem}.png")), part)?;
+                save_png(
+                    &dir.join("mask").join(format!("{stem}.png")),
+                    &grey_to_rgb(&mask),
+                )?;
+                lines.push(ManifestLine {
+                    index: k,
+                    stem,
+                    seed: seeds[j],
+                    reference: ref_names[j].clone(),
+                    mask_area: area,
+                    accepted: why.is_none(),
+                    rejected: why,
+                    settings: described.clone(),
+                });
+            }
+            progress(report.attempted, total);
         }
-        progress(report.attempted, total);
     }
     report.secs_per_sample = t0.elapsed().as_secs_f64() / report.attempted.max(1) as f64;
     write_manifest(&out.join(manifest_name(&o.shard)), &lines)?;
     Ok(report)
+}
+
+/// What [`dual_generate`] samples for one block before judging and writing it.
+struct SampledBlock {
+    idx: Vec<usize>,
+    seeds: Vec<u64>,
+    ref_names: Vec<Option<String>>,
+    images: Vec<RgbImage>,
 }
 
 /// Re-applies the current mask extraction and checks to the pairs already in `out` (a merged

@@ -81,6 +81,10 @@ pub struct DualTrainOptions {
     pub steps: usize,
     /// Pairs per update (paper: 4).
     pub batch: usize,
+    /// Each update's pairs as this many equal micro-batches, computed side by side on the cores
+    /// (1: all at once). Results depend on this number, never on the thread count.
+    #[serde(default = "one")]
+    pub micro_batches: usize,
     /// AdamW learning rate, constant (paper: 2e-5).
     pub lr: f64,
     /// Probability that a pair trains the unconditional mode (empty prompts, zero reference);
@@ -126,6 +130,7 @@ impl DualTrainOptions {
             config: DualConfig::default(),
             steps: 5000,
             batch: 4,
+            micro_batches: 1,
             lr: 2e-5,
             prompt_dropout: 0.0,
             mask_weight: 0.0,
@@ -155,6 +160,10 @@ impl DualTrainOptions {
             PairData::Folders { .. } => Ok(None),
         }
     }
+}
+
+fn one() -> usize {
+    1
 }
 
 fn two() -> f64 {
@@ -214,6 +223,12 @@ pub fn dual_train(
     progress: impl FnMut(&StepStats) + 'static,
 ) -> Result<DualTrainReport> {
     let dev = Device::Cpu;
+    if o.micro_batches == 0 || o.batch == 0 || !o.batch.is_multiple_of(o.micro_batches) {
+        return Err(Error::invalid(format!(
+            "dual-train: batch {} must be a positive multiple of micro-batches {}",
+            o.batch, o.micro_batches
+        )));
+    }
     let sd = load_base(o, &dev)?;
     let size = o.pairs.sampling.size() as usize;
     let f = sd.vae_scale_factor();
@@ -238,8 +253,8 @@ pub fn dual_train(
     let trainable_parameters = vars.iter().map(|(_, v)| v.elem_count()).sum();
     let cfg = TrainConfig {
         steps: o.steps,
-        batch_size: o.batch,
-        grad_accum: 1,
+        batch_size: o.batch / o.micro_batches,
+        grad_accum: o.micro_batches,
         seed: o.seed,
         optimizer: AdamWConfig {
             lr: o.lr,

@@ -214,6 +214,7 @@ pub fn sample_pairs(
                 branch: Some(vec![WHOLE; g * m]),
                 timestep: Some(input.timestep),
                 pass: PassKind::Reference,
+                observer: None,
             };
             unet.forward(&inp, &tt, &ref_emb, &ctx)?;
             Ok(())

@@ -17,8 +17,9 @@ use crate::train::trainer::{Batch, StepStats, Trainer};
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 
-/// Where training pairs come from (the pair dataset; tests use synthetic ones).
-pub trait PairBatches {
+/// Where training pairs come from (the pair dataset; tests use synthetic ones). `Sync`: the
+/// micro-batches of an update may be drawn on several threads at once.
+pub trait PairBatches: Sync {
     /// Number of distinct training pairs.
     fn len(&self) -> usize;
     /// True when there is no pair.
@@ -241,7 +242,9 @@ pub fn run_dual_training(
         .with_prompt_dropout(prompt_dropout)
         .with_mask_weight(mask_weight);
     model.set_training(true);
-    let out = trainer.run_with(
+    // Side by side when the batch is split (the model's LoRA has no dropout and BCM's reference
+    // store is per thread, so micro-batches on different threads do not interact).
+    let out = trainer.run_with_par(
         |b: &Batch| {
             // Augmentation and noise use separate streams derived from the micro-batch seed.
             let batch = data.batch(&b.indices, b.seed ^ AUGMENT_STREAM, &sd.device)?;

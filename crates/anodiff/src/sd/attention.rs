@@ -61,6 +61,26 @@ pub struct ForwardCtx {
     pub timestep: Option<f64>,
     /// What the pass is for (default: [`PassKind::Main`]).
     pub pass: PassKind,
+    /// Sees every attention layer's input and output in this pass only (after the layer's own
+    /// processor). Read-only taps such as feature extraction use this rather than swapping the
+    /// model's processors, so passes running at the same time on other threads are untouched.
+    pub observer: Option<Observer>,
+}
+
+/// Looks at one attention layer's result without changing it (see [`ForwardCtx::observer`]).
+pub trait AttnObserver: Send + Sync {
+    /// `hidden`: the layer's input `[B, T, C]`; `out`: its output after the processor.
+    fn observe(&self, call: &AttnCall, hidden: &Tensor, out: &Tensor) -> Result<()>;
+}
+
+/// A shared [`AttnObserver`] in a [`ForwardCtx`].
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn AttnObserver>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer(..)")
+    }
 }
 
 /// What a processor sees about the current call.
@@ -293,7 +313,11 @@ impl Attention {
         };
         let o = self.merge_heads(&o)?;
         let out = project(Proj::Out, &self.to_out, &o)?;
-        proc.output(&call, hidden, out)
+        let out = proc.output(&call, hidden, out)?;
+        if let Some(obs) = &ctx.observer {
+            obs.0.observe(&call, hidden, &out)?;
+        }
+        Ok(out)
     }
 
     /// `[B, T, H·d] → [B, H, T, d]`.
