@@ -78,6 +78,39 @@ fn setup(root: &Path, out: &str) -> DualTrainOptions {
     o
 }
 
+/// Two pairs per update as two micro-batches: computed one after the other (a one-thread pool)
+/// and side by side (two threads, BCM's reference passes of both lanes in flight at once), the
+/// trained weights must be identical.
+#[test]
+fn micro_batches_side_by_side_equal_one_after_the_other() {
+    let root = temp_dir("dual_lanes");
+    let run = |threads: usize, out: &str| {
+        let mut o = setup(&root, out);
+        o.steps = 3;
+        o.micro_batches = 2;
+        assert!(o.config.bcm, "the check needs BCM's reference passes");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| dual_train(&o, None, |_| {}).unwrap());
+        o.out
+    };
+    let (seq, par) = (run(1, "seq"), run(2, "par"));
+    for f in [
+        "pytorch_lora_weights.safetensors",
+        "pytorch_lora_weights_part.safetensors",
+        "dual_modules.safetensors",
+    ] {
+        let (a, b) = (tensors(&seq.join(f)), tensors(&par.join(f)));
+        assert!(!a.is_empty(), "{f}");
+        for (k, t) in &a {
+            let d = (t - &b[k]).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{f} {k}");
+        }
+    }
+}
+
 #[test]
 fn resume_is_exact_and_the_run_folder_is_the_trained_state() {
     let root = temp_dir("dual_resume");
