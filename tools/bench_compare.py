@@ -15,6 +15,10 @@ Usage (from the repository root, after `cargo build --release`):
     python tools/bench_compare.py dual --preset sd15 --size 256 --pairs 2 [--rounds 3]
     python tools/bench_compare.py inpaint --preset sd15-inpaint --size 512 --batch 4 [--no-vae] [--rounds 3]
     python tools/bench_compare.py small [--steps 25] [--warmup 5] [--threads 1] [--rounds 5]
+    python tools/bench_compare.py small --ours "--micro-batches 2" [--rounds 5]
+
+`--ours "ARGS"` passes ARGS to our side only (options PyTorch's reference has no counterpart for, such as
+`bench small --micro-batches 2`: the same batch and update, computed as two halves side by side).
 
 When other work shares the cores, run PyTorch's OpenMP with `OMP_WAIT_POLICY=PASSIVE` (the environment is
 passed through; the PyTorch JSON records the policy): libgomp's default spin-wait then costs about 8 ms per
@@ -54,12 +58,17 @@ def main():
         i = args.index("--rounds")
         rounds = int(args[i + 1])
         del args[i:i + 2]
+    ours_extra = []
+    if "--ours" in args:
+        i = args.index("--ours")
+        ours_extra = args[i + 1].split()
+        del args[i:i + 2]
     if not args or args[0] not in ("ops", "unet", "dual", "inpaint", "small") or rounds < 1:
         sys.exit(__doc__)
     what, rest = args[0], args[1:]
     rows = []  # one (ours, torch) pair of JSON objects per round
     for r in range(rounds):
-        ours = run([os.path.join(ROOT, "target", "release", "anodiff"), "bench", what, *rest, "--json"])
+        ours = run([os.path.join(ROOT, "target", "release", "anodiff"), "bench", what, *rest, *ours_extra, "--json"])
         torch = run([sys.executable, os.path.join(ROOT, "tools", "bench_reference.py"), what, *rest, "--json"])
         rows.append((ours, torch))
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)
@@ -72,7 +81,7 @@ def main():
                   + ", ".join(f"{k} {ours[k]} vs {torch[k]}" for k in differ), file=sys.stderr)
     keys = [k for k, v in rows[0][0].items() if isinstance(v, (int, float)) and k not in META and not is_count(k)
             and isinstance(rows[0][1].get(k), (int, float))]
-    cmd = f"`anodiff bench {what} {' '.join(rest)}` vs `tools/bench_reference.py {what} {' '.join(rest)}`"
+    cmd = f"`anodiff bench {what} {' '.join(rest + ours_extra)}` vs `tools/bench_reference.py {what} {' '.join(rest)}`"
     print(f"{cmd}, {rounds} round(s) alternating\n")
     print("| key | anodiff | PyTorch | ratio ours/PyTorch (median of rounds) | best-of-N ratio | per-round ratios |")
     print("|---|---|---|---|---|---|")

@@ -131,3 +131,22 @@ fn parallel_micro_batches_equal_sequential_bit_for_bit() {
     };
     assert!(w0 != w_seq, "3 updates left the weights unchanged");
 }
+
+#[test]
+fn inference_runs_side_by_side_only_for_small_unets() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for small in ["tiny-pixel", "small", "small64-attn32", "small-inpaint"] {
+            let p = Preset::by_name(small).unwrap();
+            assert_eq!(p.unet.side_by_side(), 2, "{small}");
+        }
+        // SD-size UNets keep one pass at a time (memory, and their ops fill the cores already).
+        for big in ["sd15", "sd15-inpaint", "sd2-base"] {
+            let p = Preset::by_name(big).unwrap();
+            assert_eq!(p.unet.side_by_side(), 1, "{big}");
+        }
+    });
+}

@@ -337,7 +337,7 @@ pub fn detect_split_shard(
             secs: t0.elapsed().as_secs_f64(),
         })
     };
-    let lanes = Lanes::new(rayon::current_num_threads().min(jobs.len()).max(1))
+    let lanes = Lanes::new(run.sd.side_by_side().min(jobs.len()).max(1))
         .map_err(|er| Error::invalid(format!("starting detection threads: {er}")))?;
     let mut done = 0;
     for group in jobs.chunks(lanes.len()) {

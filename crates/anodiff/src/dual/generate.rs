@@ -463,7 +463,7 @@ pub fn dual_generate(
             images,
         })
     };
-    let lanes = Lanes::new(rayon::current_num_threads().min(blocks.len()).max(1))
+    let lanes = Lanes::new(sd.side_by_side().min(blocks.len()).max(1))
         .map_err(|e| Error::invalid(format!("starting sampling threads: {e}")))?;
     for group in blocks.chunks(lanes.len()) {
         let sampled = if group.len() > 1 {

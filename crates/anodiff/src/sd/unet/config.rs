@@ -320,6 +320,18 @@ impl UNetConfig {
         }
     }
 
+    /// How many independent passes of this UNet (generation blocks, detection images) are worth
+    /// running side by side on [`crate::runtime::Lanes`]: one per worker thread for small UNets
+    /// (widest level ≤ 256 channels: the CPU-scale presets), whose many small ops leave cores idle
+    /// when split op by op; 1 for SD-size UNets, whose ops already fill the cores and whose
+    /// activations would double the peak memory.
+    pub fn side_by_side(&self) -> usize {
+        match self.block_out_channels.iter().max() {
+            Some(&w) if w <= 256 => rayon::current_num_threads().max(1),
+            _ => 1,
+        }
+    }
+
     /// Number of resolution levels (`block_out_channels.len()`).
     pub fn num_blocks(&self) -> usize {
         self.block_out_channels.len()
