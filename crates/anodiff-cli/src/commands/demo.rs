@@ -48,7 +48,9 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     pub pretrain_steps: usize,
     /// Micro-batches each training batch is split into, computed side by side on the cores
-    /// (see `pretrain --micro-batches`).
+    /// (see `pretrain --micro-batches`). 2 trains faster on 2 cores but draws other noise, and at
+    /// the demo's 1000 base updates the accepted pairs depend on the draws (3 of 32 with 2,
+    /// 17 with 1; BENCHMARKS.md), so the default stays 1.
     #[arg(long, default_value_t = 1)]
     pub micro_batches: usize,
     /// DualAnoDiff training updates (batch 4 pairs).
