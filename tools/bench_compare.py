@@ -39,7 +39,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 # Keys that describe the run rather than measure it.
 META = ("size", "batch", "pairs", "repeats", "threads", "parameters", "timestep")
 # Keys only one side writes, by design (the PyTorch side records its OpenMP wait policy).
-ONE_SIDED = ("omp_wait_policy",)
+ONE_SIDED = ("omp_wait_policy", "micro_batches")
 
 
 def is_count(k):

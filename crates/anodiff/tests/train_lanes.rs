@@ -150,3 +150,28 @@ fn inference_runs_side_by_side_only_for_small_unets() {
         }
     });
 }
+
+#[test]
+fn bench_small_times_micro_batches_and_refuses_a_split_that_does_not_divide() {
+    use anodiff::bench::small::{bench_small, SmallBenchOptions};
+    let o = SmallBenchOptions {
+        steps: 1,
+        warmup: 0,
+        only: vec!["locnet64_step".into()],
+        micro_batches: 2,
+    };
+    let r = bench_small(&o, &mut |_| {}).unwrap();
+    assert_eq!(r.micro_batches, 2);
+    assert!(r.locnet64_step.is_some_and(|ms| ms > 0.0));
+    assert!(r.small_unet_step.is_none());
+    let e = bench_small(
+        &SmallBenchOptions {
+            micro_batches: 3,
+            ..o
+        },
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("micro-batches 3"), "{e}");
+}

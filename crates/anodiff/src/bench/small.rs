@@ -58,6 +58,8 @@ pub struct SmallBenchResult {
     pub threads: usize,
     /// Timed steps per network.
     pub repeats: usize,
+    /// Micro-batches each batch was computed as (side by side; 1: the batch at once).
+    pub micro_batches: usize,
     /// Median ms of a localisation-net step at 64 px, width 8, batch 8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub locnet64_step: Option<f64>,
@@ -231,6 +233,7 @@ pub fn bench_small(
     let mut r = SmallBenchResult {
         threads: rayon::current_num_threads(),
         repeats: o.steps.max(1),
+        micro_batches: o.micro_batches,
         ..Default::default()
     };
     if want("locnet64_step") {
