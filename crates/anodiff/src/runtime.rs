@@ -93,46 +93,56 @@ pub fn run_on_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 /// Single-thread worker pools, one per core, for running independent pieces of work side by
-/// side — the micro-batches of one training update — each with all of its ops inline on its own
-/// thread (candle's pools bypassed, see [`candle_core::utils::serial`]).
+/// side — the micro-batches of one training update, generation blocks, detection images — each
+/// with all of its ops inline on its own thread (candle's pools bypassed, see
+/// [`candle_core::utils::serial`]). With one lane, or one item, the work runs on the calling
+/// thread as usual (its ops split across the cores), and no pool is made.
 ///
 /// Why: the small networks trained on a CPU issue thousands of small ops per step; split across
 /// cores op by op they leave cores waiting at every op's barrier, while two independent halves of
 /// a batch keep both cores busy with no barrier at all.
 pub struct Lanes {
+    /// Empty for a single lane (the caller).
     pools: Vec<rayon::ThreadPool>,
 }
 
 impl Lanes {
-    /// `n` lanes (at least 1), each a pool of one thread with the workers' stack size.
+    /// `n` lanes (at least 1); from 2, each a pool of one thread with the workers' stack size.
     pub fn new(n: usize) -> std::io::Result<Self> {
-        let pools = (0..n.max(1))
-            .map(|_| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(1)
-                    .stack_size(WORKER_STACK)
-                    .thread_name(|_| "anodiff-lane".into())
-                    .build()
-                    .map_err(std::io::Error::other)
-            })
-            .collect::<std::io::Result<_>>()?;
+        let pools = if n < 2 {
+            Vec::new()
+        } else {
+            (0..n)
+                .map(|_| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .stack_size(WORKER_STACK)
+                        .thread_name(|_| "anodiff-lane".into())
+                        .build()
+                        .map_err(std::io::Error::other)
+                })
+                .collect::<std::io::Result<_>>()?
+        };
         Ok(Self { pools })
     }
 
     /// Number of lanes.
     pub fn len(&self) -> usize {
-        self.pools.len()
+        self.pools.len().max(1)
     }
 
     /// Always false (there is at least one lane).
     pub fn is_empty(&self) -> bool {
-        self.pools.is_empty()
+        false
     }
 
     /// `f(0), …, f(n - 1)` with item `i` on lane `i % len`, items of one lane in order; the
     /// results in item order. A panicking item is re-raised on the caller's thread.
     pub fn map<T: Send>(&self, n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-        let lanes = self.pools.len().min(n).max(1);
+        let lanes = self.pools.len().min(n);
+        if lanes < 2 {
+            return (0..n).map(f).collect();
+        }
         let run_lane = |j: usize| {
             self.pools[j].install(|| {
                 candle_core::utils::serial(|| (j..n).step_by(lanes).map(&f).collect::<Vec<T>>())

@@ -30,6 +30,15 @@ fn lanes_keep_item_order_and_give_each_lane_its_own_thread() {
     // Fewer items than lanes, and none.
     assert_eq!(lanes.map(1, |i| i + 1), vec![1]);
     assert!(lanes.map(0, |i| i).is_empty());
+    // One lane is the calling thread, and so is a single item.
+    let me = std::thread::current().id();
+    let one = Lanes::new(1).unwrap();
+    assert_eq!(one.len(), 1);
+    assert!(one
+        .map(3, |_| std::thread::current().id())
+        .iter()
+        .all(|&t| t == me));
+    assert_eq!(lanes.map(1, |_| std::thread::current().id()), vec![me]);
 }
 
 #[test]

@@ -129,21 +129,18 @@ fn time_training(
     let lanes = Lanes::new(k.min(rayon::current_num_threads()))
         .map_err(|e| crate::error::Error::invalid(format!("starting threads: {e}")))?;
     let ms = time_steps(o, what, progress, || {
-        let grads = if k == 1 {
-            Grads::from_store(&loss(0)?.backward()?, &vars)
-        } else {
-            let mut all = lanes
-                .map(k, |i| -> Result<Grads> {
-                    Ok(Grads::from_store(&loss(i)?.backward()?, &vars))
-                })
-                .into_iter();
-            let mut g = all.next().expect("k >= 1")?;
+        let mut all = lanes
+            .map(k, |i| -> Result<Grads> {
+                Ok(Grads::from_store(&loss(i)?.backward()?, &vars))
+            })
+            .into_iter();
+        let mut grads = all.next().expect("k >= 1")?;
+        if k > 1 {
             for other in all {
-                g.accumulate(other?)?;
+                grads.accumulate(other?)?;
             }
-            g.scale(1.0 / k as f64)?;
-            g
-        };
+            grads.scale(1.0 / k as f64)?;
+        }
         opt.step(&grads, 1e-4)?;
         Ok(())
     })?;

@@ -337,15 +337,11 @@ pub fn detect_split_shard(
             secs: t0.elapsed().as_secs_f64(),
         })
     };
-    let lanes = Lanes::new(run.sd.side_by_side().min(jobs.len()).max(1))
+    let lanes = Lanes::new(run.sd.unet.config().side_by_side().min(jobs.len()))
         .map_err(|er| Error::invalid(format!("starting detection threads: {er}")))?;
     let mut done = 0;
     for group in jobs.chunks(lanes.len()) {
-        let computed = if group.len() > 1 {
-            lanes.map(group.len(), |i| compute(group[i].1))
-        } else {
-            vec![compute(group[0].1)]
-        };
+        let computed = lanes.map(group.len(), |i| compute(group[i].1));
         for ((defect, e), r) in group.iter().zip(computed) {
             let r = r?;
             let (h, w) = r.hw;

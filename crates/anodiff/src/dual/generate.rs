@@ -463,15 +463,10 @@ pub fn dual_generate(
             images,
         })
     };
-    let lanes = Lanes::new(sd.side_by_side().min(blocks.len()).max(1))
+    let lanes = Lanes::new(sd.unet.config().side_by_side().min(blocks.len()))
         .map_err(|e| Error::invalid(format!("starting sampling threads: {e}")))?;
     for group in blocks.chunks(lanes.len()) {
-        let sampled = if group.len() > 1 {
-            lanes.map(group.len(), |i| sample_block(group[i]))
-        } else {
-            vec![sample_block(group[0])]
-        };
-        for block in sampled {
+        for block in lanes.map(group.len(), |i| sample_block(group[i])) {
             let SampledBlock {
                 idx,
                 seeds,

@@ -139,14 +139,6 @@ impl StableDiffusion {
         })
     }
 
-    /// How many independent passes (generation blocks, detection images) to run side by side
-    /// on [`crate::runtime::Lanes`] with this model: see [`UNetConfig::side_by_side`].
-    ///
-    /// [`UNetConfig::side_by_side`]: super::unet::UNetConfig::side_by_side
-    pub fn side_by_side(&self) -> usize {
-        self.unet.config().side_by_side()
-    }
-
     /// Factor between image and latent resolution: the VAE's own ([`VaeConfig::downscale_factor`],
     /// 8 for SD), 1 in pixel space.
     ///

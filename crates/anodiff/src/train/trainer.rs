@@ -365,16 +365,13 @@ impl Trainer {
     /// micro-batch is computed the same way and the gradients are added in micro-batch order.
     /// Why: the small networks trained on a CPU leave a core idle in their many small ops;
     /// two independent halves of a batch keep both busy. With one worker thread, or one
-    /// micro-batch, this is `train_step`.
+    /// micro-batch, the micro-batches run one after the other as in `train_step`.
     pub fn train_step_par<F>(&mut self, loss_fn: &F) -> Result<StepStats>
     where
         F: Fn(&Batch) -> Result<Tensor> + Sync,
     {
         let lanes = self.cfg.grad_accum.min(rayon::current_num_threads());
-        if lanes < 2 {
-            return self.train_step(&mut |b: &Batch| loss_fn(b));
-        }
-        if self.lanes.as_ref().is_none_or(|l| l.len() != lanes) {
+        if self.lanes.as_ref().is_none_or(|l| l.len() != lanes.max(1)) {
             self.lanes = Some(
                 Lanes::new(lanes)
                     .map_err(|e| Error::invalid(format!("starting training threads: {e}")))?,
