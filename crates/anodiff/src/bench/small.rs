@@ -22,7 +22,7 @@ use crate::runtime::Lanes;
 use crate::sd::attention::ForwardCtx;
 use crate::sd::presets::Preset;
 use crate::sd::unet::UNet2DConditionModel;
-use crate::train::{AdamW, AdamWConfig, Grads};
+use crate::train::{micro_batch_size, AdamW, AdamWConfig, Grads};
 use candle_core::{DType, Device, Tensor};
 use std::time::Instant;
 
@@ -220,11 +220,8 @@ pub fn bench_small(
             KEYS.join(", ")
         )));
     }
-    if o.micro_batches == 0 || [8, 16].iter().any(|b| b % o.micro_batches != 0) {
-        return Err(crate::error::Error::invalid(format!(
-            "micro-batches {} must divide the batches 8 and 16",
-            o.micro_batches
-        )));
+    for batch in [8, 16] {
+        micro_batch_size("bench small", batch, o.micro_batches)?;
     }
     let want = |k: &str| o.only.is_empty() || o.only.iter().any(|x| x == k);
     let mut r = SmallBenchResult {

@@ -211,12 +211,7 @@ pub fn detect_train_with(
     if o.datasets.is_empty() {
         return Err(Error::invalid("detect-train needs at least one --dataset"));
     }
-    if o.micro_batches == 0 || o.batch == 0 || !o.batch.is_multiple_of(o.micro_batches) {
-        return Err(Error::invalid(format!(
-            "detect-train: batch {} must be a positive multiple of micro-batches {}",
-            o.batch, o.micro_batches
-        )));
-    }
+    let micro_batch = crate::train::micro_batch_size("detect-train", o.batch, o.micro_batches)?;
     // Decoder tuning settings are checked before hours of UNet training, not after.
     if o.vae_steps > 0 {
         if o.lora_rank.is_some() {
@@ -357,7 +352,7 @@ pub fn detect_train_with(
     let trainable_parameters = vars.iter().map(|(_, v)| v.elem_count()).sum();
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
     let cfg = TrainConfig {
-        batch_size: o.batch / o.micro_batches,
+        batch_size: micro_batch,
         grad_accum: o.micro_batches,
         seed: o.seed,
         checkpoint_every: o.checkpoint_every,
@@ -391,51 +386,47 @@ pub fn detect_train_with(
 
     // 4. The loop.
     let t0 = Instant::now();
-    let steps = trainer.run_with_par(
-        |batch| {
-            let mut a = Augmenter::new(aug.clone(), batch.seed);
-            let mut coins =
-                rand::rngs::StdRng::seed_from_u64(crate::seed::mix(batch.seed ^ 0x1A9A1));
-            let (mut xs, mut ms, mut rows) = (Vec::new(), Vec::new(), Vec::new());
-            for &i in &batch.indices {
-                let it = &items[i];
-                let (img, fg) = a.apply(&it.image, Some(&it.foreground))?;
-                let fg = fg.expect("augmenter returns the mask it was given");
-                let flags: Vec<bool> = fg.as_raw().iter().map(|&v| v >= 128).collect();
-                let m = sample_train_mask(&o.masks, &flags, size, size, &mut coins)?;
-                xs.push(rgb_to_tensor(&img, &dev)?);
-                ms.push(Tensor::from_vec(m, (1, 1, size, size), &dev)?);
-                let dropped = coins.random_bool(o.prompt_dropout.clamp(0.0, 1.0));
-                rows.push(if dropped {
-                    categories.len()
-                } else {
-                    it.category
-                } as u32);
+    let steps = trainer.run_par(|batch| {
+        let mut a = Augmenter::new(aug.clone(), batch.seed);
+        let mut coins = rand::rngs::StdRng::seed_from_u64(crate::seed::mix(batch.seed ^ 0x1A9A1));
+        let (mut xs, mut ms, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        for &i in &batch.indices {
+            let it = &items[i];
+            let (img, fg) = a.apply(&it.image, Some(&it.foreground))?;
+            let fg = fg.expect("augmenter returns the mask it was given");
+            let flags: Vec<bool> = fg.as_raw().iter().map(|&v| v >= 128).collect();
+            let m = sample_train_mask(&o.masks, &flags, size, size, &mut coins)?;
+            xs.push(rgb_to_tensor(&img, &dev)?);
+            ms.push(Tensor::from_vec(m, (1, 1, size, size), &dev)?);
+            let dropped = coins.random_bool(o.prompt_dropout.clamp(0.0, 1.0));
+            rows.push(if dropped {
+                categories.len()
+            } else {
+                it.category
+            } as u32);
+        }
+        let x = Tensor::cat(&xs, 0)?;
+        let m = Tensor::cat(&ms, 0)?;
+        let keep = m.lt(0.5)?.to_dtype(DType::F32)?;
+        let masked = x.broadcast_mul(&keep)?;
+        // Detached: in full runs the VAE's weights are Vars too, but they do not train here.
+        let x0 = sd.encode_mean(&x)?.detach();
+        let masked_lat = sd.encode_mean(&masked)?.detach();
+        let idx = Tensor::arange_step(0u32, size as u32, f as u32, &dev)?;
+        let m_lat = m.index_select(&idx, 2)?.index_select(&idx, 3)?;
+        let extra = Tensor::cat(&[&m_lat, &masked_lat], 1)?;
+        let (noise, t) = loss.draw(&x0, &mut batch.rng())?;
+        let text = match &frozen_text {
+            Some(e) => e.clone(),
+            None => {
+                let mut all: Vec<&str> = prompts.iter().map(String::as_str).collect();
+                all.push("");
+                sd.encode_text(&all)?
             }
-            let x = Tensor::cat(&xs, 0)?;
-            let m = Tensor::cat(&ms, 0)?;
-            let keep = m.lt(0.5)?.to_dtype(DType::F32)?;
-            let masked = x.broadcast_mul(&keep)?;
-            // Detached: in full runs the VAE's weights are Vars too, but they do not train here.
-            let x0 = sd.encode_mean(&x)?.detach();
-            let masked_lat = sd.encode_mean(&masked)?.detach();
-            let idx = Tensor::arange_step(0u32, size as u32, f as u32, &dev)?;
-            let m_lat = m.index_select(&idx, 2)?.index_select(&idx, 3)?;
-            let extra = Tensor::cat(&[&m_lat, &masked_lat], 1)?;
-            let (noise, t) = loss.draw(&x0, &mut batch.rng())?;
-            let text = match &frozen_text {
-                Some(e) => e.clone(),
-                None => {
-                    let mut all: Vec<&str> = prompts.iter().map(String::as_str).collect();
-                    all.push("");
-                    sd.encode_text(&all)?
-                }
-            };
-            let txt = text.index_select(&Tensor::new(rows.as_slice(), &dev)?, 0)?;
-            loss.loss_with_extra(&sd.unet, &x0, &txt, &noise, &t, Some(&extra), &ctx)
-        },
-        |_| Ok(()),
-    )?;
+        };
+        let txt = text.index_select(&Tensor::new(rows.as_slice(), &dev)?, 0)?;
+        loss.loss_with_extra(&sd.unet, &x0, &txt, &noise, &t, Some(&extra), &ctx)
+    })?;
     let train_secs = t0.elapsed().as_secs_f64();
 
     // 5. The VAE decoder (full runs of latent-space models), on the images at training size.

@@ -223,12 +223,7 @@ pub fn dual_train(
     progress: impl FnMut(&StepStats) + 'static,
 ) -> Result<DualTrainReport> {
     let dev = Device::Cpu;
-    if o.micro_batches == 0 || o.batch == 0 || !o.batch.is_multiple_of(o.micro_batches) {
-        return Err(Error::invalid(format!(
-            "dual-train: batch {} must be a positive multiple of micro-batches {}",
-            o.batch, o.micro_batches
-        )));
-    }
+    let micro_batch = crate::train::micro_batch_size("dual-train", o.batch, o.micro_batches)?;
     let sd = load_base(o, &dev)?;
     let size = o.pairs.sampling.size() as usize;
     let f = sd.vae_scale_factor();
@@ -253,7 +248,7 @@ pub fn dual_train(
     let trainable_parameters = vars.iter().map(|(_, v)| v.elem_count()).sum();
     let cfg = TrainConfig {
         steps: o.steps,
-        batch_size: o.batch / o.micro_batches,
+        batch_size: micro_batch,
         grad_accum: o.micro_batches,
         seed: o.seed,
         optimizer: AdamWConfig {

@@ -72,4 +72,4 @@ pub use log::{peak_rss_bytes, JsonLog};
 pub use optim::{AdamW, AdamWConfig};
 pub use order::{stream_seed, DataOrder};
 pub use schedule::LrSchedule;
-pub use trainer::{Batch, StepStats, TrainConfig, Trainer};
+pub use trainer::{micro_batch_size, Batch, StepStats, TrainConfig, Trainer};

@@ -199,12 +199,7 @@ pub fn pretrain(
             o.dataset.display()
         )));
     }
-    if o.micro_batches == 0 || o.batch == 0 || !o.batch.is_multiple_of(o.micro_batches) {
-        return Err(Error::invalid(format!(
-            "pretrain: batch {} must be a positive multiple of micro-batches {}",
-            o.batch, o.micro_batches
-        )));
-    }
+    let micro_batch = crate::train::micro_batch_size("pretrain", o.batch, o.micro_batches)?;
     if let Some(s) = o.tile_scale {
         if !(s.is_finite() && s > 0.0) {
             return Err(Error::invalid(format!(
@@ -240,7 +235,7 @@ pub fn pretrain(
 
     std::fs::create_dir_all(&o.out).map_err(|e| Error::io(&o.out, e))?;
     let cfg = TrainConfig {
-        batch_size: o.batch / o.micro_batches,
+        batch_size: micro_batch,
         grad_accum: o.micro_batches,
         seed: o.seed,
         checkpoint_every: o.checkpoint_every,
@@ -263,45 +258,42 @@ pub fn pretrain(
         vflip: 0.5,
     };
     let t0 = Instant::now();
-    let steps = trainer.run_with_par(
-        |batch| {
-            let mut a = Augmenter::new(aug.clone(), batch.seed);
-            let mut xs = Vec::with_capacity(batch.indices.len());
-            // Separate streams, so runs without canvases or dropout keep their noise and timesteps.
-            let mut canvas_coins =
-                rand::rngs::StdRng::seed_from_u64(crate::seed::mix(batch.seed ^ 0xCA1A5));
-            let mut on_canvas = Vec::with_capacity(batch.indices.len());
-            for &i in &batch.indices {
-                let (img, _) = a.apply(&train[i], None)?;
-                let x = rgb_to_tensor(&img, &dev)?;
-                let canvas = o.canvas > 0.0 && canvas_coins.random_bool(o.canvas.min(1.0));
-                xs.push(if canvas {
-                    let m = crate::data::canvas::blob_mask(size, size, &mut canvas_coins, &dev)?;
-                    crate::data::canvas::on_canvas(&x, &m)?
-                } else {
-                    x
-                });
-                on_canvas.push(canvas);
-            }
-            let x0 = sd.encode_mean(&Tensor::cat(&xs, 0)?)?;
-            let (noise, t) = loss.draw(&x0, &mut batch.rng())?;
-            // The text encoder is trained too, so its output is recomputed every step.
-            let txt = if o.prompt_dropout > 0.0 || o.canvas > 0.0 {
-                let mut coins =
-                    rand::rngs::StdRng::seed_from_u64(crate::seed::mix(batch.seed ^ 0xD20F));
-                let both = sd.encode_text(&[&prompt, ""])?;
-                let rows: Vec<u32> = on_canvas
-                    .iter()
-                    .map(|&c| u32::from(coins.random_bool(o.prompt_dropout.clamp(0.0, 1.0)) || c))
-                    .collect();
-                both.index_select(&Tensor::new(rows.as_slice(), &dev)?, 0)?
+    let steps = trainer.run_par(|batch| {
+        let mut a = Augmenter::new(aug.clone(), batch.seed);
+        let mut xs = Vec::with_capacity(batch.indices.len());
+        // Separate streams, so runs without canvases or dropout keep their noise and timesteps.
+        let mut canvas_coins =
+            rand::rngs::StdRng::seed_from_u64(crate::seed::mix(batch.seed ^ 0xCA1A5));
+        let mut on_canvas = Vec::with_capacity(batch.indices.len());
+        for &i in &batch.indices {
+            let (img, _) = a.apply(&train[i], None)?;
+            let x = rgb_to_tensor(&img, &dev)?;
+            let canvas = o.canvas > 0.0 && canvas_coins.random_bool(o.canvas.min(1.0));
+            xs.push(if canvas {
+                let m = crate::data::canvas::blob_mask(size, size, &mut canvas_coins, &dev)?;
+                crate::data::canvas::on_canvas(&x, &m)?
             } else {
-                sd.encode_text(&[&prompt])?.repeat((x0.dim(0)?, 1, 1))?
-            };
-            loss.loss(&sd.unet, &x0, &txt, &noise, &t, &ctx)
-        },
-        |_| Ok(()),
-    )?;
+                x
+            });
+            on_canvas.push(canvas);
+        }
+        let x0 = sd.encode_mean(&Tensor::cat(&xs, 0)?)?;
+        let (noise, t) = loss.draw(&x0, &mut batch.rng())?;
+        // The text encoder is trained too, so its output is recomputed every step.
+        let txt = if o.prompt_dropout > 0.0 || o.canvas > 0.0 {
+            let mut coins =
+                rand::rngs::StdRng::seed_from_u64(crate::seed::mix(batch.seed ^ 0xD20F));
+            let both = sd.encode_text(&[&prompt, ""])?;
+            let rows: Vec<u32> = on_canvas
+                .iter()
+                .map(|&c| u32::from(coins.random_bool(o.prompt_dropout.clamp(0.0, 1.0)) || c))
+                .collect();
+            both.index_select(&Tensor::new(rows.as_slice(), &dev)?, 0)?
+        } else {
+            sd.encode_text(&[&prompt])?.repeat((x0.dim(0)?, 1, 1))?
+        };
+        loss.loss(&sd.unet, &x0, &txt, &noise, &t, &ctx)
+    })?;
     let train_secs = t0.elapsed().as_secs_f64();
 
     let model_dir = o.out.join("model");

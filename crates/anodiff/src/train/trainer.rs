@@ -45,6 +45,18 @@ pub struct TrainConfig {
     pub out_dir: Option<PathBuf>,
 }
 
+/// Examples per micro-batch when `job` computes `batch` examples per update as `micro_batches`
+/// equal micro-batches (its `TrainConfig::batch_size`, with `grad_accum = micro_batches`); an
+/// error naming the job when the split is not exact.
+pub fn micro_batch_size(job: &str, batch: usize, micro_batches: usize) -> Result<usize> {
+    if micro_batches == 0 || batch == 0 || !batch.is_multiple_of(micro_batches) {
+        return Err(Error::invalid(format!(
+            "{job}: batch {batch} must be a positive multiple of micro-batches {micro_batches}"
+        )));
+    }
+    Ok(batch / micro_batches)
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
@@ -473,6 +485,15 @@ impl Trainer {
         F: FnMut(&Batch) -> Result<Tensor>,
     {
         self.run_with(loss_fn, |_| Ok(()))
+    }
+
+    /// Like [`Trainer::run`], with each update's micro-batches computed side by side
+    /// ([`Trainer::train_step_par`]; the same results as `run`).
+    pub fn run_par<F>(&mut self, loss_fn: F) -> Result<Vec<StepStats>>
+    where
+        F: Fn(&Batch) -> Result<Tensor> + Sync,
+    {
+        self.run_with_par(loss_fn, |_| Ok(()))
     }
 
     /// Like [`Trainer::run`], calling `after_step(step)` after every update (and its checkpoint):
