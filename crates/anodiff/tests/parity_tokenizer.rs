@@ -30,9 +30,11 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-/// A diffusers-style tokenizer folder: the shared vocab/merges plus one variant's config files.
-fn tokenizer_dir(variant: &str) -> PathBuf {
-    let dir = temp_dir(variant);
+/// A diffusers-style tokenizer folder: the shared vocab/merges plus one variant's config files,
+/// in the temporary folder `name` — one per test: tests run in parallel, and `temp_dir` clears
+/// its folder first (two tests sharing "sd2" once removed each other's files).
+fn tokenizer_dir(variant: &str, name: &str) -> PathBuf {
+    let dir = temp_dir(name);
     for f in ["vocab.json", "merges.txt"] {
         std::fs::copy(fixture(f), dir.join(f)).expect("copy vocab");
     }
@@ -92,7 +94,7 @@ fn embedded_vocab_matches_transformers() {
 
 #[test]
 fn sd1_folder_matches_transformers() {
-    let dir = tokenizer_dir("sd1");
+    let dir = tokenizer_dir("sd1", "sd1");
     let tok = ClipTokenizer::from_dir(&dir).unwrap();
     assert_eq!((tok.pad_id(), tok.max_length()), (49407, 77));
     assert_eq!(check(&tok, &cases()["sd1_dir"], "sd1 folder"), 0);
@@ -101,7 +103,7 @@ fn sd1_folder_matches_transformers() {
 
 #[test]
 fn sd2_folder_pads_with_exclamation_mark() {
-    let dir = tokenizer_dir("sd2");
+    let dir = tokenizer_dir("sd2", "sd2");
     let tok = ClipTokenizer::from_dir(&dir).unwrap();
     assert_eq!((tok.pad_id(), tok.max_length()), (0, 77));
     let padded = tok.encode("a photo");
@@ -117,7 +119,7 @@ fn sd2_folder_pads_with_exclamation_mark() {
 fn saved_tokenizers_load_back_identical() {
     let c = cases();
     // A folder with its own config files (SD-2 pads with "!"), and the built-in vocabulary.
-    let src = tokenizer_dir("sd2");
+    let src = tokenizer_dir("sd2", "saved_sd2_src");
     let sd2_out = temp_dir("saved_sd2");
     ClipTokenizer::from_dir(&src)
         .unwrap()
