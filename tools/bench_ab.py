@@ -6,7 +6,7 @@ medians.
 Usage (copy each build out of target/ first, e.g. `cp target/release/anodiff /tmp/new`):
 
     python tools/bench_ab.py --rounds 5 --threads 2 'old=/tmp/old' 'new=/tmp/new' \\
-        'spin=CANDLE_BARRIER_POOL_SPIN_LIMIT=1000 /tmp/new' [--only locnet64_step] [--steps 6]
+        'spin=CANDLE_BARRIER_POOL_SPIN_LIMIT=1000 /tmp/new' [--only locnet64_step] [--steps 6] [--micro-batches 2]
 
 A variant is `label=[VAR=value ...] binary`.
 """
@@ -27,6 +27,7 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--only", action="append", default=[], choices=KEYS)
+    ap.add_argument("--micro-batches", type=int, default=1, help="passed to every variant")
     a = ap.parse_args()
     variants = []
     for v in a.variants:
@@ -44,7 +45,7 @@ def main():
     for r in range(a.rounds):
         for label, env, binary in variants:
             cmd = [binary, "--threads", str(a.threads), "bench", "small", "--steps", str(a.steps),
-                   "--warmup", str(a.warmup), "--json"] + only
+                   "--warmup", str(a.warmup), "--micro-batches", str(a.micro_batches), "--json"] + only
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             d = json.loads(out.stdout.strip().splitlines()[-1])
             got = {k: d[k] for k in KEYS if d.get(k) is not None}

@@ -68,7 +68,7 @@ def main():
     what, rest = args[0], args[1:]
     rows = []  # one (ours, torch) pair of JSON objects per round
     for r in range(rounds):
-        ours = run([os.path.join(ROOT, "target", "release", "anodiff"), "bench", what, *rest, *ours_extra, "--json"])
+        ours = run([os.environ.get("ANODIFF_BIN", os.path.join(ROOT, "target", "release", "anodiff")), "bench", what, *rest, *ours_extra, "--json"])
         torch = run([sys.executable, os.path.join(ROOT, "tools", "bench_reference.py"), what, *rest, "--json"])
         rows.append((ours, torch))
         print(f"round {r + 1}/{rounds} done", file=sys.stderr)

@@ -344,16 +344,9 @@ impl ReduceSum<'_> {
                     }
                     return Ok(dst);
                 };
-                for (unstr_index, &src) in src.iter().enumerate() {
-                    let mut dst_index = unstr_index;
-                    // Set the reduce_dims indexes to 0.
-                    for &(dim, stride) in self.reduce_dims_and_stride.iter() {
-                        // The compiler is able to optimize the following in a single divmod op.
-                        let (pre, post) = (dst_index / stride, dst_index % stride);
-                        dst_index = (pre / dim) * stride + post;
-                    }
-                    dst[dst_index] += src;
-                }
+                // anodiff patch: any other set of reduced dims on a contiguous source, in runs
+                // (see `reduce_sum_runs`) instead of a division per element and reduced dim.
+                reduce_sum_runs(src, src_l.dims(), self.reduce_dims, &mut dst);
             }
             None => {
                 for (unstr_index, src_index) in src_l.strided_index().enumerate() {
@@ -369,6 +362,64 @@ impl ReduceSum<'_> {
             }
         }
         Ok(dst)
+    }
+}
+
+/// anodiff patch: `dst += src` summed over `reduce` for a contiguous `src` of shape `dims`.
+/// Neighbouring dims of the same kind (kept or reduced) are merged into runs; the innermost run
+/// is one contiguous slice per step, summed into one element (reduced) or added element-wise
+/// into a `dst` slice (kept), and an odometer over the outer runs tracks the `dst` offset.
+fn reduce_sum_runs<T: WithDType>(src: &[T], dims: &[usize], reduce: &[usize], dst: &mut [T]) {
+    let mut runs: Vec<(usize, bool)> = Vec::with_capacity(dims.len());
+    for (d, &size) in dims.iter().enumerate() {
+        if size == 1 {
+            continue;
+        }
+        let reduced = reduce.contains(&d);
+        match runs.last_mut() {
+            Some((s, r)) if *r == reduced => *s *= size,
+            _ => runs.push((size, reduced)),
+        }
+    }
+    let Some((inner, inner_reduced)) = runs.pop() else {
+        // Every dim has size 1: one element.
+        if let (Some(d), Some(&s)) = (dst.first_mut(), src.first()) {
+            *d += s;
+        }
+        return;
+    };
+    // (size, dst stride) of the outer runs, outermost first; a reduced run has dst stride 0.
+    let mut stride = if inner_reduced { 1 } else { inner };
+    let mut outer: Vec<(usize, usize)> = Vec::with_capacity(runs.len());
+    for &(size, reduced) in runs.iter().rev() {
+        outer.push((size, if reduced { 0 } else { stride }));
+        if !reduced {
+            stride *= size;
+        }
+    }
+    outer.reverse();
+    let mut idx = vec![0usize; outer.len()];
+    let mut off = 0usize;
+    for chunk in src.chunks_exact(inner) {
+        if inner_reduced {
+            let mut s = T::zero();
+            unsafe { T::vec_reduce_sum(chunk.as_ptr(), &mut s, inner) };
+            dst[off] += s;
+        } else {
+            for (d, &s) in dst[off..off + inner].iter_mut().zip(chunk) {
+                *d += s;
+            }
+        }
+        for k in (0..outer.len()).rev() {
+            let (size, st) = outer[k];
+            idx[k] += 1;
+            off += st;
+            if idx[k] < size {
+                break;
+            }
+            idx[k] = 0;
+            off -= st * size;
+        }
     }
 }
 
