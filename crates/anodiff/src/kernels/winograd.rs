@@ -30,6 +30,14 @@ use rayon::prelude::*;
 /// 32 MiB mmap threshold set by `runtime::tune_allocator`, so the buffers are reused heap memory.
 const BUDGET: usize = 7 << 20;
 
+/// Floats per transformed buffer a narrow layer's chunk aims at, so V and M stay in a core's L2
+/// cache between the input transform, the GEMMs and the output transform. At the localisation
+/// net's 16 channels and 128 px the whole-batch chunk (19 MB per buffer) made the transforms
+/// memory-bound; 256 KB chunks took ~10 % off its training step (BENCHMARKS.md). Chunks keep at
+/// least 128 tiles and twice the channel count, so GEMMs stay wide and wide layers (SD-1.5's
+/// 320+ channels) keep the chunks they had.
+const CACHED: usize = 1 << 16;
+
 /// Tiles (or filters) transformed together, one per SIMD lane.
 const L: usize = 8;
 type Lanes = [f32; L];
@@ -260,6 +268,88 @@ impl Ptr {
     }
 }
 
+/// The first tile of a lane group when the group is a full row run, F(4,3) layout: eight tiles
+/// of one image and tile row with consecutive columns. Their input windows then overlap in one
+/// strip of each image row, and their outputs fill 32 consecutive pixels of it, so the gather
+/// into lanes (and the scatter back) is a fixed 8×4 transpose instead of per-tile scalar moves
+/// (which were most of the transforms' time at the localisation net's 8-16 channels).
+#[inline(always)]
+fn row_run(at: &[Where], q0: usize, n: usize) -> Option<Where> {
+    if n != L {
+        return None;
+    }
+    let (first, last) = (at[q0], at[q0 + L - 1]);
+    (first.0 == last.0 && first.1 == last.1 && last.2 == first.2 + L - 1).then_some(first)
+}
+
+/// `g[j][l] = s[4·l + j]` for `s` of at least 32 floats: lane l gets the l-th group of four.
+#[inline(always)]
+fn gather4(s: &[f32]) -> [Lanes; 4] {
+    assert!(s.len() >= 32);
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: AVX2 checked; 32 floats readable (asserted).
+        return unsafe { gather4_avx2(s.as_ptr()) };
+    }
+    std::array::from_fn(|j| std::array::from_fn(|l| s[4 * l + j]))
+}
+
+/// [`gather4`] with AVX2: each register holds groups l and l + 4 (one per 128-bit half), so the
+/// 4×4 transposes within halves come out in lane order.
+///
+/// # Safety
+/// AVX2 must be available and `s` valid for 32 reads.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gather4_avx2(s: *const f32) -> [Lanes; 4] {
+    use std::arch::x86_64::*;
+    let v0 = _mm256_loadu2_m128(s.add(16), s);
+    let v1 = _mm256_loadu2_m128(s.add(20), s.add(4));
+    let v2 = _mm256_loadu2_m128(s.add(24), s.add(8));
+    let v3 = _mm256_loadu2_m128(s.add(28), s.add(12));
+    let (a, b) = (_mm256_unpacklo_ps(v0, v1), _mm256_unpacklo_ps(v2, v3));
+    let (c, d) = (_mm256_unpackhi_ps(v0, v1), _mm256_unpackhi_ps(v2, v3));
+    let mut g = [[0f32; L]; 4];
+    _mm256_storeu_ps(g[0].as_mut_ptr(), _mm256_shuffle_ps::<0x44>(a, b));
+    _mm256_storeu_ps(g[1].as_mut_ptr(), _mm256_shuffle_ps::<0xEE>(a, b));
+    _mm256_storeu_ps(g[2].as_mut_ptr(), _mm256_shuffle_ps::<0x44>(c, d));
+    _mm256_storeu_ps(g[3].as_mut_ptr(), _mm256_shuffle_ps::<0xEE>(c, d));
+    g
+}
+
+/// The inverse of [`gather4`]: `out[4·l + j] = y[j][l]`.
+#[inline(always)]
+fn scatter4(y: &[Lanes; 4]) -> [f32; 4 * L] {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: AVX2 checked.
+        return unsafe { scatter4_avx2(y) };
+    }
+    std::array::from_fn(|k| y[k % 4][k / 4])
+}
+
+/// [`scatter4`] with AVX2, the transposes of [`gather4_avx2`] run backwards.
+///
+/// # Safety
+/// AVX2 must be available.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scatter4_avx2(y: &[Lanes; 4]) -> [f32; 4 * L] {
+    use std::arch::x86_64::*;
+    let [y0, y1, y2, y3] = [0, 1, 2, 3].map(|j| _mm256_loadu_ps(y[j].as_ptr()));
+    let (a, b) = (_mm256_unpacklo_ps(y0, y1), _mm256_unpacklo_ps(y2, y3));
+    let (c, d) = (_mm256_unpackhi_ps(y0, y1), _mm256_unpackhi_ps(y2, y3));
+    let mut out = [0f32; 4 * L];
+    let o = out.as_mut_ptr();
+    _mm256_storeu2_m128(o.add(16), o, _mm256_shuffle_ps::<0x44>(a, b));
+    _mm256_storeu2_m128(o.add(20), o.add(4), _mm256_shuffle_ps::<0xEE>(a, b));
+    _mm256_storeu2_m128(o.add(24), o.add(8), _mm256_shuffle_ps::<0x44>(c, d));
+    _mm256_storeu2_m128(o.add(28), o.add(12), _mm256_shuffle_ps::<0xEE>(c, d));
+    out
+}
+
 /// Transformed weights `U[ξ][o][c]` of `w: [O, C, 3, 3]`. With `flip`, the weights of the input
 /// gradient instead: `U[ξ][c][o]` of `w[o][c]` rotated by 180°.
 pub fn transform_weights(w: &[f32], o: usize, c: usize, flip: bool, tile: Tile) -> Vec<f32> {
@@ -389,39 +479,84 @@ fn input_channel<const M: usize, const A: usize, T: Transforms<M, A>>(
     for q0 in (0..tc).step_by(L) {
         let n = L.min(tc - q0);
         let mut d = [[[0f32; L]; A]; A];
-        for l in 0..n {
-            let (b, ty, tx) = at[q0 + l];
-            let xc = &x[(b * p.c + ci) * hw..(b * p.c + ci + 1) * hw];
-            let (y0, x0) = ((ty * M) as isize - pad, (tx * M) as isize - pad);
-            let inside = y0 >= 0 && x0 >= 0 && y0 as usize + A <= p.h && x0 as usize + A <= p.w;
-            if inside {
-                let at = y0 as usize * p.w + x0 as usize;
+        match row_run(at, q0, n) {
+            Some((b, ty, tx)) if M == 4 => {
+                // Lane l, column j reads input column x0 + 4l + j (j < 6): one 36-float strip per
+                // row, read in place when inside the image, else from a zero-padded copy.
+                let xc = &x[(b * p.c + ci) * hw..(b * p.c + ci + 1) * hw];
+                let (y0, x0) = ((ty * M) as isize - pad, (tx * M) as isize - pad);
                 for (i, di) in d.iter_mut().enumerate() {
-                    let row = &xc[at + i * p.w..][..A];
-                    for (dj, &v) in di.iter_mut().zip(row) {
-                        dj[l] = v;
+                    let yy = y0 + i as isize;
+                    if yy < 0 || yy >= p.h as isize {
+                        continue;
+                    }
+                    let row = &xc[yy as usize * p.w..(yy as usize + 1) * p.w];
+                    let mut strip = [0f32; 36];
+                    let src: &[f32] = if x0 >= 0 && x0 as usize + 36 <= p.w {
+                        &row[x0 as usize..x0 as usize + 36]
+                    } else {
+                        for (k, v) in strip.iter_mut().enumerate() {
+                            let xx = x0 + k as isize;
+                            if xx >= 0 && xx < p.w as isize {
+                                *v = row[xx as usize];
+                            }
+                        }
+                        &strip
+                    };
+                    let (lo, hi) = (gather4(&src[..32]), gather4(&src[4..]));
+                    for (j, dj) in di.iter_mut().enumerate() {
+                        *dj = if j < 4 { lo[j] } else { hi[j - 4] };
                     }
                 }
-                continue;
             }
-            for (i, di) in d.iter_mut().enumerate() {
-                let yy = y0 + i as isize;
-                if yy < 0 || yy >= p.h as isize {
-                    continue;
-                }
-                let row = &xc[yy as usize * p.w..(yy as usize + 1) * p.w];
-                for (j, dj) in di.iter_mut().enumerate() {
-                    let xx = x0 + j as isize;
-                    if xx >= 0 && xx < p.w as isize {
-                        dj[l] = row[xx as usize];
-                    }
-                }
-            }
+            _ => input_tiles::<M, A>(p, x, ci, &at[q0..q0 + n], &mut d),
         }
         let v = two_sided(&d, T::bt);
         for (xi, vv) in v.iter().flatten().enumerate() {
             // SAFETY: (xi, ci, q0..q0+n) belongs to this task and lies inside the V chunk.
             unsafe { store(vp.get().add((xi * p.c + ci) * tc + q0), vv, n) };
+        }
+    }
+}
+
+/// Gathers the (m+2)² input windows of `tiles` (any positions) into the lanes of `d`, tile by
+/// tile, with the zero padding.
+#[inline(always)]
+fn input_tiles<const M: usize, const A: usize>(
+    p: &Plan,
+    x: &[f32],
+    ci: usize,
+    tiles: &[Where],
+    d: &mut [[Lanes; A]; A],
+) {
+    let hw = p.h * p.w;
+    let pad = p.pad as isize;
+    for (l, &(b, ty, tx)) in tiles.iter().enumerate() {
+        let xc = &x[(b * p.c + ci) * hw..(b * p.c + ci + 1) * hw];
+        let (y0, x0) = ((ty * M) as isize - pad, (tx * M) as isize - pad);
+        let inside = y0 >= 0 && x0 >= 0 && y0 as usize + A <= p.h && x0 as usize + A <= p.w;
+        if inside {
+            let at = y0 as usize * p.w + x0 as usize;
+            for (i, di) in d.iter_mut().enumerate() {
+                let row = &xc[at + i * p.w..][..A];
+                for (dj, &v) in di.iter_mut().zip(row) {
+                    dj[l] = v;
+                }
+            }
+            continue;
+        }
+        for (i, di) in d.iter_mut().enumerate() {
+            let yy = y0 + i as isize;
+            if yy < 0 || yy >= p.h as isize {
+                continue;
+            }
+            let row = &xc[yy as usize * p.w..(yy as usize + 1) * p.w];
+            for (j, dj) in di.iter_mut().enumerate() {
+                let xx = x0 + j as isize;
+                if xx >= 0 && xx < p.w as isize {
+                    dj[l] = row[xx as usize];
+                }
+            }
         }
     }
 }
@@ -445,6 +580,25 @@ fn output_channel<const M: usize, const A: usize, T: Transforms<M, A>>(
             *sv = load(&m[(xi * p.o + oi) * tc + q0..], n);
         }
         let y = two_sided(&s, T::at);
+        if let (Some((b, ty, tx)), 4) = (row_run(at, q0, n), M) {
+            // The eight tiles' rows are 32 consecutive output pixels (fewer at the right edge).
+            let base = (b * p.o + oi) * ho * wo;
+            let count = (4 * L).min(wo - tx * M);
+            for (i, yi) in y.iter().enumerate().take(ho - ty * M) {
+                let run = scatter4(&std::array::from_fn(|j| yi[j]));
+                let dst = base + (ty * M + i) * wo + tx * M;
+                // SAFETY: the `count` pixels from `dst` are inside the output row and owned by
+                // this task (channel oi).
+                unsafe {
+                    if count == 4 * L {
+                        std::ptr::write_unaligned(op.get().add(dst).cast::<[f32; 4 * L]>(), run);
+                    } else {
+                        std::ptr::copy_nonoverlapping(run.as_ptr(), op.get().add(dst), count);
+                    }
+                }
+            }
+            continue;
+        }
         for l in 0..n {
             let (b, ty, tx) = at[q0 + l];
             let base = (b * p.o + oi) * ho * wo;
@@ -474,15 +628,26 @@ fn grad_channel<const M: usize, const A: usize, T: Transforms<M, A>>(
     for q0 in (0..tc).step_by(L) {
         let n = L.min(tc - q0);
         let mut d = [[[0f32; L]; M]; M];
-        for l in 0..n {
-            let (b, ty, tx) = at[q0 + l];
+        if let (Some((b, ty, tx)), 4) = (row_run(at, q0, n), M) {
+            // The eight tiles' rows are 32 consecutive pixels of dY, zero past the right edge.
             let base = (b * p.o + oi) * ho * wo;
+            let count = (4 * L).min(wo - tx * M);
             for (i, di) in d.iter_mut().enumerate().take(ho - ty * M) {
-                let row = &dy[base + (ty * M + i) * wo + tx * M..];
-                for (j, dj) in di.iter_mut().enumerate().take(wo - tx * M) {
-                    dj[l] = row[j];
+                let row = &dy[base + (ty * M + i) * wo + tx * M..][..count];
+                let mut strip = [0f32; 4 * L];
+                let src: &[f32] = if count == 4 * L {
+                    row
+                } else {
+                    strip[..count].copy_from_slice(row);
+                    &strip
+                };
+                let g = gather4(src);
+                for (j, dj) in di.iter_mut().enumerate() {
+                    *dj = g[j];
                 }
             }
+        } else {
+            grad_tiles::<M>(p, dy, oi, &at[q0..q0 + n], &mut d);
         }
         let v = two_sided(&d, T::a);
         for (xi, vv) in v.iter().flatten().enumerate() {
@@ -492,12 +657,36 @@ fn grad_channel<const M: usize, const A: usize, T: Transforms<M, A>>(
     }
 }
 
-/// The tiles of all images, and how many go in one chunk so the transformed data of a chunk stay
-/// within `BUDGET` floats (shared by the forward and the weight gradient).
+/// Gathers the m×m blocks of dY of `tiles` (any positions) into the lanes of `d`, zero past the
+/// output edge.
+#[inline(always)]
+fn grad_tiles<const M: usize>(
+    p: &Plan,
+    dy: &[f32],
+    oi: usize,
+    tiles: &[Where],
+    d: &mut [[Lanes; M]; M],
+) {
+    let (ho, wo) = (p.ho(), p.wo());
+    for (l, &(b, ty, tx)) in tiles.iter().enumerate() {
+        let base = (b * p.o + oi) * ho * wo;
+        for (i, di) in d.iter_mut().enumerate().take(ho - ty * M) {
+            let row = &dy[base + (ty * M + i) * wo + tx * M..];
+            for (j, dj) in di.iter_mut().enumerate().take(wo - tx * M) {
+                dj[l] = row[j];
+            }
+        }
+    }
+}
+
+/// The tiles of all images, and how many go in one chunk: about `CACHED` floats of transformed
+/// data per buffer, never more than `BUDGET` (shared by the forward and the weight gradient).
 fn chunking(p: &Plan, m: usize, a: usize) -> (usize, usize) {
     let (th, tw) = p.tiles(m);
     let tiles = p.n * th * tw;
-    (tiles, (BUDGET / (a * a * p.c.max(p.o))).clamp(1, tiles))
+    let per_tile = a * a * p.c.max(p.o);
+    let want = (CACHED / per_tile).max(128).max(2 * p.c.max(p.o));
+    (tiles, want.min(BUDGET / per_tile).clamp(1, tiles))
 }
 
 /// Input transform of the chunk's tiles `at` into `v` (`V[ξ][c][t]`), one task per channel.
@@ -819,6 +1008,12 @@ mod tests {
             (1, 2, 3, 5, 3, 2),
             (3, 4, 13, 6, 5, 1),
             (2, 11, 17, 9, 13, 1),
+            // Wide rows: runs of eight F(4,3) tiles in one row (`row_run`), aligned (64 px),
+            // ragged at the right edge (37, 70) and wrapping into the next row (37: 10 tiles).
+            (2, 3, 6, 64, 5, 1),
+            (1, 4, 9, 37, 3, 1),
+            (1, 2, 5, 70, 3, 0),
+            (1, 3, 5, 70, 2, 2),
         ] {
             let p = Plan { n, c, h, w, o, pad };
             let x = noise(n * c * h * w, 1);
@@ -835,8 +1030,14 @@ mod tests {
     #[test]
     fn weight_grad_matches_direct_correlation() {
         // dW[o][c][i][j] = Σ_{b,y,x} dY[b][o][y][x] · x_pad[b][c][y+i][x+j], in f64.
-        for &(n, c, h, w, o, pad) in &[(2, 3, 9, 7, 4, 1), (1, 9, 6, 11, 10, 0), (1, 2, 5, 5, 3, 2)]
-        {
+        for &(n, c, h, w, o, pad) in &[
+            (2, 3, 9, 7, 4, 1),
+            (1, 9, 6, 11, 10, 0),
+            (1, 2, 5, 5, 3, 2),
+            (2, 3, 6, 64, 5, 1),
+            (1, 2, 7, 37, 3, 1),
+            (1, 2, 5, 70, 3, 0),
+        ] {
             let p = Plan { n, c, h, w, o, pad };
             let (ho, wo) = (p.ho(), p.wo());
             let x = noise(n * c * h * w, 11);
