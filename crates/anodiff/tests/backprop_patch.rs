@@ -134,29 +134,32 @@ fn naive_sum(x: &[f32], shape: [usize; 4], dims: &[usize]) -> Vec<f32> {
     acc.into_iter().map(|v| v as f32).collect()
 }
 
+/// A deterministic [a, b, c, d] tensor (values in about ±0.5) and its data.
+fn patterned(shape: [usize; 4], k: usize) -> (Vec<f32>, Tensor) {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|i| ((i * k % 101) as f32 - 50.0) * 0.01)
+        .collect();
+    let x = Tensor::from_vec(data.clone(), &shape, &Device::Cpu).unwrap();
+    (data, x)
+}
+
 #[test]
 fn sums_over_any_dims_match_a_naive_sum() {
     // The patch's run-wise reduction (`reduce_sum_runs`) replaces stock candle's per-element
     // index arithmetic for every reduced-dims pattern except "the last dims": all 15 patterns on
     // a shape with a size-1 dim (merged away) and odd sizes, and the broadcast gradients that use
-    // it (a bias over [N, C], a per-channel term over [B, C, H, W]).
+    // it (a per-channel bias over [B, C, H, W]: dims 0, 2, 3 reduced; a weight over the last dim:
+    // the leading dims 0, 1, 2 reduced).
     let shape = [3usize, 1, 5, 7];
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n)
-        .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
-        .collect();
-    let x = Tensor::from_vec(data.clone(), &shape, &Device::Cpu).unwrap();
+    let (data, x) = patterned(shape, 37);
     for mask in 1u32..16 {
         let dims: Vec<usize> = (0..4).filter(|k| mask & (1 << k) != 0).collect();
         let got = values(&x.sum_keepdim(dims.as_slice()).unwrap());
         assert_close(&got, &naive_sum(&data, shape, &dims));
     }
     let shape = [4usize, 6, 5, 3];
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n)
-        .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.1)
-        .collect();
-    let x = Tensor::from_vec(data.clone(), &shape, &Device::Cpu).unwrap();
+    let (data, x) = patterned(shape, 13);
     let bias = Var::new(vec![0f32; 6], &Device::Cpu).unwrap();
     let y = x
         .broadcast_add(&bias.as_tensor().reshape((1, 6, 1, 1)).unwrap())
@@ -164,9 +167,8 @@ fn sums_over_any_dims_match_a_naive_sum() {
     let grads = y.sum_all().unwrap().backward().unwrap();
     let want = vec![(4 * 5 * 3) as f32; 6];
     assert_close(&values(grads.get(&bias).unwrap()), &want);
-    let g = (x.clone() * 1.0).unwrap();
     let w = Var::new(vec![0f32; 3], &Device::Cpu).unwrap();
-    let y = g.broadcast_mul(w.as_tensor()).unwrap();
+    let y = x.broadcast_mul(w.as_tensor()).unwrap();
     let grads = y.sum_all().unwrap().backward().unwrap();
     assert_close(
         &values(grads.get(&w).unwrap()),
